@@ -1,0 +1,60 @@
+"""The ``caloflows`` command line.
+
+Each subcommand lives in its own module of this package with a ``register(subparsers)``
+function that adds its parser and sets ``func``; :data:`COMMANDS` lists them.  Errors a
+user can fix (bad files, bad arguments) are printed as one line ``caloflows: error: ...``
+with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+#: subcommand modules, in the order they appear in ``caloflows --help``
+COMMANDS = [
+    "info",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="caloflows",
+        description="Fast calorimeter shower simulation with normalizing flows.",
+    )
+    p.add_argument("--version", action="version", version=f"caloflows {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..geometry import GeometryError
+    from ..io import ShowerFileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+    except (UserError, ShowerFileError, GeometryError, FileNotFoundError) as exc:
+        print(f"caloflows: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("caloflows: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""Reading, validating and writing CaloChallenge HDF5 shower files.
+
+Format (review sec. 2): ``incident_energies`` with shape (N, 1) and ``showers`` with
+shape (N, n_voxels), energies in MeV, written with h5py and gzip compression.
+caloflows adds, optionally:
+
+* ``conditions`` (N, K) with attribute ``names``: extra per-shower conditions, e.g. the
+  detector parameters ParaFlow conditions on (``paraflow.txt``);
+* file attributes (``attrs``) recording provenance: geometry, generator, physics list,
+  Geant4 data tables used, seeds.
+
+Every error names the file and the problem (:class:`ShowerFileError`).  Writes go to a
+temporary file in the target directory and are renamed into place only when complete,
+so an interrupted write never leaves a file that looks valid.
+
+>>> import tempfile, os, numpy as np
+>>> d = tempfile.mkdtemp()
+>>> p = os.path.join(d, "x.h5")
+>>> write_showers(p, np.array([1000.0, 2000.0]), np.ones((2, 648), np.float32), geometry="ds2-coarse")
+>>> read_showers(p, geometry="ds2-coarse").showers.shape
+(2, 648)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from .geometry import Geometry, GeometryError, load_geometry
+
+__all__ = [
+    "ShowerData",
+    "ShowerFileError",
+    "read_showers",
+    "iter_showers",
+    "write_showers",
+    "validate_file",
+    "merge_files",
+    "atomic_output",
+    "file_summary",
+]
+
+INCIDENT = "incident_energies"
+SHOWERS = "showers"
+CONDITIONS = "conditions"
+
+
+class ShowerFileError(ValueError):
+    """A shower file is missing, unreadable or does not satisfy the format; the message names the file."""
+
+
+@dataclass
+class ShowerData:
+    """Showers read from (or to be written to) a CaloChallenge file.
+
+    Attributes:
+        incident_energies: (N,) incident energies in MeV.
+        showers: (N, n_voxels) voxel energies in MeV.
+        conditions: optional (N, K) extra conditions, named by ``condition_names``.
+        attrs: file attributes (provenance).
+    """
+
+    incident_energies: np.ndarray
+    showers: np.ndarray
+    conditions: np.ndarray | None = None
+    condition_names: tuple[str, ...] = ()
+    attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.incident_energies)
+
+    def subset(self, idx) -> "ShowerData":
+        return ShowerData(
+            self.incident_energies[idx],
+            self.showers[idx],
+            None if self.conditions is None else self.conditions[idx],
+            self.condition_names,
+            dict(self.attrs),
+        )
+
+
+# ---------------------------------------------------------------- helpers
+def _geometry(geometry) -> Geometry | None:
+    return None if geometry is None else load_geometry(geometry)
+
+
+def _open(path) -> h5py.File:
+    path = str(path)
+    if not os.path.exists(path):
+        raise ShowerFileError(f"{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ShowerFileError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def _decode(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v[:1] in "[{":
+        try:  # lists and dicts are stored as JSON text (see _attr_value)
+            return json.loads(v)
+        except ValueError:
+            return v
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _check_layout(path: str, f: h5py.File, geometry: Geometry | None) -> tuple[int, int]:
+    for name in (INCIDENT, SHOWERS):
+        if name not in f:
+            raise ShowerFileError(f"{path}: missing dataset '{name}' (found: {', '.join(f.keys()) or 'nothing'})")
+    inc, sh = f[INCIDENT], f[SHOWERS]
+    if sh.ndim != 2:
+        raise ShowerFileError(f"{path}: 'showers' must be 2-dimensional (N, voxels), got shape {sh.shape}")
+    if inc.ndim not in (1, 2) or (inc.ndim == 2 and inc.shape[1] != 1):
+        raise ShowerFileError(f"{path}: 'incident_energies' must have shape (N, 1), got {inc.shape}")
+    if inc.shape[0] != sh.shape[0]:
+        raise ShowerFileError(
+            f"{path}: {inc.shape[0]} incident energies but {sh.shape[0]} showers (N must match)"
+        )
+    if geometry is not None and sh.shape[1] != geometry.n_voxels:
+        raise ShowerFileError(
+            f"{path}: showers have {sh.shape[1]} voxels but geometry {geometry.name!r} has {geometry.n_voxels}"
+        )
+    if CONDITIONS in f and f[CONDITIONS].shape[0] != sh.shape[0]:
+        raise ShowerFileError(f"{path}: 'conditions' has {f[CONDITIONS].shape[0]} rows, showers {sh.shape[0]}")
+    return int(sh.shape[0]), int(sh.shape[1])
+
+
+def _check_values(path: str, inc: np.ndarray, showers: np.ndarray, offset: int = 0) -> None:
+    bad = ~np.isfinite(inc)
+    if bad.any():
+        raise ShowerFileError(f"{path}: incident energy of shower {offset + int(np.argmax(bad))} is NaN or inf")
+    bad = inc <= 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ShowerFileError(f"{path}: incident energy of shower {offset + i} is not positive ({inc[i]} MeV)")
+    finite = np.isfinite(showers)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        raise ShowerFileError(f"{path}: shower {offset + int(i)}, voxel {int(j)} is NaN or inf")
+    neg = showers < 0
+    if neg.any():
+        i, j = np.argwhere(neg)[0]
+        raise ShowerFileError(
+            f"{path}: shower {offset + int(i)}, voxel {int(j)} has negative energy ({showers[i, j]} MeV)"
+        )
+
+
+def _read_block(path, f, start, stop, validate) -> ShowerData:
+    inc = np.asarray(f[INCIDENT][start:stop], dtype=np.float64).reshape(-1)
+    showers = np.asarray(f[SHOWERS][start:stop])
+    if showers.dtype != np.float32 and showers.dtype != np.float64:
+        showers = showers.astype(np.float32)
+    cond, names = None, ()
+    if CONDITIONS in f:
+        cond = np.asarray(f[CONDITIONS][start:stop], dtype=np.float64)
+        names = tuple(_decode(n) for n in f[CONDITIONS].attrs.get("names", []))
+    if validate:
+        _check_values(path, inc, showers, offset=start)
+    attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    return ShowerData(inc, showers, cond, names, attrs)
+
+
+# ------------------------------------------------------------------ reading
+def read_showers(
+    path: str | os.PathLike,
+    geometry=None,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    validate: bool = True,
+) -> ShowerData:
+    """Read showers [start:stop] of a CaloChallenge file, checking it against ``geometry``."""
+    path = str(path)
+    g = _geometry(geometry)
+    with _open(path) as f:
+        n, _ = _check_layout(path, f, g)
+        if n == 0:
+            raise ShowerFileError(f"{path}: file holds no showers")
+        return _read_block(path, f, start, stop, validate)
+
+
+def iter_showers(
+    path: str | os.PathLike,
+    chunk_size: int = 10_000,
+    geometry=None,
+    *,
+    validate: bool = True,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[ShowerData]:
+    """Iterate over a file in chunks of ``chunk_size`` showers (bounded memory for ds3-size files)."""
+    path = str(path)
+    g = _geometry(geometry)
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    with _open(path) as f:
+        n, _ = _check_layout(path, f, g)
+        stop = n if stop is None else min(stop, n)
+        for a in range(start, stop, chunk_size):
+            yield _read_block(path, f, a, min(a + chunk_size, stop), validate)
+
+
+def validate_file(path: str | os.PathLike, geometry=None, chunk_size: int = 10_000) -> dict:
+    """Check a whole file (layout and values, chunk by chunk); return :func:`file_summary`."""
+    for _ in iter_showers(path, chunk_size, geometry):
+        pass
+    return file_summary(path, geometry, validate=False)
+
+
+def file_summary(path: str | os.PathLike, geometry=None, chunk_size: int = 10_000, validate: bool = True) -> dict:
+    """Statistics for ``caloflows info``: counts, energy range, zero fraction, attributes."""
+    path = str(path)
+    g = _geometry(geometry)
+    e_inc, e_tot = [], []
+    zeros = 0
+    n_vox = None
+    attrs: dict = {}
+    cond_names: tuple = ()
+    for chunk in iter_showers(path, chunk_size, g, validate=validate):
+        e_inc.append(chunk.incident_energies)
+        e_tot.append(chunk.showers.sum(axis=1, dtype=np.float64))
+        zeros += int(np.count_nonzero(chunk.showers == 0))
+        n_vox = chunk.showers.shape[1]
+        attrs, cond_names = chunk.attrs, chunk.condition_names
+    if n_vox is None:
+        raise ShowerFileError(f"{path}: file holds no showers")
+    e_inc = np.concatenate(e_inc)
+    e_tot = np.concatenate(e_tot)
+    return {
+        "path": path,
+        "n_showers": int(len(e_inc)),
+        "n_voxels": int(n_vox),
+        "incident_energies": e_inc,
+        "total_energy": e_tot,
+        "zero_fraction": zeros / (len(e_inc) * n_vox),
+        "attrs": attrs,
+        "condition_names": cond_names,
+    }
+
+
+# ------------------------------------------------------------------ writing
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _attr_value(v):
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if v is None:
+        return "None"
+    return v
+
+
+def write_showers(
+    path: str | os.PathLike,
+    incident_energies: np.ndarray,
+    showers: np.ndarray,
+    *,
+    conditions: np.ndarray | None = None,
+    condition_names: Sequence[str] | None = None,
+    attrs: Mapping | None = None,
+    geometry=None,
+    compression: str | None = "gzip",
+    validate: bool = True,
+) -> None:
+    """Write a CaloChallenge file atomically (incident energies (N,1), showers (N,V), MeV)."""
+    path = str(path)
+    inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1)
+    showers = np.asarray(showers)
+    if showers.dtype not in (np.float32, np.float64):
+        showers = showers.astype(np.float32)
+    if showers.ndim != 2 or len(showers) != len(inc):
+        raise ShowerFileError(
+            f"{path}: refusing to write {len(inc)} incident energies with showers of shape {showers.shape}"
+        )
+    g = _geometry(geometry)
+    if g is not None and showers.shape[1] != g.n_voxels:
+        raise ShowerFileError(
+            f"{path}: refusing to write showers with {showers.shape[1]} voxels for geometry "
+            f"{g.name!r} ({g.n_voxels} voxels)"
+        )
+    if validate:
+        _check_values(path, inc, showers)
+    if conditions is not None:
+        conditions = np.asarray(conditions, dtype=np.float64)
+        if conditions.ndim == 1:
+            conditions = conditions[:, None]
+        if len(conditions) != len(inc):
+            raise ShowerFileError(f"{path}: {len(conditions)} condition rows for {len(inc)} showers")
+        names = list(condition_names or [f"c{i}" for i in range(conditions.shape[1])])
+        if len(names) != conditions.shape[1]:
+            raise ShowerFileError(f"{path}: {len(names)} condition names for {conditions.shape[1]} columns")
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            kw = {"compression": compression} if compression else {}
+            chunk_rows = max(1, min(len(inc), 2**20 // max(1, showers.shape[1] * showers.itemsize)))
+            f.create_dataset(INCIDENT, data=inc.reshape(-1, 1), **kw)
+            f.create_dataset(
+                SHOWERS, data=showers, chunks=(chunk_rows, showers.shape[1]) if len(inc) else None, **kw
+            )
+            if conditions is not None:
+                d = f.create_dataset(CONDITIONS, data=conditions, **kw)
+                d.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
+            all_attrs = dict(attrs or {})
+            if g is not None:
+                all_attrs.setdefault("geometry", g.name)
+            all_attrs.setdefault("caloflows_version", _version())
+            for k, v in all_attrs.items():
+                f.attrs[k] = _attr_value(v)
+
+
+class ShowerWriter:
+    """Append showers chunk by chunk to a new file, renamed into place on ``close()``.
+
+    Used where the full sample does not fit in memory (generation of large ds3 samples,
+    merging shards).  If the ``with`` block raises, no file is left behind.
+    """
+
+    def __init__(self, path, n_voxels: int, *, condition_names: Sequence[str] | None = None,
+                 attrs: Mapping | None = None, compression: str | None = "gzip", dtype=np.float32):
+        self.path = str(path)
+        self._ctx = atomic_output(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._f = h5py.File(self._tmp, "w")
+        kw = {"compression": compression} if compression else {}
+        chunk_rows = max(1, 2**20 // (n_voxels * np.dtype(dtype).itemsize))
+        self._inc = self._f.create_dataset(INCIDENT, shape=(0, 1), maxshape=(None, 1), dtype=np.float64,
+                                           chunks=(max(chunk_rows, 1024), 1), **kw)
+        self._sh = self._f.create_dataset(SHOWERS, shape=(0, n_voxels), maxshape=(None, n_voxels), dtype=dtype,
+                                          chunks=(chunk_rows, n_voxels), **kw)
+        self._cond = None
+        if condition_names:
+            self._cond = self._f.create_dataset(CONDITIONS, shape=(0, len(condition_names)),
+                                                maxshape=(None, len(condition_names)), dtype=np.float64, **kw)
+            self._cond.attrs["names"] = np.array(list(condition_names), dtype=h5py.string_dtype())
+        a = dict(attrs or {})
+        a.setdefault("caloflows_version", _version())
+        for k, v in a.items():
+            self._f.attrs[k] = _attr_value(v)
+        self.n = 0
+
+    def append(self, incident_energies, showers, conditions=None) -> None:
+        inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1, 1)
+        showers = np.asarray(showers)
+        _check_values(self.path, inc.ravel(), showers, offset=self.n)
+        k = len(inc)
+        self._inc.resize(self.n + k, axis=0)
+        self._inc[self.n:] = inc
+        self._sh.resize(self.n + k, axis=0)
+        self._sh[self.n:] = showers
+        if self._cond is not None:
+            if conditions is None:
+                raise ShowerFileError(f"{self.path}: conditions required for every chunk")
+            self._cond.resize(self.n + k, axis=0)
+            self._cond[self.n:] = np.asarray(conditions, dtype=np.float64).reshape(k, -1)
+        self.n += k
+
+    def set_attr(self, key, value) -> None:
+        self._f.attrs[key] = _attr_value(value)
+
+    def close(self) -> None:
+        self._f.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc_info=(None, None, None)) -> None:
+        try:
+            self._f.close()
+        finally:
+            try:
+                self._ctx.__exit__(*(exc_info if exc_info[0] else (RuntimeError, RuntimeError("aborted"), None)))
+            except BaseException:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.close()
+        else:
+            self.abort((et, ev, tb))
+        return False
+
+
+def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geometry=None,
+                chunk_size: int = 10_000, attrs: Mapping | None = None) -> int:
+    """Concatenate shower files (e.g. simulation shards) in the given order into ``out``.
+
+    All inputs must have the same voxel count and the same condition names.  Attributes of
+    the first file are kept (plus ``merged_from``) unless overridden by ``attrs``.
+    Returns the number of showers written.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ShowerFileError(f"{out}: nothing to merge")
+    g = _geometry(geometry)
+    first = None
+    for p in paths:
+        with _open(p) as f:
+            n, v = _check_layout(p, f, g)
+            names = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("names", [])) if CONDITIONS in f else ()
+            a = {k: _decode(x) for k, x in f.attrs.items()}
+        if first is None:
+            first = (v, names, a)
+        elif (v, names) != first[:2]:
+            raise ShowerFileError(f"{p}: {v} voxels / conditions {names} differ from {paths[0]} ({first[0]} / {first[1]})")
+    v, names, a0 = first
+    merged_attrs = {**a0, "merged_from": [os.path.basename(p) for p in paths], **(attrs or {})}
+    with ShowerWriter(out, v, condition_names=names or None, attrs=merged_attrs) as w:
+        for p in paths:
+            for c in iter_showers(p, chunk_size, g):
+                w.append(c.incident_energies, c.showers, c.conditions)
+        return w.n
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
