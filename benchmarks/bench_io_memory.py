@@ -21,10 +21,14 @@ import time
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys, time, numpy as np
+import json, sys, time, numpy as np
 from caloflows.io import iter_showers, read_showers
+def hwm_mb():  # VmHWM is this process's own peak (ru_maxrss can inherit the parent's at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 path, mode, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_mb()
 t = time.perf_counter()
 total = 0.0
 if mode == "stream":
@@ -32,8 +36,7 @@ if mode == "stream":
         total += float(c.showers.sum(dtype=np.float64))
 else:
     total = float(read_showers(path, geometry="ds3").showers.sum(dtype=np.float64))
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "baseline_rss_mb": base / 1024, "seconds": time.perf_counter() - t, "sum": total}))
+print(json.dumps({"peak_rss_mb": hwm_mb(), "baseline_rss_mb": base, "seconds": time.perf_counter() - t, "sum": total}))
 """
 
 
