@@ -16,7 +16,14 @@ from .. import __version__
 
 #: subcommand modules, in the order they appear in ``caloflows --help``
 COMMANDS = [
+    "demo",
     "info",
+    "simulate",
+    "merge",
+    "evaluate",
+    "train",
+    "distill",
+    "generate",
 ]
 
 

@@ -1,0 +1,238 @@
+"""Bounded-memory, per-layer access to CaloChallenge shower files (for layer-by-layer flows).
+
+L2LFlows (``l2lflows.txt`` sec. 3.2) trains one flow per calorimeter layer ``i`` on the voxels
+of layer ``i`` and of its ``n_cond = 5`` predecessors.  Those layers are *contiguous* columns
+of the ``showers`` dataset (voxel order: layer, angle, radius), so one HDF5 hyperslab
+``showers[a:b, offsets[i-5]:offsets[i+1]]`` per row chunk reads exactly what is needed; a
+ds3 file (40500 voxels) is never held in memory.
+
+* :class:`LayerColumns` -- an open file: incident energies, a streaming pass that computes the
+  layer energies and per-layer maximum voxel energies (validating every value), and
+  :meth:`LayerColumns.read` of a column block.
+* :class:`ColumnBlock` -- the columns of a layer range, read row-chunk by row-chunk (kept in
+  memory when they fit in ``cache_mb``, re-read from the file every epoch otherwise).
+* :func:`iter_global_batches` -- the deterministic batch order shared by all processes of a
+  distributed run: row chunks in a seeded random order, rows shuffled inside a chunk, fixed
+  global batch size (the last incomplete batch is dropped).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from .geometry import Geometry, load_geometry
+from .io import INCIDENT, SHOWERS, ShowerFileError, _check_layout, _check_values, _open
+
+__all__ = ["LayerColumns", "ColumnBlock", "LayerStats", "iter_global_batches", "parse_layers", "context_layers"]
+
+
+def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """``"10-19"``, ``"0,3,5-7"`` or ``None`` (all) -> sorted layer indices; clear error otherwise."""
+    if spec is None or spec == "" or spec == "all":
+        return list(range(n_layers))
+    if not isinstance(spec, str):
+        out = sorted({int(i) for i in spec})
+    else:
+        out_set: set[int] = set()
+        for tok in spec.replace(" ", "").split(","):
+            if not tok:
+                continue
+            try:
+                if "-" in tok:
+                    a, b = tok.split("-", 1)
+                    lo, hi = int(a), int(b)
+                    if hi < lo:
+                        raise ValueError
+                    out_set.update(range(lo, hi + 1))
+                else:
+                    out_set.add(int(tok))
+            except ValueError:
+                raise ValueError(f"bad layer range {tok!r} in {spec!r}; use e.g. 10-19 or 0,3,5-7") from None
+        out = sorted(out_set)
+    bad = [i for i in out if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist (the geometry has layers 0-{n_layers - 1})")
+    if not out:
+        raise ValueError(f"no layers selected by {spec!r}")
+    return out
+
+
+def context_layers(i: int, n_cond: int) -> list[int]:
+    """The previous ``n_cond`` layers conditioning layer ``i`` (L2LFlows table 1)."""
+    return list(range(max(0, i - n_cond), i))
+
+
+@dataclass
+class LayerStats:
+    """Results of the streaming pass over a file."""
+
+    incident_energies: np.ndarray  # (N,) MeV
+    layer_energies: np.ndarray  # (N, L) MeV, after the threshold cut
+    layer_max_voxel: np.ndarray  # (L,) MeV, maximum voxel energy per layer
+
+
+class LayerColumns:
+    """A CaloChallenge file opened for per-layer column access.
+
+    Args:
+        path: HDF5 file with ``incident_energies`` and ``showers``.
+        geometry: its voxel geometry (the number of voxels is checked).
+        chunk_rows: rows per read (memory of one read: ``chunk_rows x columns x 4`` bytes).
+    """
+
+    def __init__(self, path: str | os.PathLike, geometry: Geometry | str, chunk_rows: int = 4096) -> None:
+        self.path = str(path)
+        self.geometry = load_geometry(geometry)
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be positive")
+        self.chunk_rows = int(chunk_rows)
+        with _open(self.path) as f:
+            self.n, _ = _check_layout(self.path, f, self.geometry)
+        if self.n == 0:
+            raise ShowerFileError(f"{self.path}: file holds no showers")
+        self._file: h5py.File | None = None
+
+    # -------------------------------------------------------------- file handle
+    def _f(self) -> h5py.File:
+        if self._file is None:
+            self._file = _open(self.path)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self):  # picklable for multiprocessing: reopen lazily
+        d = dict(self.__dict__)
+        d["_file"] = None
+        return d
+
+    # -------------------------------------------------------------- reads
+    def columns(self, layers: Sequence[int]) -> tuple[int, int]:
+        """Column range ``[c0, c1)`` of a contiguous run of layers."""
+        layers = list(layers)
+        if not layers:
+            return 0, 0
+        if layers != list(range(layers[0], layers[-1] + 1)):
+            raise ValueError(f"layers {layers} are not contiguous")
+        off = self.geometry.layer_offsets
+        return int(off[layers[0]]), int(off[layers[-1] + 1])
+
+    def read(self, c0: int, c1: int, start: int, stop: int) -> np.ndarray:
+        """``showers[start:stop, c0:c1]`` as float32 (one HDF5 hyperslab)."""
+        blk = np.asarray(self._f()[SHOWERS][start:stop, c0:c1], dtype=np.float32)
+        return blk
+
+    def scan_rows(self, budget_mb: float = 64.0) -> int:
+        """Rows per full-width read so that one float64 chunk stays below ``budget_mb``."""
+        return max(1, min(self.chunk_rows, int(budget_mb * 2**20 // (8 * self.geometry.n_voxels))))
+
+    def incident_energies(self) -> np.ndarray:
+        inc = np.asarray(self._f()[INCIDENT][:], dtype=np.float64).reshape(-1)
+        return inc
+
+    def scan(self, progress: bool = False) -> LayerStats:
+        """One streaming pass: validates all values, returns layer energies and layer maxima.
+
+        Layer energies are computed after the geometry's threshold cut (L2LFlows eq. B.6).
+        Memory: one chunk of :meth:`scan_rows` full showers (64 MB in float64).
+        """
+        g = self.geometry
+        inc = self.incident_energies()
+        E = np.empty((self.n, g.n_layers), dtype=np.float64)
+        vmax = np.zeros(g.n_layers, dtype=np.float64)
+        f = self._f()
+        rows = self.scan_rows()
+        for a in tqdm(range(0, self.n, rows), desc="scan", disable=None if progress else True):
+            b = min(a + rows, self.n)
+            blk = np.asarray(f[SHOWERS][a:b], dtype=np.float64)
+            _check_values(self.path, inc[a:b], blk, offset=a)
+            cut = g.apply_threshold(blk)
+            sums = np.zeros((b - a, g.n_layers))
+            for i in range(g.n_layers):
+                s = g.layer_slice(i)
+                sums[:, i] = cut[:, s].sum(1)
+                vmax[i] = max(vmax[i], float(blk[:, s].max(initial=0.0)))
+            E[a:b] = sums
+        return LayerStats(inc, E, vmax)
+
+
+class ColumnBlock:
+    """Columns ``[c0, c1)`` of a file visited chunk by chunk, cached in memory if small.
+
+    ``get(a, b)`` returns rows ``[a, b)`` as float32.  With ``cache_mb`` large enough the whole
+    block is read once (a single pass over the file); otherwise each call reads from the file,
+    so that memory stays at one chunk plus the batch buffer.
+    """
+
+    def __init__(self, cols: LayerColumns, c0: int, c1: int, cache_mb: float = 1024.0) -> None:
+        self.cols, self.c0, self.c1 = cols, c0, c1
+        self.nbytes = cols.n * (c1 - c0) * 4
+        self.cached: np.ndarray | None = None
+        if self.nbytes <= cache_mb * 2**20:
+            self.cached = np.empty((cols.n, c1 - c0), dtype=np.float32)
+            for a in range(0, cols.n, cols.chunk_rows):
+                b = min(a + cols.chunk_rows, cols.n)
+                self.cached[a:b] = cols.read(c0, c1, a, b)
+
+    @property
+    def streaming(self) -> bool:
+        return self.cached is None
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        if self.cached is not None:
+            return self.cached[a:b]
+        return self.cols.read(self.c0, self.c1, a, b)
+
+
+def iter_global_batches(
+    n_rows: int,
+    chunk_rows: int,
+    rows: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    read: Callable[[int, int], np.ndarray],
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(row_indices, block_rows)`` global batches over the selected ``rows``.
+
+    Row chunks ``[k chunk_rows, (k+1) chunk_rows)`` are visited in an order drawn from
+    ``(seed, epoch)``, rows are shuffled within a chunk, and batches of exactly ``batch_size``
+    rows are cut from the stream (a batch may span two chunks).  The order depends only on
+    ``(seed, epoch)``, so every process of a distributed run sees the same global batches.
+    """
+    sel = np.zeros(n_rows, dtype=bool)
+    sel[np.asarray(rows, dtype=np.int64)] = True
+    rng = np.random.default_rng([int(seed), int(epoch), 7])
+    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+    order = rng.permutation(n_chunks) if shuffle else np.arange(n_chunks)
+    buf_i: list[np.ndarray] = []
+    buf_x: list[np.ndarray] = []
+    have = 0
+    for k in order:
+        a, b = int(k) * chunk_rows, min((int(k) + 1) * chunk_rows, n_rows)
+        local = np.nonzero(sel[a:b])[0]
+        if local.size == 0:
+            continue
+        if shuffle:
+            local = rng.permutation(local)
+        blk = read(a, b)
+        buf_i.append(local + a)
+        buf_x.append(blk[local])
+        have += local.size
+        while have >= batch_size:
+            ii, xx = np.concatenate(buf_i), np.concatenate(buf_x)
+            yield ii[:batch_size], xx[:batch_size]
+            buf_i, buf_x = [ii[batch_size:]], [xx[batch_size:]]
+            have -= batch_size
+    if have and not drop_last:
+        yield np.concatenate(buf_i), np.concatenate(buf_x)

@@ -1,0 +1,160 @@
+"""The energy distribution flow ``p(E_0, ..., E_{L-1} | E_inc)`` and the shared conditions.
+
+L2LFlows (``l2lflows.txt`` sec. 3.1, appendix B.1; review sec. 4.1) and iCaloFlow flow-1
+(review sec. 4.2):
+
+* layer energies after the threshold cut are smeared with Gaussian noise (mean 1 keV,
+  sigma 0.2 keV), negative values clipped to 0;
+* modified logit ``l_alpha(E_i / E_max,i)`` (eq. B.2, alpha = 1e-6).  The paper divides by
+  1 GeV (ILD layer energies stay below it); for CaloChallenge energies we divide by the
+  training maximum of each layer (times ``margin``);
+* per-feature standardisation (zuko's splines act on [-bound, bound]; not in the paper);
+* condition ``2 (log10 E_inc - lo) / (hi - lo) - 1 in [-1, 1]`` -- eq. B.3 with the training
+  range ``[lo, hi]`` of ``log10 E_inc`` instead of the fixed ILD range 10-100 GeV;
+* MAF with RQS, random fixed permutations (table 4: 4 MADE blocks, one hidden layer of 64);
+* samples with ``E_dep / E_inc`` above ``max_ratio`` (2.6 in the review) are drawn again.
+
+:func:`layer_energy_condition` is eq. B.7, ``log10(E_i / GeV + 1e-6) + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import flows as F
+from .. import preprocessing as P
+
+__all__ = ["EnergyConstants", "EnergyFlow", "einc_condition", "layer_energy_condition", "einc_summary", "einc_draw"]
+
+GEV = 1000.0
+
+
+def einc_condition(einc, lo: float, hi: float):
+    """Eq. B.3 generalised: ``log10 E_inc`` mapped linearly from ``[lo, hi]`` to ``[-1, 1]``."""
+    lib = torch if isinstance(einc, Tensor) else np
+    if hi - lo < 1e-12:
+        return lib.log10(einc) * 0.0
+    return 2.0 * (lib.log10(einc) - lo) / (hi - lo) - 1.0
+
+
+def layer_energy_condition(E_mev):
+    """Eq. B.7: ``log10(E_i [GeV] + 1e-6) + 1``."""
+    lib = torch if isinstance(E_mev, Tensor) else np
+    return lib.log10(E_mev / GEV + 1e-6) + 1.0
+
+
+def einc_summary(einc: np.ndarray) -> dict:
+    """The incident-energy law of the training data (discrete values or 1001 quantiles)."""
+    u, c = np.unique(einc, return_counts=True)
+    if len(u) <= 64:
+        return {"kind": "discrete", "values": u.tolist(), "weights": (c / c.sum()).tolist()}
+    return {"kind": "quantiles", "quantiles": np.quantile(einc, np.linspace(0, 1, 1001)).tolist()}
+
+
+def einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    if summary["kind"] == "discrete":
+        return rng.choice(np.asarray(summary["values"]), size=n, p=np.asarray(summary["weights"]))
+    q = np.asarray(summary["quantiles"])
+    return np.interp(rng.random(n), np.linspace(0, 1, len(q)), q)
+
+
+@dataclass
+class EnergyConstants:
+    """Preprocessing constants of the energy distribution flow (JSON via :meth:`to_dict`)."""
+
+    log_einc_lo: float
+    log_einc_hi: float
+    emax: list
+    standardize: P.Standardize
+    alpha: float = 1e-6
+    noise_mean_kev: float = 1.0
+    noise_std_kev: float = 0.2
+
+    def to_dict(self) -> dict:
+        return {"log_einc_lo": self.log_einc_lo, "log_einc_hi": self.log_einc_hi, "emax": list(self.emax),
+                "standardize": self.standardize.to_dict(), "alpha": self.alpha,
+                "noise_mean_kev": self.noise_mean_kev, "noise_std_kev": self.noise_std_kev}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EnergyConstants":
+        d = dict(d)
+        d["standardize"] = P.from_dict(d["standardize"])
+        return cls(**d)
+
+    # ---------------------------------------------------------------- transforms
+    def noisy(self, E: Tensor, generator: torch.Generator | None) -> Tensor:
+        """B.1: ``E + N(1 keV, 0.2 keV)``, clipped at 0."""
+        z = torch.randn(E.shape, dtype=E.dtype, device=E.device, generator=generator)
+        return (E + (self.noise_mean_kev + self.noise_std_kev * z) * P.KEV).clamp_min(0.0)
+
+    def forward(self, E: Tensor) -> Tensor:
+        x = (E / torch.as_tensor(self.emax, dtype=E.dtype, device=E.device)).clamp(0.0, 1.0)
+        return self.standardize.forward(P.Logit(self.alpha).forward(x))
+
+    def inverse(self, y: Tensor) -> Tensor:
+        x = P.Logit(self.alpha).inverse(self.standardize.inverse(y)).clamp(0.0, 1.0)
+        return x * torch.as_tensor(self.emax, dtype=y.dtype, device=y.device)
+
+    def condition(self, einc: Tensor) -> Tensor:
+        return einc_condition(einc, self.log_einc_lo, self.log_einc_hi).reshape(-1, 1)
+
+    @classmethod
+    def fit(cls, layer_energies: np.ndarray, einc: np.ndarray, seed: int = 0, alpha: float = 1e-6,
+            margin: float = 1.05, max_rows: int = 100_000) -> "EnergyConstants":
+        """Constants from the training layer energies (deterministic given ``seed``)."""
+        E = np.asarray(layer_energies, dtype=np.float64)
+        le = np.log10(np.asarray(einc, dtype=np.float64))
+        emax = np.maximum(E.max(0) + 2 * P.KEV, 10 * P.KEV) * margin
+        c = cls(float(le.min()), float(le.max()), emax.tolist(), P.Standardize(), alpha)
+        sel = np.random.default_rng([seed, 11]).permutation(len(E))[:max_rows]
+        g = torch.Generator().manual_seed(seed)
+        y = P.Logit(alpha).forward((c.noisy(torch.as_tensor(E[sel]), g) / torch.as_tensor(emax)).clamp(0, 1))
+        c.standardize = P.Standardize.fit(y.numpy())
+        return c
+
+
+class EnergyFlow(nn.Module):
+    """The MAF of ``p(E_0..E_{L-1} | E_inc)``: ``forward(y, c)`` is log p per row."""
+
+    def __init__(self, n_layers: int, transforms: int = 4, hidden: tuple = (64,), bins: int = 8,
+                 bound: float = 5.0, seed: int = 0) -> None:
+        super().__init__()
+        self.flow = F.build_maf(n_layers, 1, transforms, tuple(hidden), bins, bound, randperm_seed=seed)
+
+    def forward(self, y: Tensor, c: Tensor) -> Tensor:
+        return self.flow(c).log_prob(y)
+
+    @torch.no_grad()
+    def sample_energies(self, einc: Tensor, consts: EnergyConstants, max_ratio: float | None = 2.6,
+                        max_resample: int = 20, generator: torch.Generator | None = None) -> Tensor:
+        """Layer energies (MeV, float64) for ``einc`` (MeV); sampled in float64.
+
+        Rows with ``sum E / E_inc > max_ratio`` or non-finite values are drawn again up to
+        ``max_resample`` times; rows still failing are scaled down onto the bound.
+        """
+        einc = einc.to(torch.float64)
+        out = torch.empty(len(einc), len(consts.emax), dtype=torch.float64, device=einc.device)
+        todo = torch.arange(len(einc), device=einc.device)
+        E = ok = None
+        with F.double_precision(self):
+            for _ in range(max_resample + 1):
+                e = einc[todo]
+                y = F.flow_sample(self.flow, consts.condition(e), generator=generator)
+                E = consts.inverse(y)
+                ok = torch.isfinite(E).all(1)
+                if max_ratio is not None:
+                    ok &= E.sum(1) / e <= max_ratio
+                out[todo[ok]] = E[ok]
+                todo = todo[~ok]
+                if len(todo) == 0:
+                    break
+        if len(todo):
+            Eb = torch.nan_to_num(E[~ok], nan=0.0, posinf=0.0).clamp_min(0)
+            s = Eb.sum(1, keepdim=True)
+            lim = (max_ratio if max_ratio is not None else 1.0) * einc[todo][:, None]
+            out[todo] = torch.where(s > lim, Eb / s.clamp_min(1e-300) * lim, Eb)
+        return out

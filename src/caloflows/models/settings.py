@@ -1,0 +1,34 @@
+"""``--set KEY=VALUE`` overrides of nested settings dicts (shared by the layer-wise models)."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+__all__ = ["override_settings"]
+
+
+def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
+    """Return a copy of ``d`` with ``a.b=VALUE`` items applied (VALUE parsed as JSON, else text).
+
+    Unknown keys raise ``ValueError`` naming the known ones.
+    """
+    d = json.loads(json.dumps(d))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, val = item.split("=", 1)
+        try:
+            v = json.loads(val)
+        except ValueError:
+            v = val
+        parts = key.strip().split(".")
+        tgt = d
+        for p in parts[:-1]:
+            if not isinstance(tgt.get(p), dict):
+                raise ValueError(f"unknown {what} setting {key!r}")
+            tgt = tgt[p]
+        if parts[-1] not in tgt:
+            raise ValueError(f"unknown {what} setting {key!r}; known: {', '.join(sorted(tgt))}")
+        tgt[parts[-1]] = v
+    return d

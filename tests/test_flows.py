@@ -1,0 +1,135 @@
+"""caloflows.flows: MAF / IAF builders over zuko (invertibility, densities, pass counts)."""
+
+import math
+
+import pytest
+import torch
+
+from caloflows import flows as F
+
+torch.set_num_threads(1)
+
+
+def _pair(D=12, C=2, K=3, H=16):
+    torch.manual_seed(0)
+    return F.build_maf(D, C, K, (H,)), F.build_iaf(D, C, K, (H,))
+
+
+def _perturb(flow, scale=0.3):
+    # untrained zuko splines are close to identity; random weights make the test meaningful
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("which", ["maf", "iaf"])
+def test_x_z_x_roundtrip_float64(which):
+    maf, iaf = _pair()
+    flow = maf if which == "maf" else iaf
+    _perturb(flow)
+    x = 1.5 * torch.randn(64, 12, dtype=torch.float64)
+    c = torch.randn(64, 2, dtype=torch.float64)
+    with F.double_precision(flow):
+        z = F.forward_path(flow, x, c)[-1]
+        x2 = F.inverse_path(flow, z, c)[0]
+        z2 = F.forward_path(flow, x2, c)[-1]
+    assert (z - x).abs().max() > 1e-2  # the flow is not the identity
+    assert (x2 - x).abs().max().item() < 1e-5
+    assert (z2 - z).abs().max().item() < 1e-5
+    assert next(flow.parameters()).dtype == torch.float32  # restored after the block
+
+
+@pytest.mark.parametrize("which", ["maf", "iaf"])
+def test_log_prob_matches_change_of_variables(which):
+    D, C = 4, 1
+    torch.manual_seed(1)
+    flow = F.build_maf(D, C, 2, (8,)) if which == "maf" else F.build_iaf(D, C, 2, (8,))
+    _perturb(flow)
+    flow.double()
+    x = torch.randn(D, dtype=torch.float64)
+    c = torch.randn(1, C, dtype=torch.float64)
+    f = lambda v: F.forward_path(flow, v[None], c)[-1][0]
+    J = torch.autograd.functional.jacobian(f, x)
+    z = f(x)
+    expected = -0.5 * (z**2).sum() - 0.5 * D * math.log(2 * math.pi) + torch.linalg.slogdet(J)[1]
+    got = flow(c).log_prob(x[None])[0].detach()
+    assert abs(float((got - expected).detach())) < 1e-8
+    # one autoregressive block: triangular Jacobian, det = product of the diagonal
+    b = F.flow_blocks(flow)[0]
+    J1 = torch.autograd.functional.jacobian(lambda v: b(c)(v[None])[0], x)
+    assert torch.allclose(torch.triu(J1, 1), torch.zeros_like(J1)) or torch.allclose(torch.tril(J1, -1), torch.zeros_like(J1))
+
+
+def _count_hyper_calls(flow, fn):
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in flow.modules() if type(m).__name__ == "MaskedMLP"]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(calls)
+
+
+def test_student_samples_in_one_pass_teacher_in_D():
+    D, K = 7, 3
+    maf, iaf = _pair(D=D, K=K)
+    c = torch.randn(5, 2)
+    assert _count_hyper_calls(iaf, lambda: F.flow_sample(iaf, c)) == K
+    assert _count_hyper_calls(maf, lambda: F.flow_sample(maf, c, fast=False)) == K * D  # zuko's inverse
+    x = torch.randn(5, D)
+    assert _count_hyper_calls(maf, lambda: maf(c).log_prob(x)) == K
+    assert _count_hyper_calls(iaf, lambda: iaf(c).log_prob(x)) == K * D + K
+
+
+def test_parameter_count_known_answer():
+    D, C, K, H, bins = 5, 3, 2, 10, 8
+    maf = F.build_maf(D, C, K, (H,), bins=bins)
+    per_block = (D + C) * H + H + H * D * (3 * bins - 1) + D * (3 * bins - 1)
+    assert F.count_parameters(maf) == K * per_block
+    assert F.count_parameters(F.build_iaf(D, C, K, (H,), bins=bins)) == K * per_block
+    assert F.count_effective_parameters(maf) < F.count_parameters(maf)  # MADE masks remove weights
+
+
+def test_intermediate_paths_have_matching_shapes():
+    maf, iaf = _pair(K=4)
+    x, c = torch.randn(3, 12), torch.randn(3, 2)
+    h = F.forward_path(maf, x, c)
+    g = F.inverse_path(iaf, torch.randn(3, 12), c)
+    assert len(h) == len(g) == 5
+    assert all(a.shape == b.shape == (3, 12) for a, b in zip(h, g))
+
+
+def test_too_few_features():
+    with pytest.raises(ValueError):
+        F.build_maf(1, 1)
+
+
+def test_fast_teacher_inverse_equals_zuko_inverse():
+    torch.manual_seed(3)
+    maf = F.build_maf(9, 3, 3, (20,))
+    _perturb(maf)
+    z = torch.randn(40, 9, dtype=torch.float64)
+    c = torch.randn(40, 3, dtype=torch.float64)
+    with F.double_precision(maf), torch.no_grad():
+        fast = F.inverse_path(maf, z, c, fast=True)
+        slow = F.inverse_path(maf, z, c, fast=False)
+        assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(fast, slow))
+        assert (F.forward_path(maf, fast[0], c)[-1] - z).abs().max().item() < 1e-9
+    # two hidden layers: falls back to zuko's inverse
+    maf2 = F.build_maf(4, 1, 2, (8, 8))
+    x = torch.randn(3, 4)
+    c2 = torch.randn(3, 1)
+    assert torch.allclose(F.inverse_path(maf2, F.forward_path(maf2, x, c2)[-1], c2)[0], x, atol=1e-4)
+
+
+def test_student_warm_start_reproduces_teacher_parameters():
+    torch.manual_seed(4)
+    maf = F.build_maf(6, 2, 2, (10,))
+    _perturb(maf)
+    iaf = F.build_iaf(6, 2, 2, (15,))
+    assert F.init_student_from_teacher(iaf, maf)
+    x = torch.randn(5, 8)
+    for s, t in zip(F.flow_blocks(iaf), F.flow_blocks(maf)):
+        assert torch.allclose(s.hyper(x), t.hyper(x), atol=1e-6)
+    assert not F.init_student_from_teacher(F.build_iaf(6, 2, 2, (5,)), maf)  # narrower student: refused

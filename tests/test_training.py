@@ -1,0 +1,231 @@
+"""caloflows.training: LR schedules, the resumable Trainer, model directories and checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from caloflows.geometry import load_geometry
+from caloflows.training.checkpoint import (
+    ModelDirError,
+    load_checkpoint,
+    load_weights,
+    read_model_config,
+    save_checkpoint,
+    save_weights,
+    write_model_config,
+)
+from caloflows.training.loop import TrainConfig, Trainer, resolve_device, split_indices
+from caloflows.training.schedules import make_scheduler
+
+torch.set_num_threads(1)
+
+
+def _lrs(kind, steps_per_epoch=10, epochs=20, **kw):
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.Adam(p, lr=1.0)
+    s = make_scheduler(opt, kind, base_lr=1e-4, max_lr=1e-3, steps_per_epoch=steps_per_epoch, epochs=epochs, **kw)
+    out = []
+    for _ in range(steps_per_epoch * epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        s.step()
+    return np.array(out)
+
+
+def test_onecycle_with_annihilation():
+    lr = _lrs("onecycle", annihilation=0.2)  # 200 steps: up 80, down 80, annihilate 40
+    assert np.isclose(lr[0], 1e-4)
+    top = int(np.argmax(lr))
+    assert abs(top - 80) <= 1 and np.isclose(lr.max(), 1e-3)
+    assert np.isclose(lr[2 * top], 1e-4)  # back to base, then the annihilation phase (20 %)
+    assert lr[-1] < 1e-4 / 1e3 and lr[-1] > 0  # annihilated towards base / 1e4
+    assert np.all(np.diff(lr[:top]) > 0) and np.all(np.diff(lr[top:]) < 0)  # updated every batch
+
+
+def test_cyclic_max_lr_halves_each_cycle():
+    lr = _lrs("cyclic", cycle_epochs=10, epochs=30)  # 3 cycles of 100 steps
+    amp = [lr[i * 100:(i + 1) * 100].max() - 1e-4 for i in range(3)]
+    assert np.allclose(amp, [9e-4, 4.5e-4, 2.25e-4], rtol=1e-6)
+    assert np.isclose(lr[0], 1e-4) and np.argmax(lr[:100]) == 50
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown LR schedule"):
+        _lrs("weird")
+
+
+def test_split_is_deterministic_70_30():
+    a, b = split_indices(100, 0.3, seed=3)
+    a2, b2 = split_indices(100, 0.3, seed=3)
+    assert len(a) == 70 and len(b) == 30 and torch.equal(a, a2) and torch.equal(b, b2)
+    assert sorted(torch.cat([a, b]).tolist()) == list(range(100))
+
+
+# --------------------------------------------------------------------- Trainer
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from caloflows.flows import build_maf
+    from caloflows.training.loop import Trainer, TrainConfig
+
+    def make():
+        torch.manual_seed(0)
+        flow = build_maf(3, 0, 2, (16,))
+        g = torch.Generator().manual_seed(1)
+        a = torch.randn(2000, 1, generator=g)
+        data = torch.cat([a, 0.5 * a + 0.3 * torch.randn(2000, 1, generator=g), a.abs()], 1)
+        return flow, data
+
+    def loss(model, batch, slow=0.0):
+        if slow:
+            time.sleep(slow)
+        x = batch[0] + 0.01 * torch.randn_like(batch[0])  # uses the global RNG (restored on resume)
+        return -model().log_prob(x).mean()
+
+    def run(workdir, resume, slow):
+        flow, data = make()
+        cfg = TrainConfig(epochs=6, batch_size=100, base_lr=1e-3, max_lr=1e-2, schedule="onecycle", seed=5)
+        tr = Trainer(flow, lambda m, b: loss(m, b, slow), "toy", workdir, cfg, progress=False)
+        return tr.fit((data,), resume=resume)
+
+    if __name__ == "__main__":
+        run(sys.argv[1], resume=sys.argv[2] == "1", slow=float(sys.argv[3]))
+    """
+)
+
+
+def _load_script(tmp_path):
+    path = tmp_path / "toy_train.py"
+    path.write_text(SCRIPT)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("toy_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return path, mod
+
+
+def test_trainer_lowers_validation_loss_and_writes_files(tmp_path):
+    _, mod = _load_script(tmp_path)
+    r = mod.run(tmp_path / "a", resume=False, slow=0.0)
+    h = r.history
+    assert h["epoch"] == [1, 2, 3, 4, 5, 6]
+    assert r.best_val < h["val_loss"][0] and r.best_val == min(h["val_loss"])
+    for f in ("loss_toy.png", "history_toy.json", "checkpoints/toy_last.pt", "checkpoints/toy_best.pt"):
+        assert (tmp_path / "a" / f).exists(), f
+    assert (tmp_path / "a" / "loss_toy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_early_stopping(tmp_path):
+    flow = torch.nn.Linear(1, 1)
+    cfg = TrainConfig(epochs=20, batch_size=10, base_lr=0.0, max_lr=0.0, schedule="constant", patience=2)
+    data = torch.randn(50, 1)
+    r = Trainer(flow, lambda m, b: (m(b[0]) ** 2).mean(), "es", tmp_path, cfg, progress=False).fit((data,))
+    assert r.stopped_early and r.epochs_run == 3  # best at epoch 1, two epochs without improvement
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    path, mod = _load_script(tmp_path)
+    ref = mod.run(tmp_path / "ref", resume=False, slow=0.0)
+    work = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(path), str(work), "0", "0.03"], env=env)
+    last = work / "checkpoints" / "toy_last.pt"
+    killed_at = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if last.exists():
+                ep = load_checkpoint(last)["epoch"]
+                if ep >= 2:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed_at = ep
+                    break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_at is not None and killed_at < 6, "training was not interrupted mid-run"
+    assert proc.returncode == -signal.SIGKILL
+    r = mod.run(work, resume=True, slow=0.0)
+    assert r.history["epoch"] == [1, 2, 3, 4, 5, 6]  # epochs continue, not restarted
+    assert r.best_val <= min(r.history["val_loss"][:killed_at]) + 1e-12
+    assert abs(r.best_val - ref.best_val) < 1e-4 * max(1.0, abs(ref.best_val))  # same quality as uninterrupted
+    assert np.allclose(r.history["val_loss"], ref.history["val_loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    _, mod = _load_script(tmp_path)
+    mod.run(tmp_path / "x", resume=False, slow=0.0)
+    flow, data = mod.make()
+    cfg = TrainConfig(epochs=7, batch_size=100, seed=5)
+    with pytest.raises(ModelDirError, match="other training settings"):
+        Trainer(flow, lambda m, b: mod.loss(m, b), "toy", tmp_path / "x", cfg, progress=False).fit((data,), resume=True)
+
+
+def test_device_selection():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+# --------------------------------------------------------------------- model files
+def test_model_config_checks(tmp_path):
+    g = load_geometry("ds2-coarse")
+    write_model_config(tmp_path / "m", "caloflow", g, {"a": 1})
+    d = read_model_config(tmp_path / "m", kind="caloflow", geometry=g)
+    assert d["config"] == {"a": 1} and d["geometry"].n_voxels == 648
+    with pytest.raises(ModelDirError, match="not a 'l2lflows' model"):
+        read_model_config(tmp_path / "m", kind="l2lflows")
+    with pytest.raises(ModelDirError, match="trained for geometry"):
+        read_model_config(tmp_path / "m", geometry=load_geometry("ds1-photons"))
+    with pytest.raises(ModelDirError, match="model directory not found"):
+        read_model_config(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="not a caloflows model directory"):
+        read_model_config(tmp_path / "empty")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["format_version"] = 99
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match="format version 99 is not supported"):
+        read_model_config(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match="unreadable model config"):
+        read_model_config(tmp_path / "m")
+
+
+def test_weights_roundtrip_and_corrupt_files(tmp_path):
+    sd = torch.nn.Linear(3, 2).state_dict()
+    save_weights(tmp_path / "w.safetensors", sd)
+    back = load_weights(tmp_path / "w.safetensors")
+    assert all(torch.equal(sd[k], back[k]) for k in sd)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelDirError, match="bad.safetensors: corrupt"):
+        load_weights(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelDirError, match="weight file not found"):
+        load_weights(tmp_path / "missing.safetensors")
+    save_checkpoint(tmp_path / "c.pt", {"model": sd, "epoch": 3, "h": {"x": [1.0]}})
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 3
+    # a pickle with an arbitrary object is refused (weights_only=True), never executed
+    torch.save({"obj": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelDirError, match="evil.pt: corrupt or unreadable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+class _Evil:
+    pass
