@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -36,7 +35,6 @@ from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, atomic_output
 from caloflows.models.caloflow import CaloFlow, CaloFlowConfig
 from caloflows.toy_showers import toy_showers
-from caloflows.training.loop import TrainConfig
 
 
 def build_model(preset: str, workdir: str, train: bool) -> CaloFlow:

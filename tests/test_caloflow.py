@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from caloflows import flows as F
 from caloflows.cli import main
-from caloflows.geometry import Geometry, Layer, load_geometry
+from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, read_showers, write_showers
 from caloflows.models import load_model
 from caloflows.models.caloflow import CaloFlow, CaloFlowConfig, apply_overrides

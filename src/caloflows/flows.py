@@ -44,10 +44,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
-import zuko
 from zuko.distributions import DiagNormal
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
-from zuko.lazy import Flow, LazyComposedTransform, LazyInverse, UnconditionalDistribution
+from zuko.lazy import Flow, LazyComposedTransform, UnconditionalDistribution
 from zuko.transforms import MonotonicRQSTransform
 
 __all__ = [

@@ -34,7 +34,7 @@ from typing import Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .geometry import Geometry, GeometryError, load_geometry
+from .geometry import Geometry, load_geometry
 
 __all__ = [
     "ShowerData",

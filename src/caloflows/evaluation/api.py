@@ -323,7 +323,7 @@ def evaluate(
             f"{n_feat} features (have {len(ref)} and {len(gen)})"
         )
     if "prdc" in metrics and min(len(gen), len(halves[0])) <= 5:
-        raise EvaluationError(f"PRDC with k=5 needs more than 5 generated and 10 reference showers")
+        raise EvaluationError("PRDC with k=5 needs more than 5 generated and 10 reference showers")
 
     result: dict = {
         "caloflows_version": _version(),

@@ -63,3 +63,34 @@ class Generator(abc.ABC):
     @abc.abstractmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> "Generator":
         """Load a model directory written by :meth:`save` (refuses other kinds / versions)."""
+
+
+# ------------------------------------------------------------ incident energies
+def einc_summary(einc: np.ndarray) -> dict:
+    """The incident-energy law of the training data (discrete values or 1001 quantiles)."""
+    u, c = np.unique(einc, return_counts=True)
+    if len(u) <= 64:
+        return {"kind": "discrete", "values": u.tolist(), "weights": (c / c.sum()).tolist()}
+    return {"kind": "quantiles", "quantiles": np.quantile(einc, np.linspace(0, 1, 1001)).tolist()}
+
+
+def einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` incident energies from a law made by :func:`einc_summary`."""
+    if summary["kind"] == "discrete":
+        return rng.choice(np.asarray(summary["values"]), size=n, p=np.asarray(summary["weights"]))
+    q = np.asarray(summary["quantiles"])
+    return np.interp(rng.random(n), np.linspace(0, 1, len(q)), q)
+
+
+def incident_energies(n_or_energies, summary: dict, rng: np.random.Generator) -> np.ndarray:
+    """The E_inc (MeV) a ``sample()`` call generates: ``n`` draws from the training law, or the
+    given array, checked to be non-empty, finite and positive."""
+    if np.ndim(n_or_energies) == 0:
+        n = int(n_or_energies)
+        if n < 1:
+            raise ValueError("number of showers must be positive")
+        return einc_draw(summary, n, rng)
+    einc = np.asarray(n_or_energies, dtype=np.float64).reshape(-1)
+    if len(einc) == 0 or not np.all(np.isfinite(einc)) or np.any(einc <= 0):
+        raise ValueError("incident energies must be a non-empty array of positive, finite values")
+    return einc

@@ -45,11 +45,9 @@ Deviations from the paper, and why:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +68,8 @@ from ..training.checkpoint import (
     write_model_config,
 )
 from ..training.loop import TrainConfig, Trainer, resolve_device
-from .base import Generator
+from .base import Generator, einc_summary, incident_energies
+from .settings import override_settings
 
 __all__ = ["CaloFlow", "CaloFlowConfig", "PRESETS", "GENERATOR", "apply_overrides", "train_caloflow", "train_from_args", "distill_from_args"]
 
@@ -155,22 +154,6 @@ def _full(g: Geometry) -> CaloFlowConfig:
 PRESETS = {"quick": _quick, "full": _full}
 
 
-# ---------------------------------------------------------------------------- E_inc sampler
-def _einc_summary(einc: np.ndarray) -> dict:
-    u, c = np.unique(einc, return_counts=True)
-    if len(u) <= 64:
-        return {"kind": "discrete", "values": u.tolist(), "weights": (c / c.sum()).tolist()}
-    q = np.quantile(einc, np.linspace(0, 1, 1001))
-    return {"kind": "quantiles", "quantiles": q.tolist()}
-
-
-def _einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
-    if summary["kind"] == "discrete":
-        return rng.choice(np.asarray(summary["values"]), size=n, p=np.asarray(summary["weights"]))
-    q = np.asarray(summary["quantiles"])
-    return np.interp(rng.random(n), np.linspace(0, 1, len(q)), q)
-
-
 # ---------------------------------------------------------------------------- the model
 class CaloFlow(Generator):
     """CaloFlow generator (flow-I, flow-II teacher, flow-II student) for one geometry."""
@@ -248,7 +231,7 @@ class CaloFlow(Generator):
             E = self._layer_sums(x2)
             frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
             self.std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
-        self.einc_dist = _einc_summary(einc)
+        self.einc_dist = einc_summary(einc)
 
     # ------------------------------------------------------------------ losses
     def flow1_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
@@ -409,15 +392,7 @@ class CaloFlow(Generator):
         if str(device) != str(self.device):
             self.to(device)
         rng = np.random.default_rng(seed)
-        if np.ndim(n_or_energies) == 0:
-            n = int(n_or_energies)
-            if n < 1:
-                raise ValueError("number of showers must be positive")
-            einc = _einc_draw(self.einc_dist, n, rng)
-        else:
-            einc = np.asarray(n_or_energies, dtype=np.float64).reshape(-1)
-            if not np.all(np.isfinite(einc)) or np.any(einc <= 0):
-                raise ValueError("incident energies must be positive and finite")
+        einc = incident_energies(n_or_energies, self.einc_dist, rng)
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
         for m in (self.flow1, self.teacher, self.student):
             m.eval()
@@ -512,27 +487,7 @@ class CaloFlow(Generator):
 # ---------------------------------------------------------------------------- CLI hooks
 def apply_overrides(cfg: CaloFlowConfig, overrides: list[str]) -> CaloFlowConfig:
     """Apply ``KEY=VALUE`` settings (``flow2_hidden=128``, ``flow2_train.epochs=5``); VALUE is JSON or text."""
-    import json
-
-    d = cfg.to_dict()
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, val = item.split("=", 1)
-        try:
-            v = json.loads(val)
-        except ValueError:
-            v = val
-        parts = key.strip().split(".")
-        tgt = d
-        for p in parts[:-1]:
-            if not isinstance(tgt.get(p), dict):
-                raise ValueError(f"unknown CaloFlow setting {key!r}")
-            tgt = tgt[p]
-        if parts[-1] not in tgt:
-            raise ValueError(f"unknown CaloFlow setting {key!r}; known: {', '.join(sorted(tgt))}")
-        tgt[parts[-1]] = v
-    return CaloFlowConfig.from_dict(d)
+    return CaloFlowConfig.from_dict(override_settings(cfg.to_dict(), overrides, "CaloFlow"))
 
 
 def train_caloflow(data, geometry, out_dir, preset: str = "quick", *, overrides: list[str] | None = None,

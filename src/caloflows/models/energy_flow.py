@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
+from .base import einc_draw, einc_summary  # noqa: F401  (re-exported)
 
 __all__ = ["EnergyConstants", "EnergyFlow", "einc_condition", "layer_energy_condition", "einc_summary", "einc_draw"]
 
@@ -45,21 +46,6 @@ def layer_energy_condition(E_mev):
     """Eq. B.7: ``log10(E_i [GeV] + 1e-6) + 1``."""
     lib = torch if isinstance(E_mev, Tensor) else np
     return lib.log10(E_mev / GEV + 1e-6) + 1.0
-
-
-def einc_summary(einc: np.ndarray) -> dict:
-    """The incident-energy law of the training data (discrete values or 1001 quantiles)."""
-    u, c = np.unique(einc, return_counts=True)
-    if len(u) <= 64:
-        return {"kind": "discrete", "values": u.tolist(), "weights": (c / c.sum()).tolist()}
-    return {"kind": "quantiles", "quantiles": np.quantile(einc, np.linspace(0, 1, 1001)).tolist()}
-
-
-def einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
-    if summary["kind"] == "discrete":
-        return rng.choice(np.asarray(summary["values"]), size=n, p=np.asarray(summary["weights"]))
-    q = np.asarray(summary["quantiles"])
-    return np.interp(rng.random(n), np.linspace(0, 1, len(q)), q)
 
 
 @dataclass

@@ -57,9 +57,9 @@ from ..training.checkpoint import ModelDirError, read_json, read_model_config, s
 from ..training.distributed import DistContext
 from ..training.layer_loop import ArraySource, StreamSource, fit_flow
 from ..training.loop import TrainConfig, resolve_device
-from .base import Generator
+from .base import Generator, incident_energies
 from .embedding import ConditionalFlow
-from .energy_flow import EnergyConstants, EnergyFlow, einc_draw, einc_summary, layer_energy_condition
+from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
 from .settings import override_settings
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "MemoryColumns", "gather", "GENERATOR", "PRESETS",
@@ -485,15 +485,7 @@ class L2LFlows(Generator):
         if str(device) != str(self.device):
             self.to(device)
         rng = np.random.default_rng(seed)
-        if np.ndim(n_or_energies) == 0:
-            n = int(n_or_energies)
-            if n < 1:
-                raise ValueError("number of showers must be positive")
-            einc = einc_draw(self.consts["incident_energies"], n, rng)
-        else:
-            einc = np.asarray(n_or_energies, dtype=np.float64).reshape(-1)
-            if len(einc) == 0 or not np.all(np.isfinite(einc)) or np.any(einc <= 0):
-                raise ValueError("incident energies must be a non-empty array of positive, finite values")
+        einc = incident_energies(n_or_energies, self.consts["incident_energies"], rng)
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
         self.energy_flow.eval()
         for m in self.causal.values():
