@@ -61,10 +61,10 @@ def describe(path: str, geometry: str | None = None) -> str:
     )
     if s["condition_names"]:
         lines.append(f"extra conditions:   {', '.join(s['condition_names'])}")
-    for k in sorted(attrs):
-        if k in ("caloflows_version",):
-            continue
-        lines.append(f"attr {k + ':':<14}{attrs[k]}")
+    keys = [k for k in sorted(attrs) if k != "caloflows_version"]
+    width = max((len(k) for k in keys), default=0) + 2
+    for k in keys:
+        lines.append(f"attr {k + ':':<{width}}{attrs[k]}")
     return "\n".join(lines)
 
 
