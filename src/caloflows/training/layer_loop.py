@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import ModelDirError, load_checkpoint, save_checkpoint, write_json
 from .distributed import DistContext, shard_bounds
-from .loop import TrainConfig, TrainResult, plot_history, split_indices
+from .loop import TrainConfig, TrainResult, new_history, plot_history, record_epoch, split_indices
 from .schedules import make_scheduler
 from ..layerdata import iter_global_batches
 
@@ -128,7 +128,7 @@ def fit_flow(
     sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
                            epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs)
     cfg_json = json.dumps({**asdict(cfg), "world_size_independent": True}, sort_keys=True)
-    history: dict = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": [], "skipped_batches": []}
+    history: dict = new_history()
     best_val, best_epoch, bad, start, stopped = math.inf, 0, 0, 0, False
     if resume and last_path.exists():
         st = load_checkpoint(last_path)
@@ -186,12 +186,7 @@ def fit_flow(
         if cnt == 0:
             raise FloatingPointError(f"{name}: every batch of epoch {epoch} gave a non-finite loss")
         val = evaluate()
-        history["epoch"].append(epoch)
-        history["train_loss"].append(tot / cnt)
-        history["val_loss"].append(val)
-        history["lr"].append(opt.param_groups[0]["lr"])
-        history["seconds"].append(time.time() - te)
-        history["skipped_batches"].append(skipped)
+        record_epoch(history, epoch, tot / cnt, val, opt.param_groups[0]["lr"], time.time() - te, skipped)
         if val < best_val:
             best_val, best_epoch, bad = val, epoch, 0
             if ctx.is_main:

@@ -33,7 +33,24 @@ from ..io import atomic_output
 from .checkpoint import ModelDirError, load_checkpoint, save_checkpoint, write_json
 from .schedules import make_scheduler
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "plot_history", "split_indices"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "plot_history", "split_indices",
+           "new_history", "record_epoch"]
+
+
+#: per-epoch training history kept by every training loop (history_*.json, checkpoints)
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "skipped_batches")
+
+
+def new_history() -> dict:
+    """An empty training history with :data:`HISTORY_KEYS`."""
+    return {k: [] for k in HISTORY_KEYS}
+
+
+def record_epoch(history: dict, epoch: int, train_loss: float, val_loss: float, lr: float, seconds: float,
+                 skipped_batches: int) -> None:
+    """Append one epoch's numbers to ``history``."""
+    for k, v in zip(HISTORY_KEYS, (epoch, train_loss, val_loss, lr, seconds, skipped_batches)):
+        history[k].append(v)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -210,7 +227,7 @@ class Trainer:
         sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
                                epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs)
         gen = torch.Generator().manual_seed(cfg.seed)
-        history = {"epoch": [], "train_loss": [], "val_loss": [], "lr": [], "seconds": [], "skipped_batches": []}
+        history = new_history()
         best_val, best_epoch, bad, start, stopped = math.inf, 0, 0, 0, False
         self.ckdir.mkdir(parents=True, exist_ok=True)
         if resume and self.last_path.exists():
@@ -261,12 +278,7 @@ class Trainer:
             if cnt == 0:
                 raise FloatingPointError(f"{self.name}: every batch of epoch {epoch} gave a non-finite loss")
             val = self.evaluate(data, va_idx)
-            history["epoch"].append(epoch)
-            history["train_loss"].append(tot / cnt)
-            history["val_loss"].append(val)
-            history["lr"].append(opt.param_groups[0]["lr"])
-            history["seconds"].append(time.time() - te)
-            history["skipped_batches"].append(skipped)
+            record_epoch(history, epoch, tot / cnt, val, opt.param_groups[0]["lr"], time.time() - te, skipped)
             if val < best_val:
                 best_val, best_epoch, bad = val, epoch, 0
                 save_checkpoint(self.best_path, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val})
