@@ -69,7 +69,7 @@ from ..training.checkpoint import (
 )
 from ..training.loop import TrainConfig, Trainer, resolve_device
 from .base import Generator, einc_summary, incident_energies
-from .settings import override_settings
+from .settings import override_settings, preset_config
 
 __all__ = ["CaloFlow", "CaloFlowConfig", "PRESETS", "GENERATOR", "apply_overrides", "train_caloflow", "train_from_args", "distill_from_args"]
 
@@ -120,9 +120,7 @@ class CaloFlowConfig:
     @classmethod
     def preset(cls, name: str, geometry: Geometry) -> "CaloFlowConfig":
         """``quick`` (small, minutes on 2 CPU cores) or ``full`` (paper sizes, hidden = voxels)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-        return PRESETS[name](geometry)
+        return preset_config(PRESETS, name, geometry)
 
 
 def _quick(g: Geometry) -> CaloFlowConfig:

@@ -50,7 +50,7 @@ from ..training.loop import TrainConfig, resolve_device
 from .base import Generator, incident_energies
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
-from .settings import override_settings
+from .settings import override_settings, preset_config
 
 __all__ = ["ICaloFlow", "ICaloFlowConfig", "GENERATOR", "PRESETS", "train_from_args", "distill_from_args"]
 
@@ -99,9 +99,7 @@ class ICaloFlowConfig:
 
     @classmethod
     def preset(cls, name: str, geometry: Geometry) -> "ICaloFlowConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-        return PRESETS[name](geometry)
+        return preset_config(PRESETS, name, geometry)
 
 
 def _quick(g: Geometry) -> ICaloFlowConfig:

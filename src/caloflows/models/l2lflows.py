@@ -60,7 +60,7 @@ from ..training.loop import TrainConfig, resolve_device
 from .base import Generator, incident_energies
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
-from .settings import override_settings
+from .settings import override_settings, preset_config
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "MemoryColumns", "gather", "GENERATOR", "PRESETS",
            "train_from_args", "format_layers"]
@@ -132,9 +132,7 @@ class L2LFlowsConfig:
 
     @classmethod
     def preset(cls, name: str, geometry: Geometry) -> "L2LFlowsConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-        return PRESETS[name](geometry)
+        return preset_config(PRESETS, name, geometry)
 
 
 def _quick(g: Geometry) -> L2LFlowsConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-__all__ = ["override_settings"]
+__all__ = ["override_settings", "preset_config"]
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
@@ -32,3 +32,10 @@ def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "mod
             raise ValueError(f"unknown {what} setting {key!r}; known: {', '.join(sorted(tgt))}")
         tgt[parts[-1]] = v
     return d
+
+
+def preset_config(presets: dict, name: str, geometry):
+    """The config a model's named preset (``quick``, ``full``) builds for ``geometry``."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(presets)}")
+    return presets[name](geometry)
