@@ -133,3 +133,18 @@ def test_student_warm_start_reproduces_teacher_parameters():
     for s, t in zip(F.flow_blocks(iaf), F.flow_blocks(maf)):
         assert torch.allclose(s.hyper(x), t.hyper(x), atol=1e-6)
     assert not F.init_student_from_teacher(F.build_iaf(6, 2, 2, (5,)), maf)  # narrower student: refused
+
+
+def test_spline_column_inverse_matches_zuko_inside_and_outside_the_bound():
+    from zuko.transforms import MonotonicRQSTransform
+
+    torch.manual_seed(4)
+    K, bound, slope = 5, 3.0, 1e-2
+    phi = 2 * torch.randn(200, 3 * K - 1, dtype=torch.float64)
+    y = torch.cat([torch.linspace(-2.99, 2.99, 150), torch.tensor([-3.0, 3.0, -7.0, 9.5]),
+                   torch.randn(46) * 5]).to(torch.float64)
+    t = MonotonicRQSTransform(phi[:, None, :K], phi[:, None, K:2 * K], phi[:, None, 2 * K:], bound=bound, slope=slope)
+    ours = F.rqs_inverse_column(phi, y, K, bound, slope)
+    assert torch.allclose(ours, t.inv(y[:, None])[:, 0], atol=1e-12, rtol=0)
+    assert torch.equal(ours[y.abs() > bound], y[y.abs() > bound])  # identity tails
+    assert torch.allclose(t(ours[:, None])[:, 0], y, atol=1e-10)  # x -> y -> x

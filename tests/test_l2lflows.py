@@ -187,6 +187,9 @@ def test_energy_flow_rejects_outliers(toy):
 def test_subset_layers_gather_and_generate(toy, gathered):
     d, res = gathered
     assert res["layers"] == list(range(9)) and res["energy_flow"] and res["missing"] == []
+    # the per-epoch training record (seconds per epoch per layer) travels with the weights
+    assert (d / "all" / "history_energy_flow.json").exists()
+    assert all((d / "all" / f"history_causal_layer_{i:03d}.json").exists() for i in range(9))
     with pytest.raises(ModelDirError, match=r"layers 5-8 not trained"):
         L2LFlows.load(d / "a")
     with pytest.raises(ModelDirError, match=r"energy flow and causal flows of layers 0-4"):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -641,6 +642,9 @@ def gather(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
                 continue
         meta = {**_read_meta(p), "constants_sha": model.consts["sha"]}
         save_weights(dst, load_file(str(p)), meta)
+        for extra in (f"history_{p.stem}.json", f"loss_{p.stem}.png"):  # the training record travels along
+            if (p.parent / extra).exists():
+                shutil.copyfile(p.parent / extra, out / extra)
     layers = sorted(int(n[len("causal_layer_"):-len(".safetensors")]) for n in found if n.startswith("causal_layer_"))
     missing = [i for i in range(model.geometry.n_layers) if i not in layers]
     return {"layers": layers, "energy_flow": ENERGY_FILE in found, "missing": missing}
