@@ -14,11 +14,18 @@ Steps (every number is written to ``--out`` JSON and printed):
 4. Generation ms/shower at batch 1, 100, 10000 for L2LFlows and the iCaloFlow student, and
    Geant4's seconds per shower for a sample of the same incident energies, in the same run
    (``benchmarks/bench_geant4.py``).
-5. Peak memory (max RSS of a fresh process) of training one ds3 causal flow streamed from HDF5
-   (``cache_mb = 0``) against reading the same ds3 file into memory.
+5. Peak memory (max RSS of a fresh process) of training one ds3 causal flow (L2LFlows) and the
+   shared flow-3 of iCaloFlow (a small one) streamed from HDF5 (``cache_mb = 0``) against reading
+   the same ds3 file into memory.
+
+Stages (``--stages``) let the parts run as separate processes, e.g. the Geant4 floor while the
+models still train, and the timings alone on an idle machine:
 
     OMP_NUM_THREADS=2 python benchmarks/bench_l2lflows.py --quick      # minutes on 2 cores
     python benchmarks/bench_l2lflows.py --n-train 20000 --n-test 10000 --epochs 30
+    # models trained elsewhere (caloflows train ... into WORK/l2lflows and WORK/icaloflow):
+    python benchmarks/bench_l2lflows.py --workdir WORK --reuse --data train.h5 --reference test.h5 \
+        --stages fidelity --out fidelity.json
 """
 
 from __future__ import annotations
@@ -96,11 +103,26 @@ cfg = L2LFlowsConfig(cf_hidden=[64], embed_hidden=[256, 128], cf_transforms=2, e
 s = L2LFlows('ds3', cfg).train({str(path)!r}, {str(work / 'ds3_model')!r}, layers='20', energy=False, progress=False)
 print('SEC', s['layers'][20]['seconds_per_epoch'], s['streaming'][20])
 """
+    icf = f"""
+import torch; torch.set_num_threads(1)
+from dataclasses import asdict
+from caloflows.models.icaloflow import ICaloFlow, ICaloFlowConfig
+from caloflows.training.loop import TrainConfig
+tc = asdict(TrainConfig(epochs={epochs}, batch_size=256, base_lr=1e-4, max_lr=1e-3, val_fraction=0.1))
+cfg = ICaloFlowConfig(transforms=1, hidden=[32], student_hidden=[32], edf_train=tc, teacher_train=tc,
+                      student_train=tc, chunk_rows=256, cache_mb=0.0, std_rows=2000)
+s = ICaloFlow('ds3', cfg).fit({str(path)!r}, {str(work / 'ds3_icaloflow')!r}, progress=False, stages=('teacher3',))
+print('SEC', s['teacher3']['seconds_per_epoch'])
+"""
     t = time.perf_counter()
     stream = peak_rss_mb(train)
+    t_l2l = time.perf_counter() - t
+    t = time.perf_counter()
+    stream_icf = peak_rss_mb(icf)
     return {"n_showers": n, "file_float32_mb": n * g.n_voxels * 4 / 2**20, "baseline_import_mb": base,
             "read_whole_file_peak_mb": full, "stream_train_layer20_peak_mb": stream,
-            "stream_train_seconds": time.perf_counter() - t}
+            "stream_train_seconds": t_l2l, "icaloflow_stream_train_flow3_peak_mb": stream_icf,
+            "icaloflow_stream_train_seconds": time.perf_counter() - t}
 
 
 def _jsonable(o):
@@ -165,8 +187,18 @@ def main(argv=None) -> int:
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--workdir", default=None)
     p.add_argument("--reuse", action="store_true", help="load models already trained in --workdir instead of training")
+    p.add_argument("--stages", default="floor,fidelity,speed,ds3",
+                   help="comma-separated parts to run: floor (Geant4 vs Geant4), fidelity (trains or loads the "
+                        "models), speed, ds3 (default: all)")
+    p.add_argument("--eval-threads", type=int, default=None,
+                   help="torch threads for generation + evaluation of the fidelity stage (default: OMP_NUM_THREADS); "
+                        "the speed stage always uses OMP_NUM_THREADS")
     p.add_argument("--out", default="bench_l2lflows.json")
     a = p.parse_args(argv)
+    stages = set(a.stages.split(","))
+    known = {"floor", "fidelity", "speed", "ds3"}
+    if stages - known:
+        p.error(f"unknown stages {sorted(stages - known)}")
     if a.quick:
         a.n_train, a.n_test, a.epochs = min(a.n_train, 400), min(a.n_test, 300), min(a.epochs, 3)
         a.batch_size = min(a.batch_size, 64)
@@ -175,7 +207,8 @@ def main(argv=None) -> int:
     student_epochs = a.student_epochs or max(1, a.epochs // 2)
     import torch
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(threads)
     from caloflows.io import read_showers
     from caloflows.models.icaloflow import ICaloFlow, ICaloFlowConfig
     from caloflows.models.l2lflows import L2LFlows, L2LFlowsConfig
@@ -184,6 +217,8 @@ def main(argv=None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_l2l_"))
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"settings": vars(a).copy(), "workdir": str(work)}
+    if stages == {"ds3"}:  # memory only: no Geant4 data or models needed
+        return finish(res, work, stages, a)
     t0 = time.perf_counter()
     train = Path(a.data) if a.data else simulate(work / "g4_train.h5", a.n_train, seed=1)
     ref = Path(a.reference) if a.reference else simulate(work / "g4_test.h5", a.n_test, seed=2)
@@ -192,6 +227,16 @@ def main(argv=None) -> int:
     tr = read_showers(train, geometry="ds2")
     res["n_train"], res["n_test"] = len(tr), len(test)
     print(f"data: {len(tr)} training, {len(test)} held-out Geant4 ds2 showers ({work})", flush=True)
+    if "floor" in stages:  # a disjoint Geant4 sample (from the training file) vs the held-out set
+        torch.set_num_threads(a.eval_threads or threads)
+        m = min(len(tr), len(test))
+        res["fidelity"] = {"geant4_floor": evaluate_pair(tr.subset(slice(0, m)), test, "cls-low,cls-high,fpd,kpd",
+                                                         a.cls_seeds, a.cls_epochs)}
+        print("geant4 floor", json.dumps({k: v for k, v in res["fidelity"]["geant4_floor"].items()
+                                          if k.startswith("cls")}), flush=True)
+        torch.set_num_threads(threads)
+    if not stages & {"fidelity", "speed"}:
+        return finish(res, work, stages, a)
 
     # ---------------------------------------------------------------- L2LFlows
     d = L2LFlowsConfig.preset("quick", None).to_dict()
@@ -231,31 +276,65 @@ def main(argv=None) -> int:
         ic = ICaloFlow.load(work / "icaloflow")
         s_ic = {k: _history(work / "icaloflow", k) for k in ("energy", "teacher2", "teacher3", "student2", "student3")}
     else:
-        s_ic = ic.fit(tr, work / "icaloflow", progress=False)
-        s_ic.update(ic.distill(tr, work / "icaloflow", progress=False))
+        s_ic = ic.fit(train, work / "icaloflow", progress=False)
+        s_ic.update(ic.distill(train, work / "icaloflow", progress=False))
     res["icaloflow_train"] = {"seconds": time.perf_counter() - t, "stages": s_ic, "parameters": ic.parameter_counts()}
     print("iCaloFlow trained:", json.dumps({k: v.get("seconds") for k, v in s_ic.items()}), flush=True)
 
     # ---------------------------------------------------------------- fidelity
+    if "fidelity" in stages:
+        torch.set_num_threads(a.eval_threads or threads)
+        fidelity(res, work, l2l, ic, test, a)
+        torch.set_num_threads(threads)
+
+    # ---------------------------------------------------------------- speed
+    if "speed" in stages:
+        speed(res, l2l, ic, test, a, train, work)
+
+    return finish(res, work, stages, a)
+
+
+def finish(res: dict, work: Path, stages: set, a) -> int:
+    """The ds3 memory stage, then the JSON report."""
+    if "ds3" in stages and a.ds3_n > 0:
+        res["ds3_streaming_memory"] = ds3_memory(work, a.ds3_n, epochs=1)
+        print("ds3 memory", json.dumps(res["ds3_streaming_memory"]), flush=True)
+    from caloflows.io import atomic_output
+
+    with atomic_output(a.out) as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=1, default=_jsonable))
+    print(f"-> {a.out}")
+    return 0
+
+
+def fidelity(res: dict, work: Path, l2l, ic, test, a) -> None:
+    """Generated vs held-out Geant4; the generated files are kept in ``work``."""
+    from caloflows.io import ShowerData, write_showers
+
     gens = {}
     for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"student": True})):
         t = time.perf_counter()
         e, x = model.sample(test.incident_energies, batch_size=1000, seed=5, **kw)
-        from caloflows.io import ShowerData
-
         gens[name] = ShowerData(e, x)
         res.setdefault("generate_seconds", {})[name] = time.perf_counter() - t
+        write_showers(work / f"generated_{name}.h5", e, x, attrs={"geometry": "ds2", "generator": name})
     metrics = "hist,fpd,kpd,cls-low,cls-high"
     for name, g in gens.items():
         res.setdefault("fidelity", {})[name] = evaluate_pair(g, test, metrics, a.cls_seeds, a.cls_epochs)
         print(name, json.dumps({k: v for k, v in res["fidelity"][name].items() if k.startswith("cls")}), flush=True)
-    m = min(len(tr), len(test))
-    res["fidelity"]["geant4_floor"] = evaluate_pair(tr.subset(slice(0, m)), test, "cls-low,cls-high,fpd,kpd",
-                                                    a.cls_seeds, a.cls_epochs)
-    print("geant4 floor", json.dumps({k: v for k, v in res["fidelity"]["geant4_floor"].items() if k.startswith("cls")}),
-          flush=True)
 
-    # ---------------------------------------------------------------- speed
+
+def speed(res: dict, l2l, ic, test, a, train: Path, work: Path) -> None:
+    """Generation ms/shower per batch size and Geant4 s/shower for held-out energies, same run;
+    seconds per epoch of one causal flow (layer 20, the trained model's settings) on an idle machine."""
+    from caloflows.models.l2lflows import L2LFlows, L2LFlowsConfig
+    from caloflows.models.settings import override_settings
+
+    d = override_settings(l2l.cfg.to_dict(), ["cf_train.epochs=2"])
+    s = L2LFlows("ds2", L2LFlowsConfig.from_dict(d)).train(train, work / "solo_layer20", layers=[20], energy=False,
+                                                           progress=False)
+    res["l2lflows_solo_layer20_seconds_per_epoch"] = s["layers"][20]["seconds_per_epoch"]
+    print("solo layer 20:", res["l2lflows_solo_layer20_seconds_per_epoch"], "s/epoch", flush=True)
     for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"student": True})):
         res.setdefault("generation_ms_per_shower", {})[name] = [
             time_generation(model, test.incident_energies, b, a.min_seconds, **kw) for b in a.batches]
@@ -273,18 +352,6 @@ def main(argv=None) -> int:
         print("geant4", json.dumps(res["geant4"]), flush=True)
     except Exception as exc:  # noqa: BLE001 - report, do not lose the other numbers
         res["geant4"] = {"error": f"{type(exc).__name__}: {exc}"}
-
-    # ---------------------------------------------------------------- ds3 memory
-    if a.ds3_n > 0:
-        res["ds3_streaming_memory"] = ds3_memory(work, a.ds3_n, epochs=1)
-        print("ds3 memory", json.dumps(res["ds3_streaming_memory"]), flush=True)
-
-    from caloflows.io import atomic_output
-
-    with atomic_output(a.out) as tmp:
-        Path(tmp).write_text(json.dumps(res, indent=1, default=_jsonable))
-    print(f"-> {a.out}")
-    return 0
 
 
 if __name__ == "__main__":

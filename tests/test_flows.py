@@ -148,3 +148,42 @@ def test_spline_column_inverse_matches_zuko_inside_and_outside_the_bound():
     assert torch.allclose(ours, t.inv(y[:, None])[:, 0], atol=1e-12, rtol=0)
     assert torch.equal(ours[y.abs() > bound], y[y.abs() > bound])  # identity tails
     assert torch.allclose(t(ours[:, None])[:, 0], y, atol=1e-10)  # x -> y -> x
+
+
+def test_cached_masks_follow_weight_changes_and_leave_training_alone():
+    torch.manual_seed(5)
+    maf = F.build_maf(6, 2, 2, (12,))
+    layers = [m for m in maf.modules() if isinstance(m, F.CachedMaskedLinear)]
+    assert len(layers) == 4  # two MADEs of two layers each
+    x, c = torch.randn(5, 6), torch.randn(5, 2)
+
+    def reference():  # zuko's formula, mask applied on the spot
+        with torch.no_grad():
+            h = x
+            for t in F.flow_blocks(maf):
+                lin = [m for m in t.hyper if isinstance(m, torch.nn.Linear)]
+                a = torch.relu(torch.nn.functional.linear(torch.cat([h, c], -1), lin[0].mask * lin[0].weight, lin[0].bias))
+                phi = torch.nn.functional.linear(a, lin[1].mask * lin[1].weight, lin[1].bias)
+                h = t(c)(h)
+            return phi, h
+
+    with torch.no_grad():
+        out1 = maf(c).log_prob(x)
+    _perturb(maf)  # in-place change of every weight: the cached products must be rebuilt
+    with torch.no_grad():
+        out2 = maf(c).log_prob(x)
+        phi_ref, _ = reference()
+        last = F.flow_blocks(maf)[-1]
+        h = F.forward_path(maf, x, c)[-2]
+        phi = last.hyper(torch.cat([h, c], -1))
+    assert not torch.allclose(out1, out2)
+    assert torch.allclose(phi, phi_ref, atol=1e-6)
+    with torch.enable_grad():  # training: gradients reach the weights, masked entries get none
+        loss = -maf(c).log_prob(x).mean()
+        loss.backward()
+    for m in layers:
+        assert m.weight.grad is not None and torch.all(m.weight.grad[~m.mask.bool()] == 0)
+    with F.double_precision(maf), torch.no_grad():  # new dtype: rebuilt in float64
+        assert maf(c.double()).log_prob(x.double()).dtype == torch.float64
+    with torch.no_grad():
+        assert torch.allclose(maf(c).log_prob(x), out2, atol=1e-5)

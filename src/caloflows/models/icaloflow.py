@@ -21,8 +21,11 @@ flow's raw output.  Sampling walks the layers in order; each layer is scaled to 
 the threshold-aware post-processing of L2LFlows appendix B.3 (or a plain renormalisation and
 cut, ``postprocess="renormalise"``).  Teachers sample in float64, students in float32.
 
-Training data are held in memory (rows = showers for flow-2, (shower, layer) pairs for
-flow-3); the trainer is the DDP-capable :func:`caloflows.training.layer_loop.fit_flow`.
+Training rows are showers for flow-2 and (shower, layer) pairs for flow-3; the trainer is the
+DDP-capable :func:`caloflows.training.layer_loop.fit_flow`.  Training from a file holds only
+the layer energies in memory: showers up to ``cache_mb`` are read once, larger files (ds3) are
+streamed in chunks of ``chunk_rows`` showers (chunk order and rows within a chunk shuffled per
+epoch), and the standardisation constants come from a streaming pass over ``std_rows`` showers.
 """
 
 from __future__ import annotations
@@ -41,18 +44,19 @@ from .. import flows as F
 from .. import preprocessing as P
 from ..geometry import Geometry, load_geometry
 from ..io import ShowerData, _check_values
+from ..layerdata import ColumnBlock, LayerColumns
 from ..postprocess import threshold_renormalise
 from ..training.checkpoint import (ModelDirError, load_weights, read_json, read_model_config, save_weights,
                                    write_json, write_model_config)
 from ..training.distributed import DistContext
-from ..training.layer_loop import ArraySource, fit_flow
+from ..training.layer_loop import ArraySource, StreamSource, fit_flow
 from ..training.loop import TrainConfig, resolve_device
 from .base import Generator, incident_energies
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
 from .settings import override_settings, preset_config
 
-__all__ = ["ICaloFlow", "ICaloFlowConfig", "GENERATOR", "PRESETS", "train_from_args", "distill_from_args"]
+__all__ = ["ICaloFlow", "ICaloFlowConfig", "TrainingShowers", "GENERATOR", "PRESETS", "train_from_args", "distill_from_args"]
 
 GENERATOR = "ICaloFlow"
 KIND = "icaloflow"
@@ -79,6 +83,9 @@ class ICaloFlowConfig:
     max_resample: int = 20
     postprocess: str = "threshold"
     distill_intermediate: bool = True
+    chunk_rows: int = 512
+    cache_mb: float = 1024.0
+    std_rows: int = 20_000
     seed: int = 0
     edf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     teacher_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=512, base_lr=4e-5, max_lr=1e-3)))
@@ -118,6 +125,86 @@ def _full(g: Geometry) -> ICaloFlowConfig:
 
 
 PRESETS = {"quick": _quick, "full": _full}
+
+
+class TrainingShowers:
+    """iCaloFlow's view of its training showers: layer energies in memory, voxels cached or streamed.
+
+    Rows of flow-2 are showers; rows of flow-3 are ``(shower, layer)`` pairs numbered
+    ``shower * (L - 1) + layer - 1``, so a chunk of ``chunk_rows`` showers is a contiguous block
+    of pair rows.  When the voxels are cached (in-memory data, or a file below ``cache_mb``)
+    batches gather from the array; otherwise :meth:`source` streams chunks from the file and
+    hands each batch its own voxels (``[layer i, layer i-1]`` per pair).
+
+    Args:
+        einc: incident energies (N,), MeV.
+        E: layer energies after the threshold cut (N, L), MeV.
+        geometry: the voxel geometry (equal layers).
+        chunk_rows: showers per streamed chunk.
+        cached: all voxels (N, n_voxels) float32, or None to stream from ``block``.
+        block: the file's full-width :class:`~caloflows.layerdata.ColumnBlock`.
+    """
+
+    def __init__(self, einc: np.ndarray, E: np.ndarray, geometry: Geometry, chunk_rows: int,
+                 cached: np.ndarray | None = None, block: ColumnBlock | None = None) -> None:
+        if cached is None and block is None:
+            raise ValueError("give the cached voxels or a column block to stream")
+        self.einc, self.E, self.geometry = einc, E, geometry
+        self.n, self.chunk_rows = len(einc), max(1, int(chunk_rows))
+        self.cached, self.block = cached, block
+
+    @classmethod
+    def from_data(cls, data: ShowerData, geometry: Geometry, chunk_rows: int) -> "TrainingShowers":
+        geometry.check_showers(data.showers, "training showers")
+        einc = np.asarray(data.incident_energies, dtype=np.float64).reshape(-1)
+        _check_values("<training showers>", einc, np.asarray(data.showers))
+        sh = np.asarray(data.showers, dtype=np.float32)
+        E = geometry.layer_energies(geometry.apply_threshold(sh.astype(np.float64)))
+        return cls(einc, E, geometry, chunk_rows, cached=sh)
+
+    @classmethod
+    def open(cls, data: "ShowerData | str | os.PathLike", geometry: Geometry, chunk_rows: int = 512,
+             cache_mb: float = 1024.0) -> "TrainingShowers":
+        """In-memory showers as they are; a file: one validating pass, then cached or streamed."""
+        if isinstance(data, ShowerData):
+            return cls.from_data(data, geometry, chunk_rows)
+        cols = LayerColumns(data, geometry, chunk_rows)
+        stats = cols.scan()
+        block = ColumnBlock(cols, 0, geometry.n_voxels, cache_mb)
+        return cls(stats.incident_energies, stats.layer_energies, geometry, chunk_rows, block.cached, block)
+
+    @property
+    def streaming(self) -> bool:
+        return self.cached is None
+
+    @property
+    def n_chunks(self) -> int:
+        return (self.n + self.chunk_rows - 1) // self.chunk_rows
+
+    def chunk_bounds(self, k: int) -> tuple[int, int]:
+        return k * self.chunk_rows, min((k + 1) * self.chunk_rows, self.n)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Voxels of showers ``[a, b)`` (float32)."""
+        return self.cached[a:b] if self.cached is not None else self.block.get(a, b)
+
+    def _pairs(self, a: int, b: int) -> np.ndarray:
+        L, n = self.geometry.n_layers, self.geometry.layer_sizes[0]
+        s0, s1 = a // (L - 1), (b - 1) // (L - 1) + 1
+        grid = self.rows(s0, s1).reshape(s1 - s0, L, n)
+        k = np.arange(a, b)
+        shw, lay = k // (L - 1) - s0, 1 + k % (L - 1)
+        return np.concatenate([grid[shw, lay], grid[shw, lay - 1]], 1)
+
+    def source(self, which: int):
+        """Batch source of flow-2 (``which=2``) or flow-3 rows for :func:`fit_flow`."""
+        L, n = self.geometry.n_layers, self.geometry.layer_sizes[0]
+        rows = self.n if which == 2 else self.n * (L - 1)
+        if self.cached is not None:  # full shuffle; the inputs gather from the array
+            return ArraySource(np.zeros((rows, 0), np.float32))
+        if which == 2:
+            return StreamSource(rows, self.chunk_rows, lambda a, b: self.rows(a, b)[:, :n])
+        return StreamSource(rows, self.chunk_rows * (L - 1), self._pairs)
 
 
 class _DistillObjective(nn.Module):
@@ -170,21 +257,39 @@ class ICaloFlow(Generator):
         return self
 
     # ------------------------------------------------------------------ preprocessing
-    def fit_constants(self, data: ShowerData, max_rows: int = 20_000) -> None:
-        g, c = self.geometry, self.cfg
-        sh = np.asarray(data.showers, dtype=np.float64)
-        einc = np.asarray(data.incident_energies, dtype=np.float64).reshape(-1)
-        E = g.layer_energies(g.apply_threshold(sh))
-        energy = EnergyConstants.fit(E, einc, seed=c.seed, alpha=c.alpha)
+    def fit_constants(self, data: "ShowerData | TrainingShowers") -> None:
+        """Energy-flow constants and the per-voxel logit mean / std (layer 0; layers >= 1 pooled).
+
+        The voxel statistics accumulate chunk by chunk over ``std_rows`` showers (whole chunks in
+        an order drawn from the seed), so they need one chunk of memory, not the file.
+        """
+        c = self.cfg
+        t = data if isinstance(data, TrainingShowers) else TrainingShowers.from_data(data, self.geometry, c.chunk_rows)
+        energy = EnergyConstants.fit(t.E, t.einc, seed=c.seed, alpha=c.alpha)
         rng = np.random.default_rng([c.seed, 31])
-        sel = rng.permutation(len(sh))[:max_rows]
-        grid = sh[sel].reshape(len(sel), g.n_layers, self.n)
-        grid = grid + c.noise_kev * P.KEV * rng.random(grid.shape)
-        y = P.Logit(c.alpha).forward(grid / grid.sum(2, keepdims=True))
-        self.consts = {"energy": energy.to_dict(), "incident_energies": einc_summary(einc),
-                       "mean0": y[:, 0].mean(0).tolist(), "std0": np.maximum(y[:, 0].std(0), 1e-3).tolist(),
-                       "mean": y[:, 1:].reshape(-1, self.n).mean(0).tolist(),
-                       "std": np.maximum(y[:, 1:].reshape(-1, self.n).std(0), 1e-3).tolist()}
+        acc = np.zeros((4, self.n))  # sum / sum of squares, layer 0 and layers >= 1
+        cnt = np.zeros(2)
+        seen = 0
+        for k in rng.permutation(t.n_chunks):
+            if seen >= c.std_rows:
+                break
+            a, b = t.chunk_bounds(int(k))
+            b = min(b, a + c.std_rows - seen)
+            grid = t.rows(a, b).astype(np.float64).reshape(b - a, self.geometry.n_layers, self.n)
+            grid = grid + c.noise_kev * P.KEV * rng.random(grid.shape)
+            y = P.Logit(c.alpha).forward(grid / grid.sum(2, keepdims=True))
+            acc[0] += y[:, 0].sum(0)
+            acc[1] += (y[:, 0] ** 2).sum(0)
+            acc[2] += y[:, 1:].sum((0, 1))
+            acc[3] += (y[:, 1:] ** 2).sum((0, 1))
+            cnt += (b - a, (b - a) * (self.geometry.n_layers - 1))
+            seen += b - a
+        m0, m = acc[0] / cnt[0], acc[2] / cnt[1]
+        s0 = np.sqrt(np.maximum(acc[1] / cnt[0] - m0**2, 0.0))
+        s1 = np.sqrt(np.maximum(acc[3] / cnt[1] - m**2, 0.0))
+        self.consts = {"energy": energy.to_dict(), "incident_energies": einc_summary(t.einc),
+                       "mean0": m0.tolist(), "std0": np.maximum(s0, 1e-3).tolist(),
+                       "mean": m.tolist(), "std": np.maximum(s1, 1e-3).tolist()}
         self.energy_consts = energy
 
     def _ms(self, first: bool, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -212,30 +317,40 @@ class ICaloFlow(Generator):
                                                self._econd(E_prev)], 1), onehot], 1)
 
     # ------------------------------------------------------------------ training inputs
-    def _data_inputs(self, showers: np.ndarray, E_all: np.ndarray, einc_all: np.ndarray, which: int, with_z: bool):
-        """Input builder for flow-2 (``which=2``, rows = showers) or flow-3 (rows = shower x layer)."""
+    def _data_inputs(self, t: "TrainingShowers", which: int, with_z: bool):
+        """Input builder for flow-2 (``which=2``, rows = showers) or flow-3 (rows = shower x layer).
+
+        ``raw`` holds the batch's voxels when the rows are streamed (:meth:`TrainingShowers.source`:
+        layer 0 for flow-2, ``[layer i, layer i-1]`` for flow-3); otherwise it has no columns and
+        the voxels are gathered from the in-memory showers.
+        """
         n, L = self.n, self.geometry.n_layers
         noise = self.cfg.noise_kev * P.KEV
         ec = self.energy_consts
+        E_all, einc_all = t.E, t.einc
 
         def normed(x: Tensor, gen) -> Tensor:
             x = x + noise * torch.rand(x.shape, dtype=x.dtype, generator=gen)
             return x / x.sum(1, keepdim=True)
 
         def inputs(ii, raw, gen):
+            k = np.asarray(ii)
+            streamed = raw is not None and raw.shape[1] > 0
             if which == 2:
-                s = torch.as_tensor(showers[ii, :n], dtype=torch.float64)
-                y = self.normed_forward(normed(s, gen), True)
-                E0 = ec.noisy(torch.as_tensor(E_all[ii, 0]), gen)
-                c = self.context2(E0, torch.as_tensor(einc_all[ii]))
+                s = raw if streamed else t.cached[k, :n]
+                y = self.normed_forward(normed(torch.as_tensor(s, dtype=torch.float64), gen), True)
+                E0 = ec.noisy(torch.as_tensor(E_all[k, 0]), gen)
+                c = self.context2(E0, torch.as_tensor(einc_all[k]))
             else:
-                k = np.asarray(ii)
                 shw, lay = k // (L - 1), 1 + k % (L - 1)
-                cols = lay[:, None] * n + np.arange(n)[None, :]
-                cur = torch.as_tensor(showers[shw[:, None], cols], dtype=torch.float64)
-                prev = torch.as_tensor(showers[shw[:, None], cols - n], dtype=torch.float64)
-                y = self.normed_forward(normed(cur, gen), False)
-                yp = self.normed_forward(normed(prev, gen), False)  # context: pooled space for every layer
+                if streamed:
+                    cur, prev = raw[:, :n], raw[:, n:]
+                else:
+                    cols = lay[:, None] * n + np.arange(n)[None, :]
+                    cur, prev = t.cached[shw[:, None], cols], t.cached[shw[:, None], cols - n]
+                y = self.normed_forward(normed(torch.as_tensor(cur, dtype=torch.float64), gen), False)
+                # context: pooled space for every layer
+                yp = self.normed_forward(normed(torch.as_tensor(prev, dtype=torch.float64), gen), False)
                 Ei = ec.noisy(torch.as_tensor(E_all[shw, lay]), gen)
                 Ep = ec.noisy(torch.as_tensor(E_all[shw, lay - 1]), gen)
                 c = self.context3(yp, Ei, Ep, torch.as_tensor(einc_all[shw]), torch.as_tensor(lay))
@@ -256,26 +371,25 @@ class ICaloFlow(Generator):
         return inputs
 
     # ------------------------------------------------------------------ training
-    def _arrays(self, data: ShowerData):
-        g = self.geometry
-        g.check_showers(data.showers, "training showers")
-        if len(data) < 10:
-            raise ValueError(f"need at least 10 training showers, got {len(data)}")
-        einc = np.asarray(data.incident_energies, dtype=np.float64).reshape(-1)
-        _check_values("<training showers>", einc, np.asarray(data.showers))
-        sh = np.asarray(data.showers, dtype=np.float32)
-        E = g.layer_energies(g.apply_threshold(sh.astype(np.float64)))
-        return sh, E, einc
+    def training_showers(self, data: "ShowerData | str | os.PathLike") -> "TrainingShowers":
+        """Training showers from memory or from a CaloChallenge file (validated, layer energies)."""
+        t = TrainingShowers.open(data, self.geometry, self.cfg.chunk_rows, self.cfg.cache_mb)
+        if t.n < 10:
+            raise ValueError(f"need at least 10 training showers, got {t.n}")
+        return t
 
-    def fit(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
-            progress: bool = True, stages: tuple[str, ...] = ("energy", "teacher2", "teacher3"),
+    def fit(self, data: "ShowerData | str | os.PathLike", out_dir: str | os.PathLike, *, resume: bool = False,
+            device: str = "cpu", progress: bool = True, stages: tuple[str, ...] = ("energy", "teacher2", "teacher3"),
             ctx: DistContext | None = None) -> dict:
-        """Train flow-1 and the flow-2 / flow-3 teachers (``stages``) into ``out_dir``."""
+        """Train flow-1 and the flow-2 / flow-3 teachers (``stages``) into ``out_dir``.
+
+        ``data``: showers in memory or the path of a training file (streamed if large).
+        """
         ctx = ctx or DistContext()
         out_dir = Path(out_dir)
-        sh, E, einc = self._arrays(data)
+        t = self.training_showers(data)
         if self.consts is None or not resume:
-            self.fit_constants(data)
+            self.fit_constants(t)
         self.to(ctx.device(device))
         if ctx.is_main:
             self.save(out_dir)
@@ -283,12 +397,11 @@ class ICaloFlow(Generator):
         summary = {}
         for stage in stages:
             if stage == "energy":
-                src, fn, norm = ArraySource(np.zeros((len(sh), 0), np.float32)), self._energy_inputs(E, einc), L
+                src, fn, norm = ArraySource(np.zeros((t.n, 0), np.float32)), self._energy_inputs(t.E, t.einc), L
                 tc = self.cfg.edf_train
             elif stage in ("teacher2", "teacher3"):
                 which = 2 if stage == "teacher2" else 3
-                rows = len(sh) if which == 2 else len(sh) * (L - 1)
-                src, fn, norm = ArraySource(np.zeros((rows, 0), np.float32)), self._data_inputs(sh, E, einc, which, False), self.n
+                src, fn, norm = t.source(which), self._data_inputs(t, which, False), self.n
                 tc = self.cfg.teacher_train
             else:
                 raise ValueError(f"unknown stage {stage!r}")
@@ -301,7 +414,7 @@ class ICaloFlow(Generator):
                               "seconds_per_epoch": float(np.mean(r.history["seconds"])) if r.history["seconds"] else None}
         return summary
 
-    def distill(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
+    def distill(self, data: "ShowerData | str | os.PathLike", out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
                 progress: bool = True, epochs: int | None = None, ctx: DistContext | None = None,
                 flows: tuple[int, ...] = (2, 3)) -> dict:
         """Train the IAF students of flow-2 and flow-3 (``flows``) from their teachers (probability density distillation)."""
@@ -309,14 +422,13 @@ class ICaloFlow(Generator):
         for t in ("teacher2", "teacher3"):
             if not self.trained[t]:
                 raise ModelDirError(f"{out_dir}: the {t} flow is not trained yet; run 'caloflows train icaloflow' first")
-        sh, E, einc = self._arrays(data)
+        t = self.training_showers(data)
         self.to(ctx.device(device))
         tc = dict(self.cfg.student_train)
         if epochs is not None:
             tc["epochs"] = int(epochs)
             self.cfg.student_train = tc
             self.config = self.cfg.to_dict()
-        L = self.geometry.n_layers
         summary = {}
         for which in flows:
             teacher, student = self.nets[f"teacher{which}"], self.nets[f"student{which}"]
@@ -324,9 +436,8 @@ class ICaloFlow(Generator):
             for p in teacher.parameters():
                 p.requires_grad_(False)
             obj = _DistillObjective(teacher, student, self.cfg.distill_intermediate)
-            rows = len(sh) if which == 2 else len(sh) * (L - 1)
             try:
-                r = fit_flow(obj, ArraySource(np.zeros((rows, 0), np.float32)), self._data_inputs(sh, E, einc, which, True),
+                r = fit_flow(obj, t.source(which), self._data_inputs(t, which, True),
                              f"student{which}", out_dir, TrainConfig(**tc), ctx=ctx, device=self.device, norm=1.0,
                              progress=progress, resume=resume, params=list(student.parameters()))
             finally:
@@ -478,12 +589,10 @@ class ICaloFlow(Generator):
 # ---------------------------------------------------------------------------- CLI hooks
 def train_from_args(args) -> dict:
     """Run ``caloflows train icaloflow`` (flow-1 and both teachers; torchrun-aware)."""
-    from ..io import read_showers
     from ..training.distributed import init_from_env
 
     ctx = init_from_env()
     g = load_geometry(args.geometry)
-    data = read_showers(args.data, geometry=g)
     if args.resume and os.path.exists(os.path.join(args.out, "config.json")):
         model = ICaloFlow.load(args.out, geometry=g)
     else:
@@ -496,20 +605,18 @@ def train_from_args(args) -> dict:
                 d[k]["seed"] = args.seed
         model = ICaloFlow(g, ICaloFlowConfig.from_dict(override_settings(d, args.set, "iCaloFlow")))
     try:
-        return model.fit(data, args.out, resume=args.resume, device=args.device, progress=True, ctx=ctx)
+        return model.fit(args.data, args.out, resume=args.resume, device=args.device, progress=True, ctx=ctx)
     finally:
         ctx.shutdown()
 
 
 def distill_from_args(args) -> dict:
     """Run ``caloflows distill MODEL_DIR --data TRAIN.h5`` for an iCaloFlow model."""
-    from ..io import read_showers
     from ..training.distributed import init_from_env
 
     ctx = init_from_env()
     model = ICaloFlow.load(args.model_dir)
-    data = read_showers(args.data, geometry=model.geometry)
     try:
-        return model.distill(data, args.model_dir, resume=args.resume, device=args.device, epochs=args.epochs, ctx=ctx)
+        return model.distill(args.data, args.model_dir, resume=args.resume, device=args.device, epochs=args.epochs, ctx=ctx)
     finally:
         ctx.shutdown()
