@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -190,6 +191,8 @@ def test_subset_layers_gather_and_generate(toy, gathered):
     # the per-epoch training record (seconds per epoch per layer) travels with the weights
     assert (d / "all" / "history_energy_flow.json").exists()
     assert all((d / "all" / f"history_causal_layer_{i:03d}.json").exists() for i in range(9))
+    h = json.loads((d / "all" / "history_causal_layer_003.json").read_text())
+    assert h["epoch"] == [1] and 0 < h["lr"][-1] < 2e-3  # the LR its last step used (never below 0)
     with pytest.raises(ModelDirError, match=r"layers 5-8 not trained"):
         L2LFlows.load(d / "a")
     with pytest.raises(ModelDirError, match=r"energy flow and causal flows of layers 0-4"):

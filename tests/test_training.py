@@ -120,6 +120,8 @@ def test_trainer_lowers_validation_loss_and_writes_files(tmp_path):
     h = r.history
     assert h["epoch"] == [1, 2, 3, 4, 5, 6]
     assert r.best_val < h["val_loss"][0] and r.best_val == min(h["val_loss"])
+    # the recorded LR is the one the epoch's last step used: positive, annihilated to ~1e-3 / 1e4
+    assert all(lr > 0 for lr in h["lr"]) and 1e-8 < h["lr"][-1] < 1e-6
     for f in ("loss_toy.png", "history_toy.json", "checkpoints/toy_last.pt", "checkpoints/toy_best.pt"):
         assert (tmp_path / "a" / f).exists(), f
     assert (tmp_path / "a" / "loss_toy.png").read_bytes()[:4] == b"\x89PNG"

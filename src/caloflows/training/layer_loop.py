@@ -162,6 +162,8 @@ def fit_flow(
             break
         te = time.time()
         tot, cnt, skipped = 0.0, 0, 0
+        lr_used = opt.param_groups[0]["lr"]  # the LR of the epoch's last step (the scheduler
+        # has already moved one step past it, below zero after the last onecycle step)
         inner = tqdm(source.batches(tr_idx, bs, cfg.seed, epoch, True, True), total=steps, leave=False,
                      desc=f"{name} epoch {epoch}", disable=None if show else True)
         for k, (ii, raw) in enumerate(inner):
@@ -176,6 +178,7 @@ def fit_flow(
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            lr_used = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             lv = float(loss.detach())
@@ -186,7 +189,7 @@ def fit_flow(
         if cnt == 0:
             raise FloatingPointError(f"{name}: every batch of epoch {epoch} gave a non-finite loss")
         val = evaluate()
-        record_epoch(history, epoch, tot / cnt, val, opt.param_groups[0]["lr"], time.time() - te, skipped)
+        record_epoch(history, epoch, tot / cnt, val, lr_used, time.time() - te, skipped)
         if val < best_val:
             best_val, best_epoch, bad = val, epoch, 0
             if ctx.is_main:

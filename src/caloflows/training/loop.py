@@ -257,6 +257,8 @@ class Trainer:
                 break
             te = time.time()
             tot, cnt, skipped = 0.0, 0, 0
+            lr_used = opt.param_groups[0]["lr"]  # the LR of the epoch's last step (the scheduler
+            # has already moved one step past it, below zero after the last onecycle step)
             inner = tqdm(self._batches(data, tr_idx, gen), total=steps, leave=False, desc=f"epoch {epoch}",
                          disable=None if self.progress else True)
             for b in inner:
@@ -269,6 +271,7 @@ class Trainer:
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                lr_used = opt.param_groups[0]["lr"]
                 opt.step()
                 sched.step()
                 tot += float(loss.detach()) * len(b[0])
@@ -278,7 +281,7 @@ class Trainer:
             if cnt == 0:
                 raise FloatingPointError(f"{self.name}: every batch of epoch {epoch} gave a non-finite loss")
             val = self.evaluate(data, va_idx)
-            record_epoch(history, epoch, tot / cnt, val, opt.param_groups[0]["lr"], time.time() - te, skipped)
+            record_epoch(history, epoch, tot / cnt, val, lr_used, time.time() - te, skipped)
             if val < best_val:
                 best_val, best_epoch, bad = val, epoch, 0
                 save_checkpoint(self.best_path, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val})
