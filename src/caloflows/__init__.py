@@ -13,10 +13,14 @@ Modules, in the order data flows through them:
 __version__ = "0.1.0"
 
 from .geometry import Geometry, available_geometries, coarse_grain, load_geometry  # noqa: E402
+from . import errors  # noqa: E402
+from .errors import CaloflowsError  # noqa: E402
 from .io import ShowerData, ShowerFileError, read_showers, write_showers  # noqa: E402
 
 __all__ = [
     "__version__",
+    "errors",
+    "CaloflowsError",
     "Geometry",
     "available_geometries",
     "coarse_grain",

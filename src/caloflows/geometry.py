@@ -37,6 +37,7 @@ from importlib import resources
 from typing import Sequence
 
 import numpy as np
+from .errors import GeometryError
 
 __all__ = [
     "Layer",
@@ -53,8 +54,6 @@ PAR04_THRESHOLD_MEV = 0.5e-3 / 0.033
 DS1_THRESHOLD_MEV = 1.0
 
 
-class GeometryError(ValueError):
-    """A geometry name, file or array does not match what is expected."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from .geometry import Geometry, load_geometry
+from .errors import ShowerFileError
 
 __all__ = [
     "ShowerData",
@@ -53,8 +54,6 @@ SHOWERS = "showers"
 CONDITIONS = "conditions"
 
 
-class ShowerFileError(ValueError):
-    """A shower file is missing, unreadable or does not satisfy the format; the message names the file."""
 
 
 @dataclass

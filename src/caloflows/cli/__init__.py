@@ -13,6 +13,8 @@ import importlib
 import sys
 
 from .. import __version__
+from ..errors import CaloflowsError
+from ..errors import UsageError as UserError
 
 #: subcommand modules, in the order they appear in ``caloflows --help``
 COMMANDS = [
@@ -25,10 +27,6 @@ COMMANDS = [
     "distill",
     "generate",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed without traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..geometry import GeometryError
-    from ..io import ShowerFileError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -54,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         rc = args.func(args)
-    except (UserError, ShowerFileError, GeometryError, FileNotFoundError) as exc:
+    except CaloflowsError as exc:
         print(f"caloflows: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

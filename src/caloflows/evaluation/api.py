@@ -29,6 +29,7 @@ from .inputs import classifier_inputs
 from .manifold import log_voxels, prdc
 from .multiclass import MulticlassConfig, multiclass_test
 from .params import count_parameters
+from ..errors import EvaluationError
 
 __all__ = [
     "evaluate",
@@ -53,10 +54,6 @@ MIN_CLASSIFIER_SHOWERS = 100
 PRDC_MAX_SHOWERS = 10_000
 #: KS-test p-value below which the incident-energy spectra are reported as different
 EINC_P_VALUE = 1e-3
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot be evaluated (the message names the file and the problem)."""
 
 
 class EvaluationWarning(UserWarning):

@@ -19,12 +19,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from ..errors import EnergySpecError
 
 __all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds"]
-
-
-class EnergySpecError(ValueError):
-    """An energy specification that cannot be parsed."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 from ..geometry import Geometry, geometry_from_dict, load_geometry
 from ..io import merge_files
 from .energies import EnergySpec, parse_energy, shower_energies_mev, shower_seeds
+from ..errors import SimulationError
 
 __all__ = [
     "simulate",
@@ -39,10 +40,6 @@ __all__ = [
 
 #: particles the Par04 gun can shoot
 PARTICLES = ("e-", "e+", "gamma")
-
-
-class SimulationError(RuntimeError):
-    """A simulation worker failed (the message names the worker and its exit status)."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

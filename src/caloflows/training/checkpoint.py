@@ -27,6 +27,7 @@ import torch
 
 from ..geometry import Geometry, geometry_from_dict
 from ..io import atomic_output
+from ..errors import ModelDirError
 
 __all__ = [
     "MODEL_FORMAT",
@@ -48,8 +49,6 @@ MODEL_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 
 
-class ModelDirError(ValueError):
-    """A model directory or weight file is missing, corrupt or belongs to another model."""
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
