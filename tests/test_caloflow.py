@@ -14,7 +14,7 @@ from caloflows.cli import main
 from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, read_showers, write_showers
 from caloflows.models import load_model
-from caloflows.models.caloflow import CaloFlow, CaloFlowConfig, apply_overrides
+from caloflows.models.caloflow import CaloFlow, CaloFlowConfig
 from caloflows.toy_showers import toy_showers
 from caloflows.training.checkpoint import ModelDirError
 from caloflows.training.loop import TrainConfig
@@ -50,16 +50,16 @@ def setup(tmp_path_factory):
     before = float(_heldout_loss(model, held))
     model.fit(data, d / "model", progress=False)
     after = float(_heldout_loss(model, held))
-    model.distill(data, d / "model", progress=False)
+    model.fit(data, d / "model", stage="distill", progress=False)
     return {"dir": d, "g": g, "model": model, "data": data, "held": held, "before": before, "after": after}
 
 
 @torch.no_grad()
 def _heldout_loss(model, held):
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        b = (torch.as_tensor(held.showers), torch.as_tensor(held.incident_energies, dtype=torch.float32))
-        return model.flow2_loss(model.teacher, b)
+    gen = torch.Generator().manual_seed(1)
+    y, c = model.flow2_inputs(torch.as_tensor(held.showers), torch.as_tensor(held.incident_energies, dtype=torch.float32),
+                              generator=gen)
+    return -model.teacher(c).log_prob(y).mean() / y.shape[1]
 
 
 def test_tiny_teacher_lowers_validation_loss(setup):
@@ -127,7 +127,8 @@ def test_generated_voxels_sum_to_sampled_layer_energies(setup, student):
     assert (v >= 0).all()
     assert torch.allclose(sums, E, rtol=1e-10)
     # after the threshold cut only voxels below the threshold are lost
-    inc, sh = m.sample(e.numpy(), batch_size=64, seed=3, student=student)
+    out = m.sample(e.numpy(), batch_size=64, seed=3, variant="student" if student else "teacher")
+    inc, sh = out.incident_energies, out.showers
     assert sh.shape == (100, m.geometry.n_voxels) and np.array_equal(inc, e.numpy())
     assert ((sh == 0) | (sh >= m.geometry.threshold_mev)).all()
 
@@ -151,8 +152,10 @@ def _auc(a, b, g, seed=0):
 def test_student_matches_teacher(setup):
     m, g = setup["model"], setup["g"]
     e = setup["data"].incident_energies[:3000] if len(setup["data"]) >= 3000 else np.resize(setup["data"].incident_energies, 3000)
-    t = m.sample(e, batch_size=3000, seed=11, student=False)
-    s = m.sample(e, batch_size=3000, seed=12, student=True)
+    t = m.sample(e, batch_size=3000, seed=11, variant="teacher")
+    t = (t.incident_energies, t.showers)
+    s = m.sample(e, batch_size=3000, seed=12, variant="student")
+    s = (s.incident_energies, s.showers)
     auc, n_test = _auc(t, s, g)
     # null distribution of the AUC for two equal samples: sd = sqrt((n1+n2+1)/(12 n1 n2)) ~ 0.0075 here;
     # allow a small learned mismatch of the tiny 4-epoch student on top of 5 sd
@@ -163,7 +166,8 @@ def test_student_matches_teacher(setup):
     raw = CaloFlow(g, m.cfg)
     raw.flow1, raw.teacher, raw.unit, raw.std1, raw.std2, raw.einc_dist = m.flow1, m.teacher, m.unit, m.std1, m.std2, m.einc_dist
     raw.trained = {"flow1": True, "teacher": True, "student": True}
-    auc_bad, _ = _auc(t, raw.sample(e, batch_size=3000, seed=13, student=True), g)
+    r = raw.sample(e, batch_size=3000, seed=13, variant="student")
+    auc_bad, _ = _auc(t, (r.incident_energies, r.showers), g)
     print("AUC teacher-vs-untrained-student", auc_bad)
     assert auc_bad > auc + 0.05, (auc_bad, auc)
 
@@ -174,9 +178,9 @@ def test_save_load_roundtrip_same_samples(setup):
     assert m2.trained == {"flow1": True, "teacher": True, "student": True}
     a = m.sample(50, batch_size=20, seed=5)
     b = load_model(setup["dir"] / "model").sample(50, batch_size=20, seed=5)
-    assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(a.incident_energies, b.incident_energies) and np.allclose(a.showers, b.showers, rtol=1e-5, atol=1e-6)
     # E_inc drawn from the training distribution (discrete powers of two)
-    assert set(np.unique(a[0])) <= set(np.unique(setup["data"].incident_energies))
+    assert set(np.unique(a.incident_energies)) <= set(np.unique(setup["data"].incident_energies))
     lp = m2.log_prob(setup["held"].showers[:10], setup["held"].incident_energies[:10])
     assert lp.shape == (10,) and np.isfinite(lp).all()
 
@@ -201,8 +205,8 @@ def test_bad_model_directories(setup, tmp_path):
     with pytest.raises(ModelDirError, match="not a 'caloflow' model"):
         CaloFlow.load(bad)
     with pytest.raises(ValueError, match="unknown CaloFlow setting"):
-        apply_overrides(CaloFlowConfig(), ["nope=1"])
-    assert apply_overrides(CaloFlowConfig(), ["flow2_train.epochs=3", "flow2_hidden=7"]).flow2_train["epochs"] == 3
+        CaloFlowConfig().override(["nope=1"])
+    assert CaloFlowConfig().override(["flow2_train.epochs=3", "flow2_hidden=7"]).flow2_train["epochs"] == 3
 
 
 def test_cli_train_distill_generate_and_errors(setup, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """DistributedDataParallel training of a layer flow: 2 CPU processes (gloo) == 1 process.
 
-The layer trainer (caloflows.training.layer_loop) splits every global batch into equal shards
+The layer trainer (caloflows.training.loop) splits every global batch into equal shards
 and DDP averages the shard gradients, so two processes must end with the weights of one
 process trained on the same data and seed.
 """

@@ -15,7 +15,7 @@ from caloflows.models import load_model
 from caloflows.models.icaloflow import ICaloFlow, ICaloFlowConfig
 from caloflows.toy_showers import toy_showers
 from caloflows.training.checkpoint import ModelDirError
-from caloflows.training.layer_loop import batch_generator
+from caloflows.training.loop import batch_generator
 from caloflows.training.loop import TrainConfig
 
 G = load_geometry("ds2-coarse")
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     model = ICaloFlow(G, tiny_config())
     model.fit(data, d / "m", progress=False)
     before = {w: _discrepancy(model, w, data) for w in (2, 3)}
-    model.distill(data, d / "m", progress=False, epochs=None)
+    model.fit(data, d / "m", stage="distill", progress=False)
     after = {w: _discrepancy(model, w, data) for w in (2, 3)}
     return d / "m", data, before, after
 
@@ -82,10 +82,11 @@ def test_generation_walks_layers_with_exact_sums(trained):
     E = torch.as_tensor(np.outer(np.linspace(0.2, 30.0, 5), np.linspace(1, 2, 9)))
     einc = torch.full((5,), 2000.0, dtype=torch.float64)
     for student in (True, False):
-        out = model.sample_layers(E, einc, student=student, generator=torch.Generator().manual_seed(0)).numpy()
+        out = model.sample_layers(E, einc, torch.zeros(len(einc), 0, dtype=torch.float64), student=student, generator=torch.Generator().manual_seed(0)).numpy()
         assert np.allclose(G.layer_energies(out), E.numpy(), rtol=1e-9)
         assert not np.any((out > 0) & (out < G.threshold_mev))
-    e, sh = model.sample(8, seed=2)
+    d = model.sample(8, seed=2)
+    e, sh = d.incident_energies, d.showers
     assert sh.shape == (8, 648) and np.isfinite(sh).all() and np.all(sh.sum(1) / e <= 2.6 * (1 + 1e-5))
     lp = model.log_prob(trained[1].showers[:3], trained[1].incident_energies[:3])
     assert lp.shape == (3,) and np.isfinite(lp).all()
@@ -98,7 +99,7 @@ def test_bad_inputs(tmp_path, trained):
     with pytest.raises(ModelDirError, match="not trained"):
         model.sample(3)
     with pytest.raises(ModelDirError, match="teacher2 flow is not trained"):
-        model.distill(trained[1], tmp_path / "x", progress=False)
+        model.fit(trained[1], tmp_path / "x", stage="distill", progress=False)
     with pytest.raises(ValueError, match="at least 10"):
         model.fit(trained[1].subset(slice(0, 4)), tmp_path / "y", progress=False)
     with pytest.raises(ValueError, match="showers"):
@@ -118,7 +119,7 @@ def _stream_config(chunk_rows: int, cache_mb: float) -> ICaloFlowConfig:
 
 def test_streamed_pairs_are_the_in_memory_layers(tmp_path):
     from caloflows.io import write_showers
-    from caloflows.models.icaloflow import TrainingShowers
+    from caloflows.layerdata import TrainingShowers
 
     inc, sh = toy_showers(G, 23, seed=5)
     write_showers(tmp_path / "t.h5", inc, sh)
@@ -144,15 +145,15 @@ def test_training_from_streamed_file_equals_training_in_memory(tmp_path):
     write_showers(tmp_path / "t.h5", inc, sh)
     # one chunk holding every shower: the streamed batches are the in-memory batches
     a = ICaloFlow(G, _stream_config(60, 1e6))
-    a.fit(ShowerData(inc, sh), tmp_path / "mem", progress=False, stages=("teacher2", "teacher3"))
+    a.fit(ShowerData(inc, sh), tmp_path / "mem", progress=False, networks=("teacher2", "teacher3"))
     b = ICaloFlow(G, _stream_config(60, 0.0))
-    b.fit(tmp_path / "t.h5", tmp_path / "file", progress=False, stages=("teacher2", "teacher3"))
+    b.fit(tmp_path / "t.h5", tmp_path / "file", progress=False, networks=("teacher2", "teacher3"))
     for k in ("teacher2", "teacher3"):
         sa, sb = a.nets[k].state_dict(), b.nets[k].state_dict()
         assert all(torch.allclose(sa[p], sb[p], atol=1e-6) for p in sa), k
     # many small chunks: a different (chunk-wise) shuffle, still a finite training run
     c = ICaloFlow(G, _stream_config(7, 0.0))
-    s = c.fit(tmp_path / "t.h5", tmp_path / "chunks", progress=False, stages=("teacher3",))
+    s = c.fit(tmp_path / "t.h5", tmp_path / "chunks", progress=False, networks=("teacher3",))
     assert np.isfinite(s["teacher3"]["best_val"])
     with pytest.raises(Exception, match="missing.h5"):
         c.fit(tmp_path / "missing.h5", tmp_path / "m", progress=False)

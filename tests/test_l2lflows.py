@@ -14,7 +14,8 @@ from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, ShowerFileError, write_showers
 from caloflows.layerdata import ColumnBlock, LayerColumns, context_layers, iter_global_batches, parse_layers
 from caloflows.models import load_model
-from caloflows.models.l2lflows import (L2LFlows, L2LFlowsConfig, MemoryColumns, format_layers, gather, layer_file)
+from caloflows.layerdata import MemoryColumns
+from caloflows.models.l2lflows import L2LFlows, L2LFlowsConfig, format_layers, gather, layer_file
 from caloflows.postprocess import threshold_renormalise
 from caloflows.toy_showers import toy_showers
 from caloflows.training.checkpoint import ModelDirError
@@ -199,7 +200,8 @@ def test_subset_layers_gather_and_generate(toy, gathered):
         L2LFlows.load(d / "b")
     model = load_model(d / "all")
     assert isinstance(model, L2LFlows) and sorted(model.causal) == list(range(9))
-    einc, sh = model.sample(12, batch_size=5, seed=3)
+    d = model.sample(12, batch_size=5, seed=3)
+    einc, sh = d.incident_energies, d.showers
     assert sh.shape == (12, 648) and np.isfinite(sh).all() and (sh >= 0).all()
     assert not np.any((sh > 0) & (sh < G.threshold_mev))
     assert np.all(sh.sum(1) / einc <= 2.6 * (1 + 1e-5))

@@ -30,6 +30,7 @@ __all__ = [
     "OutputError",
     "SimulationError",
     "EvaluationError",
+    "TrainingError",
 ]
 
 
@@ -79,3 +80,8 @@ class SimulationError(CaloflowsError, RuntimeError):
 
 class EvaluationError(CaloflowsError, ValueError):
     """The evaluation cannot run on the given files or options."""
+
+
+class TrainingError(CaloflowsError, FloatingPointError):
+    """Training cannot go on: every batch of an epoch gave a non-finite loss (lower the learning
+    rate or check the data), or the data are too few for the batch and process count."""

@@ -483,3 +483,30 @@ def distillation_loss(
 
 
 __all__.append("distillation_loss")
+
+
+class LogProb(nn.Module):
+    """``forward(x, context)`` = ``log p(x | context)`` per row of a zuko flow (the shape the
+    training loop, :func:`caloflows.training.loop.fit_flow`, expects)."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        return self.flow(context).log_prob(x)
+
+
+class DistillationObjective(nn.Module):
+    """Teacher + student such that ``-forward(x, context, z)`` per row is the distillation loss
+    (:func:`distillation_loss`; CaloFlow II, arXiv:2110.11377, sec. 3).  Only the student trains."""
+
+    def __init__(self, teacher: Flow, student: Flow, intermediate: bool = True) -> None:
+        super().__init__()
+        self.teacher, self.student, self.intermediate = teacher, student, intermediate
+
+    def forward(self, x: Tensor, context: Tensor, z: Tensor) -> Tensor:
+        return -distillation_loss(self.teacher, self.student, x, context, z, self.intermediate, reduce=False)
+
+
+__all__ += ["LogProb", "DistillationObjective"]

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from .geometry import Geometry, load_geometry
-from .errors import ShowerFileError
+from .errors import ShowerFileError, UsageError
 
 __all__ = [
     "ShowerData",
@@ -47,6 +47,10 @@ __all__ = [
     "merge_files",
     "atomic_output",
     "file_summary",
+    "read_conditions",
+    "check_values",
+    "check_layout",
+    "open_file",
 ]
 
 INCIDENT = "incident_energies"
@@ -158,6 +162,12 @@ def _check_values(path: str, inc: np.ndarray, showers: np.ndarray, offset: int =
         )
 
 
+#: public names of the checks (used by the training data layer)
+check_values = _check_values
+check_layout = _check_layout
+open_file = _open
+
+
 def _read_block(path, f, start, stop, validate) -> ShowerData:
     inc = np.asarray(f[INCIDENT][start:stop], dtype=np.float64).reshape(-1)
     showers = np.asarray(f[SHOWERS][start:stop])
@@ -205,12 +215,31 @@ def iter_showers(
     path = str(path)
     g = _geometry(geometry)
     if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
+        raise UsageError("chunk_size must be positive")
     with _open(path) as f:
         n, _ = _check_layout(path, f, g)
         stop = n if stop is None else min(stop, n)
         for a in range(start, stop, chunk_size):
             yield _read_block(path, f, a, min(a + chunk_size, stop), validate)
+
+
+def read_conditions(source: "ShowerData | str | os.PathLike") -> tuple[tuple[str, ...], np.ndarray]:
+    """The condition parameter names and values ``(N, K)`` of a file or ShowerData, without the showers."""
+    if isinstance(source, ShowerData):
+        vals = source.conditions if source.conditions is not None else np.zeros((len(source), 0))
+        return tuple(source.condition_names), np.asarray(vals, dtype=np.float64)
+    path = str(source)
+    with _open(path) as f:
+        n, _ = _check_layout(path, f, None)
+        if CONDITIONS not in f:
+            return (), np.zeros((n, 0))
+        names = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("names", []))
+        vals = np.asarray(f[CONDITIONS][:], dtype=np.float64)
+    if vals.ndim != 2 or vals.shape[1] != len(names):
+        raise ShowerFileError(f"{path}: 'conditions' has shape {vals.shape} but {len(names)} names")
+    if not np.all(np.isfinite(vals)):
+        raise ShowerFileError(f"{path}: 'conditions' holds NaN or inf")
+    return names, vals
 
 
 def validate_file(path: str | os.PathLike, geometry=None, chunk_size: int = 10_000) -> dict:

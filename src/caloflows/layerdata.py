@@ -11,6 +11,9 @@ ds3 file (40500 voxels) is never held in memory.
   :meth:`LayerColumns.read` of a column block.
 * :class:`ColumnBlock` -- the columns of a layer range, read row-chunk by row-chunk (kept in
   memory when they fit in ``cache_mb``, re-read from the file every epoch otherwise).
+* :class:`MemoryColumns` -- the same interface over in-memory :class:`~caloflows.io.ShowerData`.
+* :class:`TrainingShowers` -- rows of whole showers or of (shower, layer) pairs, cached or
+  streamed in chunks of showers (iCaloFlow's shared layer flow).
 * :func:`iter_global_batches` -- the deterministic batch order shared by all processes of a
   distributed run: row chunks in a seeded random order, rows shuffled inside a chunk, fixed
   global batch size (the last incomplete batch is dropped).
@@ -20,16 +23,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import UsageError
 from .geometry import Geometry, load_geometry
-from .io import INCIDENT, SHOWERS, ShowerFileError, _check_layout, _check_values, _open
+from .io import INCIDENT, SHOWERS, ShowerData, ShowerFileError, check_layout, check_values, open_file, read_conditions
 
-__all__ = ["LayerColumns", "ColumnBlock", "LayerStats", "iter_global_batches", "parse_layers", "context_layers"]
+if TYPE_CHECKING:
+    from .training.loop import ArraySource, StreamSource
+
+__all__ = ["LayerColumns", "MemoryColumns", "ColumnBlock", "LayerStats", "TrainingShowers", "iter_global_batches",
+           "parse_layers", "context_layers"]
 
 
 def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
@@ -53,13 +61,13 @@ def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
                 else:
                     out_set.add(int(tok))
             except ValueError:
-                raise ValueError(f"bad layer range {tok!r} in {spec!r}; use e.g. 10-19 or 0,3,5-7") from None
+                raise UsageError(f"bad layer range {tok!r} in {spec!r}; use e.g. 10-19 or 0,3,5-7") from None
         out = sorted(out_set)
     bad = [i for i in out if not 0 <= i < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} do not exist (the geometry has layers 0-{n_layers - 1})")
+        raise UsageError(f"layers {bad} do not exist (the geometry has layers 0-{n_layers - 1})")
     if not out:
-        raise ValueError(f"no layers selected by {spec!r}")
+        raise UsageError(f"no layers selected by {spec!r}")
     return out
 
 
@@ -90,10 +98,10 @@ class LayerColumns:
         self.path = str(path)
         self.geometry = load_geometry(geometry)
         if chunk_rows < 1:
-            raise ValueError("chunk_rows must be positive")
+            raise UsageError("chunk_rows must be positive")
         self.chunk_rows = int(chunk_rows)
-        with _open(self.path) as f:
-            self.n, _ = _check_layout(self.path, f, self.geometry)
+        with open_file(self.path) as f:
+            self.n, _ = check_layout(self.path, f, self.geometry)
         if self.n == 0:
             raise ShowerFileError(f"{self.path}: file holds no showers")
         self._file: h5py.File | None = None
@@ -101,7 +109,7 @@ class LayerColumns:
     # -------------------------------------------------------------- file handle
     def _f(self) -> h5py.File:
         if self._file is None:
-            self._file = _open(self.path)
+            self._file = open_file(self.path)
         return self._file
 
     def close(self) -> None:
@@ -121,7 +129,7 @@ class LayerColumns:
         if not layers:
             return 0, 0
         if layers != list(range(layers[0], layers[-1] + 1)):
-            raise ValueError(f"layers {layers} are not contiguous")
+            raise UsageError(f"layers {layers} are not contiguous")
         off = self.geometry.layer_offsets
         return int(off[layers[0]]), int(off[layers[-1] + 1])
 
@@ -153,7 +161,7 @@ class LayerColumns:
         for a in tqdm(range(0, self.n, rows), desc="scan", disable=None if progress else True):
             b = min(a + rows, self.n)
             blk = np.asarray(f[SHOWERS][a:b], dtype=np.float64)
-            _check_values(self.path, inc[a:b], blk, offset=a)
+            check_values(self.path, inc[a:b], blk, offset=a)
             cut = g.apply_threshold(blk)
             sums = np.zeros((b - a, g.n_layers))
             for i in range(g.n_layers):
@@ -236,3 +244,114 @@ def iter_global_batches(
             have -= batch_size
     if have and not drop_last:
         yield np.concatenate(buf_i), np.concatenate(buf_x)
+
+
+class MemoryColumns:
+    """In-memory showers with the interface of :class:`LayerColumns`."""
+
+    def __init__(self, data: ShowerData, geometry: Geometry, chunk_rows: int = 4096) -> None:
+        geometry.check_showers(data.showers, "training showers")
+        self.data, self.geometry, self.chunk_rows = data, geometry, int(chunk_rows)
+        self.n = len(data)
+        self.path = "<in-memory showers>"
+        check_values(self.path, np.asarray(data.incident_energies, np.float64), np.asarray(data.showers))
+
+    def read(self, c0: int, c1: int, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.data.showers[start:stop, c0:c1], dtype=np.float32)
+
+    def incident_energies(self) -> np.ndarray:
+        return np.asarray(self.data.incident_energies, dtype=np.float64).reshape(-1)
+
+    def scan(self, progress: bool = False) -> LayerStats:
+        g = self.geometry
+        sh = np.asarray(self.data.showers, dtype=np.float64)
+        E = g.layer_energies(g.apply_threshold(sh))
+        vmax = np.array([sh[:, g.layer_slice(i)].max(initial=0.0) for i in range(g.n_layers)])
+        return LayerStats(self.incident_energies(), E, vmax)
+
+
+class TrainingShowers:
+    """Training showers as rows of whole showers or of (shower, layer) pairs (iCaloFlow): layer energies in memory, voxels cached or streamed.
+
+    Rows of flow-2 are showers; rows of flow-3 are ``(shower, layer)`` pairs numbered
+    ``shower * (L - 1) + layer - 1``, so a chunk of ``chunk_rows`` showers is a contiguous block
+    of pair rows.  When the voxels are cached (in-memory data, or a file below ``cache_mb``)
+    batches gather from the array; otherwise :meth:`source` streams chunks from the file and
+    hands each batch its own voxels (``[layer i, layer i-1]`` per pair).
+
+    Args:
+        einc: incident energies (N,), MeV.
+        E: layer energies after the threshold cut (N, L), MeV.
+        geometry: the voxel geometry (equal layers).
+        chunk_rows: showers per streamed chunk.
+        cached: all voxels (N, n_voxels) float32, or None to stream from ``block``.
+        block: the file's full-width :class:`~caloflows.layerdata.ColumnBlock`.
+    """
+
+    def __init__(self, einc: np.ndarray, E: np.ndarray, geometry: Geometry, chunk_rows: int,
+                 cached: np.ndarray | None = None, block: "ColumnBlock | None" = None,
+                 params: np.ndarray | None = None) -> None:
+        if cached is None and block is None:
+            raise ValueError("give the cached voxels or a column block to stream")
+        self.einc, self.E, self.geometry = einc, E, geometry
+        #: raw detector-parameter values (N, K) of the showers (K = 0 without parameters)
+        self.params = np.zeros((len(einc), 0)) if params is None else np.asarray(params, dtype=np.float64)
+        self.n, self.chunk_rows = len(einc), max(1, int(chunk_rows))
+        self.cached, self.block = cached, block
+
+    @classmethod
+    def from_data(cls, data: ShowerData, geometry: Geometry, chunk_rows: int) -> "TrainingShowers":
+        geometry.check_showers(data.showers, "training showers")
+        einc = np.asarray(data.incident_energies, dtype=np.float64).reshape(-1)
+        check_values("<training showers>", einc, np.asarray(data.showers))
+        sh = np.asarray(data.showers, dtype=np.float32)
+        E = geometry.layer_energies(geometry.apply_threshold(sh.astype(np.float64)))
+        return cls(einc, E, geometry, chunk_rows, cached=sh, params=read_conditions(data)[1])
+
+    @classmethod
+    def open(cls, data: "ShowerData | str | os.PathLike", geometry: Geometry, chunk_rows: int = 512,
+             cache_mb: float = 1024.0) -> "TrainingShowers":
+        """In-memory showers as they are; a file: one validating pass, then cached or streamed."""
+        if isinstance(data, ShowerData):
+            return cls.from_data(data, geometry, chunk_rows)
+        cols = LayerColumns(data, geometry, chunk_rows)
+        stats = cols.scan()
+        block = ColumnBlock(cols, 0, geometry.n_voxels, cache_mb)
+        return cls(stats.incident_energies, stats.layer_energies, geometry, chunk_rows, block.cached, block,
+                   params=read_conditions(data)[1])
+
+    @property
+    def streaming(self) -> bool:
+        return self.cached is None
+
+    @property
+    def n_chunks(self) -> int:
+        return (self.n + self.chunk_rows - 1) // self.chunk_rows
+
+    def chunk_bounds(self, k: int) -> tuple[int, int]:
+        return k * self.chunk_rows, min((k + 1) * self.chunk_rows, self.n)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Voxels of showers ``[a, b)`` (float32)."""
+        return self.cached[a:b] if self.cached is not None else self.block.get(a, b)
+
+    def _pairs(self, a: int, b: int) -> np.ndarray:
+        L, n = self.geometry.n_layers, self.geometry.layer_sizes[0]
+        s0, s1 = a // (L - 1), (b - 1) // (L - 1) + 1
+        grid = self.rows(s0, s1).reshape(s1 - s0, L, n)
+        k = np.arange(a, b)
+        shw, lay = k // (L - 1) - s0, 1 + k % (L - 1)
+        return np.concatenate([grid[shw, lay], grid[shw, lay - 1]], 1)
+
+    def source(self, which: int) -> "ArraySource | StreamSource":
+        """Batch source of whole-shower rows (``which=2``) or (shower, layer >= 1) pair rows
+        for :func:`~caloflows.training.loop.fit_flow`."""
+        from .training.loop import ArraySource, StreamSource
+
+        L, n = self.geometry.n_layers, self.geometry.layer_sizes[0]
+        rows = self.n if which == 2 else self.n * (L - 1)
+        if self.cached is not None:  # full shuffle; the inputs gather from the array
+            return ArraySource(np.zeros((rows, 0), np.float32))
+        if which == 2:
+            return StreamSource(rows, self.chunk_rows, lambda a, b: self.rows(a, b)[:, :n])
+        return StreamSource(rows, self.chunk_rows * (L - 1), self._pairs)

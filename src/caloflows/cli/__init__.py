@@ -13,8 +13,10 @@ import importlib
 import sys
 
 from .. import __version__
-from ..errors import CaloflowsError
-from ..errors import UsageError as UserError
+from ..errors import CaloflowsError, UsageError
+
+#: the error CLI modules raise for bad arguments (printed as one line)
+UserError = UsageError
 
 #: subcommand modules, in the order they appear in ``caloflows --help``
 COMMANDS = [

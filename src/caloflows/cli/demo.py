@@ -9,8 +9,9 @@
 5. evaluate student vs Geant4 held-out, next to Geant4 vs Geant4 (two halves of the
    held-out file), and write the HTML report.
 
-Each step is the same CLI command a user would type; steps whose output already exists
-are skipped (delete the work directory, or pass ``--force``, to start over).
+Each step is one call of :mod:`caloflows.api` (the same function the CLI command calls); a
+step is skipped when its output exists (the model directory is asked which stages are done);
+pass ``--force`` to start over.
 Sizes come from ``--preset``: ``quick`` (< 20 min on 2 cores) or ``full`` (paper-size
 flows, many more showers; for a GPU machine).
 """
@@ -22,8 +23,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-
-from . import UserError
+from typing import Any, Callable
 
 #: sizes of the main job per preset
 PRESETS = {
@@ -47,24 +47,36 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _step(name: str, argv: list[str], done: Path, force: bool, log: list) -> None:
-    from . import main
-
-    if done.exists() and not force:
-        print(f"== {name}: {done} exists, skipped", flush=True)
+def _step(name: str, fn: Callable[[], Any], done: bool, log: list) -> None:
+    if done:
+        print(f"== {name}: already done, skipped", flush=True)
         log.append({"step": name, "skipped": True})
         return
-    print(f"== {name}: caloflows {' '.join(argv)}", flush=True)
+    print(f"== {name}", flush=True)
     t = time.perf_counter()
-    rc = main(argv)
+    fn()
     dt = time.perf_counter() - t
-    log.append({"step": name, "seconds": round(dt, 1), "argv": argv})
-    if rc != 0:
-        raise UserError(f"demo step '{name}' failed (exit {rc}); see the message above")
+    log.append({"step": name, "seconds": round(dt, 1)})
     print(f"== {name}: done in {dt:.0f} s", flush=True)
 
 
-def run(args) -> int:
+def _stage_done(model_dir: Path, stage: str) -> bool:
+    """Ask the model directory whether ``stage`` is complete."""
+    from ..errors import CaloflowsError
+    from ..models import load_model
+
+    if not (model_dir / "config.json").exists():
+        return False
+    try:
+        return load_model(model_dir).stage_done(stage)
+    except CaloflowsError:
+        return False
+
+
+def run(args: Any) -> int:
+    from .. import api
+    from .evaluate import summary_lines
+
     cfg = dict(PRESETS[args.preset])
     if args.n_train:
         cfg["n_train"] = args.n_train
@@ -82,32 +94,40 @@ def run(args) -> int:
             p.unlink(missing_ok=True)
         for d in (model, report):
             shutil.rmtree(d, ignore_errors=True)
-    jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
-    dev = ["--device", args.device]
     log: list = []
     t0 = time.perf_counter()
-    sim = ["simulate", "--geometry", "ds2-coarse", "--particle", "e-", "--energy", cfg["energy"], *jobs]
-    _step("simulate training set", [*sim, "--n", str(cfg["n_train"]), "--seed", "1", "--out", str(train)],
-          train, False, log)
-    _step("simulate held-out reference", [*sim, "--n", str(cfg["n_reference"]), "--seed", "2", "--out", str(ref)],
-          ref, False, log)
-    resume = ["--resume"] if (model / "config.json").exists() else []  # an interrupted earlier run
-    _step("train teacher", ["train", "caloflow", *resume, "--data", str(train), "--geometry", "ds2-coarse", "--out",
-                            str(model), "--preset", args.preset, *dev], model / "flow2_teacher.safetensors", args.force, log)
-    _step("distill student", ["distill", str(model), "--data", str(train), *dev], model / "flow2_student.safetensors",
-          args.force, log)
-    _step("generate", ["generate", str(model), "--energies", str(ref), "--student", "--out", str(gen), *dev],
-          gen, args.force, log)
-    _step("evaluate", ["evaluate", str(gen), str(ref), "--geometry", "ds2-coarse", "--out", str(report),
-                       "--metrics", cfg["metrics"], "--seeds", str(cfg["classifier_seeds"]),
-                       "--epochs", str(cfg["classifier_epochs"]), "--classifier-floor", "--label",
-                       "CaloFlow student", *dev], report / "metrics.json", args.force, log)
+    sim = {"geometry": "ds2-coarse", "particle": "e-", "energy": cfg["energy"], "jobs": args.jobs}
+    _step("simulate training set", lambda: api.simulate(n=cfg["n_train"], out=str(train), seed=1, **sim),
+          train.exists(), log)
+    _step("simulate held-out reference", lambda: api.simulate(n=cfg["n_reference"], out=str(ref), seed=2, **sim),
+          ref.exists(), log)
+    resume = (model / "config.json").exists()  # an interrupted earlier run
+    _step("train teacher", lambda: api.train("caloflow", str(train), str(model), geometry="ds2-coarse",
+                                             preset=args.preset, device=args.device, resume=resume),
+          _stage_done(model, "train"), log)
+    _step("distill student", lambda: api.distill(str(model), str(train), device=args.device,
+                                                 resume=(model / "checkpoints" / "flow2_student_last.pt").exists()),
+          _stage_done(model, "distill"), log)
+    _step("generate", lambda: api.generate(str(model), str(gen), energies_from=str(ref), variant="student",
+                                           device=args.device), gen.exists(), log)
+    result: dict = {}
+
+    def evaluate() -> None:
+        from ..evaluation.classifier import ClassifierConfig
+
+        result.update(api.evaluate(str(gen), str(ref), "ds2-coarse", out=str(report), metrics=cfg["metrics"],
+                                   seeds=cfg["classifier_seeds"], device=args.device,
+                                   classifier=ClassifierConfig(epochs=cfg["classifier_epochs"]),
+                                   label="CaloFlow student", classifier_floor=True))
+
+    _step("evaluate", evaluate, (report / "metrics.json").exists(), log)
+    if result:
+        print("\n".join(summary_lines(result)))
     total = time.perf_counter() - t0
     (wd / "demo_log.json").write_text(json.dumps({"preset": args.preset, "config": cfg, "steps": log,
                                                   "total_seconds": round(total, 1)}, indent=1))
     print()
     print(f"caloflows demo ({args.preset}): {total / 60:.1f} min")
     print(f"report: {os.path.abspath(report / 'report.html')}")
-    print("(the evaluate step above printed every number next to its Geant4-vs-Geant4 floor; "
-          f"all numbers: {report / 'metrics.json'})")
+    print(f"(every number next to its Geant4-vs-Geant4 floor; all numbers: {report / 'metrics.json'})")
     return 0

@@ -1,28 +1,25 @@
-"""``caloflows train MODEL --data TRAIN.h5 --geometry NAME --out MODEL_DIR``: train a generator.
+"""``caloflows train KIND --data TRAIN.h5 --geometry NAME --out MODEL_DIR``: train a generator.
 
-``MODEL`` is one of :data:`caloflows.models.MODELS`; each model module implements
-``train_from_args(args)``.  Adding a model there adds it here.
+``KIND`` is one of :data:`caloflows.models.FAMILIES`; each family's extra options come from its
+registry entry.  The work is :func:`caloflows.api.train`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-
-from . import UserError
+from typing import Any
 
 PRESETS = ("quick", "full")
 
 
-def register(sub) -> None:
-    import importlib
-
-    from ..models import MODEL_HELP, MODELS, TRAIN_OPTIONS
+def register(sub: Any) -> None:
+    from ..models import FAMILIES
 
     p = sub.add_parser("train", help="train a generator (caloflow, ...) on a shower file")
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
-    for kind in MODELS:
-        mp = models.add_parser(kind, help=MODEL_HELP.get(kind, kind))
+    for kind, fam in FAMILIES.items():
+        mp = models.add_parser(kind, help=fam.help)
         mp.add_argument("--data", required=True, help="training showers (CaloChallenge HDF5)")
         mp.add_argument("--geometry", required=True, help="geometry name (ds1-photons, ds2-coarse, ...) or binning XML")
         mp.add_argument("--out", required=True, help="model directory to create (or to resume)")
@@ -30,28 +27,26 @@ def register(sub) -> None:
         mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         mp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-        mp.add_argument("--seed", type=int, help="seed of the data split, noise and initialisation")
+        mp.add_argument("--seed", type=int, help="seed of the initialisation, data split, shuffling and noise")
         mp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override one setting, e.g. flow2_hidden=128 or flow2_train.batch_size=500 (repeatable)")
-        if kind in TRAIN_OPTIONS:  # model-specific options (e.g. l2lflows --layers)
-            mod, fn = TRAIN_OPTIONS[kind].split(":")
-            getattr(importlib.import_module(mod), fn)(mp)
-        mp.set_defaults(func=run)
+        for o in fam.options:
+            if o.kind == "flag":
+                mp.add_argument(o.flag, dest=o.dest, action="store_true", help=o.help)
+            elif o.kind == "list":
+                mp.add_argument(o.flag, dest=o.dest, nargs="+", metavar="DIR", help=o.help)
+            else:
+                mp.add_argument(o.flag, dest=o.dest, type=float if o.kind == "float" else str, help=o.help)
+        mp.set_defaults(func=run, family_options=[o.dest for o in fam.options])
 
 
-def run(args) -> int:
-    from ..models import model_module
-    from ..training.checkpoint import ModelDirError
+def run(args: Any) -> int:
+    from ..api import train
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
     t0 = time.time()
-    try:
-        summary = model_module(args.model).train_from_args(args)
-    except (ModelDirError, ValueError, FloatingPointError) as exc:
-        if type(exc).__name__ in ("ShowerFileError", "GeometryError"):
-            raise
-        raise UserError(str(exc)) from None
+    summary = train(args.model, args.data, args.out, geometry=args.geometry, preset=args.preset, epochs=args.epochs,
+                    seed=args.seed, overrides=args.set, device=args.device, resume=args.resume,
+                    options={k: getattr(args, k) for k in args.family_options})
     print(f"trained {args.model} model in {time.time() - t0:.0f} s -> {args.out}")
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -1,66 +1,106 @@
-"""Generators and their registry.
+"""Generator families and their registry.
 
-``MODELS`` maps a model kind (the name used by ``caloflows train KIND`` and stored in a model
-directory's ``config.json``) to the module implementing it.  A module listed here provides
+:data:`FAMILIES` has one :class:`Family` entry per model kind (the name used by ``caloflows
+train KIND`` and stored in a model directory's ``config.json``): where its
+:class:`~caloflows.models.base.Generator` lives, a one-line help, and its extra training
+options as data (the CLI turns them into flags; the API passes them to ``fit``).  Modules are
+imported only when used, so the CLI starts fast.  To add a family, add one entry.
 
-* a :class:`~caloflows.models.base.Generator` subclass named by ``GENERATOR`` (attribute string),
-* ``PRESETS`` -- dict of preset names (``quick``, ``full``),
-* ``train_from_args(args)`` -- run ``caloflows train KIND`` with the common options
-  (``data, geometry, out, preset, epochs, device, resume, seed, set``); returns a summary dict,
-* optionally ``distill_from_args(args)`` -- run ``caloflows distill`` (``model_dir, data, epochs,
-  device, resume``).
-
-Modules are imported only when used, so the CLI starts fast.
-
-To add a model, add one line to ``MODELS``.
+Example:
+    >>> from caloflows.models import FAMILIES, generator_class
+    >>> sorted(FAMILIES)
+    ['caloflow', 'icaloflow', 'l2lflows']
+    >>> generator_class("caloflow").stages["distill"]
+    'the flow-II IAF student (distillation)'
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
+from dataclasses import dataclass
+from typing import Any
 
+from ..errors import ModelDirError, UsageError
 from .base import Generator
 
-__all__ = ["MODELS", "Generator", "model_module", "generator_class", "load_model"]
+__all__ = ["FAMILIES", "Family", "Option", "Generator", "generator_class", "load_model"]
 
-MODELS: dict[str, str] = {
-    "caloflow": "caloflows.models.caloflow",
-    "l2lflows": "caloflows.models.l2lflows",
-    "icaloflow": "caloflows.models.icaloflow",
+
+@dataclass(frozen=True)
+class Option:
+    """An extra training option of one family: ``--flag`` on the command line, ``dest`` in the API.
+
+    ``kind`` is ``str``, ``float``, ``flag`` (store true) or ``list`` (one or more strings);
+    ``target`` is ``fit`` (passed to ``Generator.fit``), ``config`` (a setting of the same name),
+    or ``api`` (handled by :func:`caloflows.api.train`).
+    """
+
+    flag: str
+    dest: str
+    kind: str
+    help: str
+    target: str = "fit"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registered generator family."""
+
+    kind: str
+    path: str  # "module:Class"
+    help: str
+    options: tuple[Option, ...] = ()
+
+    def generator(self) -> type[Generator]:
+        mod, cls = self.path.split(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+FAMILIES: dict[str, Family] = {
+    "caloflow": Family(
+        "caloflow", "caloflows.models.caloflow:CaloFlow",
+        "CaloFlow: flow-I (layer energies) + flow-II MAF teacher (voxels); distill an IAF student afterwards"),
+    "l2lflows": Family(
+        "l2lflows", "caloflows.models.l2lflows:L2LFlows",
+        "L2LFlows: energy flow + one causal flow per layer (train layer subsets with --layers, torchrun for DDP)",
+        (Option("--layers", "layers", "str", "causal flows to train, e.g. 10-19 or 0,3,5-7 (default: all); "
+                                               "run several jobs with disjoint ranges and --gather them"),
+         Option("--no-energy-flow", "no_energy_flow", "flag",
+                "do not train the energy distribution flow in this run (another job trains it)", "api"),
+         Option("--gather", "gather", "list", "instead of training: copy the flows of these model directories "
+                                               "into --out (checks they were trained on the same data and settings)",
+                "api"),
+         Option("--cache-mb", "cache_mb", "float", "keep a layer's training columns in memory up to this many MB, "
+                                                   "else stream them chunk by chunk from the HDF5 file (default 1024)",
+                "config"))),
+    "icaloflow": Family(
+        "icaloflow", "caloflows.models.icaloflow:ICaloFlow",
+        "iCaloFlow: energy flow + first-layer flow + one shared layer flow; distill IAF students afterwards"),
 }
 
-#: one-line help per model kind for ``caloflows train --help``
-MODEL_HELP: dict[str, str] = {
-    "caloflow": "CaloFlow: flow-I (layer energies) + flow-II MAF teacher (voxels); distill an IAF student afterwards",
-    "l2lflows": "L2LFlows: energy flow + one causal flow per layer (train layer subsets with --layers, torchrun for DDP)",
-    "icaloflow": "iCaloFlow: energy flow + first-layer flow + one shared layer flow; distill IAF students afterwards",
-}
-
-#: model kind -> "module:function" adding model-specific options to ``caloflows train KIND``
-TRAIN_OPTIONS: dict[str, str] = {
-    "l2lflows": "caloflows.cli.layer_options:add_l2lflows_options",
-}
+#: kind -> module path (kept for code that listed the modules)
+MODELS: dict[str, str] = {k: f.path.split(":")[0] for k, f in FAMILIES.items()}
 
 
-def model_module(kind: str) -> ModuleType:
-    if kind not in MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(sorted(MODELS))}")
-    return importlib.import_module(MODELS[kind])
+def family(kind: str) -> Family:
+    """The registry entry of ``kind`` (UsageError naming the known kinds otherwise)."""
+    if kind not in FAMILIES:
+        raise UsageError(f"unknown model kind {kind!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[kind]
 
 
 def generator_class(kind: str) -> type[Generator]:
-    m = model_module(kind)
-    return getattr(m, m.GENERATOR)
+    """The :class:`Generator` subclass of ``kind``."""
+    return family(kind).generator()
 
 
-def load_model(directory: str | os.PathLike, device: str = "cpu") -> Generator:
+def load_model(directory: str | os.PathLike[str], device: str = "cpu", **kw: Any) -> Generator:
     """Load any model directory, dispatching on the ``kind`` in its ``config.json``."""
-    from ..training.checkpoint import ModelDirError, read_model_config
+    from ..training.checkpoint import read_model_config
 
     cfg = read_model_config(directory)
     kind = cfg.get("kind")
-    if kind not in MODELS:
-        raise ModelDirError(f"{directory}: unknown model kind {kind!r} (known: {', '.join(sorted(MODELS))})")
-    return generator_class(kind).load(directory, device=device)
+    if kind not in FAMILIES:
+        raise ModelDirError(f"{directory}: unknown model kind {kind!r} (known: {', '.join(sorted(FAMILIES))})")
+    return generator_class(kind).load(directory, device=device, **kw)

@@ -1,71 +1,390 @@
-"""The interface every caloflows generator follows (CaloFlow, L2LFlows, iCaloFlow, ...).
+"""The one contract every caloflows generator follows, and the work all of them share.
 
-A generator learns ``p(showers | E_inc)`` for one :class:`~caloflows.geometry.Geometry` and
-lives in a model directory (:mod:`caloflows.training.checkpoint`).  The CLI (``caloflows train /
-distill / generate``) only talks to this interface, through the registry in
-:mod:`caloflows.models`.
+A generator learns ``p(shower | E_inc, theta)`` (``theta``: named detector parameters,
+:mod:`caloflows.conditions`) for one :class:`~caloflows.geometry.Geometry` and lives in a
+model directory.  :class:`Generator` owns everything that is not a family's own maths:
+
+* settings: a :class:`~caloflows.models.settings.ModelConfig` dataclass with presets,
+  ``--set`` overrides and validation; the networks are built after seeding torch with the
+  config's ``seed``, so the same settings give the same initial weights;
+* stages (``train``, ``distill``) and variants (``teacher``, ``student``) declared as data;
+* sampling: conditions (E_inc drawn from the training law, or given, with parameters),
+  seeding, batching, device, progress bar, evaluation mode and the voxel threshold;
+* the density ``log p`` in batches;
+* the model directory: ``config.json`` (kind, geometry, settings, trained networks,
+  condition spec), ``constants.json`` (preprocessing constants), one safetensors file per
+  trained network, and nested sub-models in sub-directories;
+* ``to(device)`` and parameter counts.
+
+A family implements only what is its own: :meth:`Generator.build` (its networks),
+``_fit_<stage>`` (how one stage trains), :meth:`Generator._sample_batch` (one batch of
+showers), :meth:`Generator._log_prob_batch`, and its preprocessing constants.
+
+Example:
+    >>> import caloflows
+    >>> model = caloflows.models.load_model("runs/demo/model")          # doctest: +SKIP
+    >>> data = model.sample(1000, seed=1)                               # doctest: +SKIP
+    >>> data.showers.shape                                              # doctest: +SKIP
+    (1000, 648)
 """
 
 from __future__ import annotations
 
 import abc
 import os
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from ..geometry import Geometry
+from ..conditions import Conditions, ConditionSpec
+from ..errors import ConditionsError, ModelDirError, UsageError
+from ..geometry import Geometry, load_geometry
 from ..io import ShowerData
+from ..training.checkpoint import (
+    load_weights,
+    read_json,
+    read_model_config,
+    save_weights,
+    write_json,
+    write_model_config,
+)
+from ..training.distributed import DistContext
+from ..training.loop import resolve_device
+from .settings import ModelConfig
 
-__all__ = ["Generator"]
+__all__ = ["Generator", "einc_summary", "einc_draw", "incident_energies", "sample_with_rejection"]
+
+G = TypeVar("G", bound="Generator")
+CONSTANTS_FILE = "constants.json"
 
 
 class Generator(abc.ABC):
-    """Abstract shower generator.
+    """Base of every generator family (see the module docstring).
 
-    Attributes:
-        kind: model name used in ``config.json`` and on the command line (``caloflow``).
-        geometry: the voxel geometry the model was built for.
-        config: JSON-serialisable hyper-parameters.
+    Class attributes a family sets:
+        kind: name in ``config.json`` and on the command line (``caloflow``).
+        Config: its :class:`~caloflows.models.settings.ModelConfig` dataclass.
+        stages: ``{stage: help}``; ``fit(stage=...)`` calls ``self._fit_<stage>``.
+        variants: sampling variants (``("teacher", "student")``) or ``()``.
+        weight_files: network name -> file name in the model directory.
     """
 
     kind: ClassVar[str] = ""
-    geometry: Geometry
-    config: dict
+    Config: ClassVar[type[Any]] = ModelConfig
+    stages: ClassVar[dict[str, str]] = {"train": "train the model"}
+    variants: ClassVar[tuple[str, ...]] = ()
+    weight_files: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, geometry: Geometry | str, config: Any | None = None,
+                 conditions: ConditionSpec | None = None) -> None:
+        self.geometry = load_geometry(geometry)
+        self.cfg = config if config is not None else self.Config()
+        self.cfg.validate()
+        self.condition_spec = conditions or ConditionSpec()
+        self.device = torch.device("cpu")
+        self.trained: dict[str, bool] = {}
+        with torch.random.fork_rng():
+            torch.manual_seed(int(getattr(self.cfg, "seed", 0)) * 7919)
+            self.build()
+        self.trained = {name: False for name in self.networks()}
+
+    # ------------------------------------------------------------------ family hooks
+    @abc.abstractmethod
+    def build(self) -> None:
+        """Create the networks (torch is seeded from the config before this is called)."""
 
     @abc.abstractmethod
-    def fit(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False,
-            device: str = "cpu", progress: bool = True) -> dict:
-        """Train on ``data`` (MeV), writing checkpoints and the final model to ``out_dir``.
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks by name (the keys of :attr:`weight_files` / :attr:`trained`)."""
 
-        Returns a summary dict (losses, epochs, seconds).  With ``resume=True`` an interrupted
-        run in ``out_dir`` continues from its last completed epoch.
+    @abc.abstractmethod
+    def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator,
+                      variant: str | None) -> Tensor:
+        """Showers (float64, MeV, before the threshold) for one batch of E_inc (MeV) and
+        parameter features (``(B, K)`` in [-1, 1], :meth:`ConditionSpec.features`)."""
+
+    @abc.abstractmethod
+    def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
+        """``log p`` of one batch (float64 tensors on the model's device)."""
+
+    def constants(self) -> dict | None:
+        """Preprocessing constants to store in ``constants.json`` (None before training)."""
+        return None
+
+    def set_constants(self, constants: dict) -> None:  # noqa: B027 (optional hook)
+        """Restore what :meth:`constants` returned (raise KeyError/TypeError/ValueError if malformed)."""
+
+    def submodels(self) -> dict[str, "Generator"]:
+        """Nested generators saved in sub-directories of the model directory (SuperCalo's coarse model)."""
+        return {}
+
+    def einc_law(self) -> dict:
+        """The incident-energy law of the training data (:func:`einc_summary`)."""
+        c = self.constants()
+        if not c or "incident_energies" not in c:
+            raise ModelDirError(f"{self.kind} model has no training data summary yet (not trained)")
+        return c["incident_energies"]
+
+    # ------------------------------------------------------------------ common properties
+    @property
+    def config(self) -> dict:
+        """The settings as a JSON-ready dict."""
+        return self.cfg.to_dict()
+
+    @property
+    def n_params(self) -> int:
+        """Number of named detector parameters the model is conditioned on (besides E_inc)."""
+        return len(self.condition_spec)
+
+    def to(self: G, device: str | torch.device) -> G:
+        """Move every network to ``device`` (``cpu``, ``cuda``, ``cuda:N``)."""
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        for m in self.networks().values():
+            m.to(self.device)
+        for sub in self.submodels().values():
+            sub.to(self.device)
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per network."""
+        return {k: sum(p.numel() for p in m.parameters()) for k, m in self.networks().items()}
+
+    def stage_done(self, stage: str) -> bool:
+        """Whether ``stage`` has been completed (the networks it trains are all trained)."""
+        nets = self.stage_networks(stage)
+        return bool(nets) and all(self.trained.get(n, False) for n in nets)
+
+    def stage_networks(self, stage: str) -> list[str]:
+        """Networks trained by ``stage`` (default: all for ``train``; override per family)."""
+        return list(self.networks()) if stage == "train" else []
+
+    # ------------------------------------------------------------------ training
+    def fit(self, data: "ShowerData | str | os.PathLike[str]", out_dir: str | os.PathLike[str], *,
+            stage: str = "train", resume: bool = False, device: str = "cpu", progress: bool = True,
+            ctx: DistContext | None = None, **options: Any) -> dict:
+        """Run training stage ``stage`` (see :attr:`stages`) on ``data`` (a file or ShowerData), writing
+        the model directory ``out_dir``; ``resume`` continues an interrupted run.  Returns a summary."""
+        if stage not in self.stages:
+            raise UsageError(f"a {self.kind} model has no stage {stage!r} (stages: {', '.join(self.stages)})")
+        fn: Callable[..., dict] = getattr(self, f"_fit_{stage}")
+        ctx = ctx or DistContext()
+        return fn(data, Path(out_dir), resume=resume, device=device, progress=progress, ctx=ctx, **options)
+
+    def train_network(self, name: str, module: nn.Module, source: Any, inputs: Callable[..., tuple[Tensor, ...]],
+                      out_dir: Path, train: Mapping[str, Any], ctx: DistContext, *, norm: float = 1.0,
+                      progress: bool = True, resume: bool = False, params: Sequence[nn.Parameter] | None = None,
+                      checkpoint: str | None = None) -> dict:
+        """Train one network with the shared loop (:func:`~caloflows.training.loop.fit_flow`), mark it
+        trained, save the model directory (rank 0) and return its summary.
+
+        ``module(*inputs)`` returns ``log p`` per row (:class:`~caloflows.flows.LogProb`); ``source``
+        yields the row batches and ``inputs(rows, raw, generator)`` turns them into tensors.
         """
+        from ..training.loop import TrainConfig, fit_flow
 
-    @abc.abstractmethod
-    def sample(self, n_or_energies: "int | np.ndarray", batch_size: int = 10_000, *,
-               seed: int | None = None, device: str = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        r = fit_flow(module, source, inputs, checkpoint or name, out_dir, TrainConfig(**train), ctx=ctx,
+                     device=self.device, norm=norm, progress=progress, resume=resume, params=params)
+        self.trained[name] = True
+        if ctx.is_main:
+            self.save(out_dir)
+        sec = r.history.get("seconds") or []
+        return {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds,
+                "seconds_per_epoch": float(np.mean(sec)) if sec else None}
+
+    def training_conditions(self, data: "ShowerData | str | os.PathLike[str]") -> None:
+        """Check that ``data`` carries exactly the model's named parameters (ConditionsError otherwise)."""
+        from ..io import read_conditions
+
+        where = str(data) if not isinstance(data, ShowerData) else "training showers"
+        names, _ = read_conditions(data) if not isinstance(data, ShowerData) else (data.condition_names, None)
+        if tuple(names) != self.condition_spec.names:
+            have = list(names) or "none"
+            raise ConditionsError(f"{where}: has condition parameters {have} but the model is conditioned on "
+                                  f"{list(self.condition_spec.names) or 'E_inc only'}")
+
+    # ------------------------------------------------------------------ sampling
+    def default_variant(self) -> str | None:
+        """The variant :meth:`sample` uses by default: the last declared one that is trained."""
+        for v in reversed(self.variants):
+            if self.variant_ready(v):
+                return v
+        return self.variants[0] if self.variants else None
+
+    def variant_ready(self, variant: str | None) -> bool:
+        """Whether the networks of ``variant`` are trained (families with variants override)."""
+        return all(self.trained.values())
+
+    def _check_variant(self, variant: str | None) -> str | None:
+        if variant is None:
+            variant = self.default_variant()
+        elif variant not in self.variants:
+            have = ", ".join(self.variants) if self.variants else "none"
+            raise UsageError(f"a {self.kind} model has no variant {variant!r} (variants: {have})")
+        if not self.variant_ready(variant):
+            hint = "; run 'caloflows distill' first" if variant == "student" else \
+                f"; run 'caloflows train {self.kind}' first"
+            raise ModelDirError(f"the {self.kind} model's {variant or 'networks'} are not trained{hint}")
+        return variant
+
+    def conditions_for(self, what: "int | np.ndarray | Conditions", rng: np.random.Generator,
+                       where: str = "conditions") -> Conditions:
+        """The conditions a :meth:`sample` call generates for: ``n`` E_inc drawn from the training
+        law, the given E_inc (MeV), or :class:`Conditions` checked against the model's parameters."""
+        if isinstance(what, Conditions):
+            return self.condition_spec.check(what, where)
+        if len(self.condition_spec):
+            raise ConditionsError(f"{where}: the model is conditioned on {list(self.condition_spec.names)}; "
+                                  "give their values (a file with a 'conditions' dataset, or --condition NAME=VALUE)")
+        return Conditions(incident_energies(what, self.einc_law(), rng))
+
+    def sample(self, conditions: "int | np.ndarray | Conditions", batch_size: int = 10_000, *,
+               seed: int | None = None, device: str | None = None, progress: bool = False,
+               variant: str | None = None, threshold: bool = True) -> ShowerData:
         """Generate showers.
 
-        ``n_or_energies`` is a number of showers (incident energies drawn from the training
-        distribution) or an array of incident energies (MeV).  Returns ``(E_inc (N,), showers (N, V))``.
+        Args:
+            conditions: a number of showers (E_inc drawn from the training law), an array of E_inc
+                in MeV, or :class:`~caloflows.conditions.Conditions` (required for a model with
+                detector parameters).
+            batch_size: showers per network pass.
+            seed: makes the result reproducible (same seed, same showers).
+            variant: ``teacher`` / ``student`` for families that have them (default: student if
+                trained).
+            threshold: zero voxels below the geometry's readout threshold.
+
+        Returns:
+            :class:`~caloflows.io.ShowerData` with the conditions and showers (float32, MeV).
         """
+        if int(batch_size) < 1:
+            raise UsageError("batch size must be at least 1")
+        variant = self._check_variant(variant)
+        if device is not None and str(device) != str(self.device):
+            self.to(device)
+        rng = np.random.default_rng(seed)
+        cond = self.conditions_for(conditions, rng)
+        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        for m in self.networks().values():
+            m.eval()
+        n, bs = len(cond), int(batch_size)
+        out = np.empty((n, self.geometry.n_voxels), dtype=np.float32)
+        feats = self.condition_spec.features(cond.values)
+        desc = f"generate ({self.kind}{'' if variant is None else ' ' + variant})"
+        with torch.no_grad():
+            for a in tqdm(range(0, n, bs), desc=desc, disable=None if progress else True):
+                e = torch.as_tensor(cond.incident_energies[a:a + bs], dtype=torch.float64, device=self.device)
+                p = torch.as_tensor(feats[a:a + bs], dtype=torch.float64, device=self.device)
+                v = self._sample_batch(e, p, gen, variant).cpu().numpy()
+                out[a:a + bs] = self.geometry.apply_threshold(v) if threshold else v
+        return ShowerData(cond.incident_energies, out, cond.values if self.n_params else None, cond.names,
+                          {"generator": self.kind, "variant": variant or "default"})
 
-    @abc.abstractmethod
-    def log_prob(self, showers: np.ndarray, incident_energies: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """log p(showers | E_inc) per shower, as far as the model defines it (see the model docs)."""
+    # ------------------------------------------------------------------ density
+    def log_prob(self, showers: np.ndarray, conditions: "np.ndarray | Conditions", batch_size: int = 1000,
+                 variant: str | None = None) -> np.ndarray:
+        """``log p(shower | conditions)`` per shower, of the model's preprocessed representation
+        (see each family's docs); ``conditions`` is an E_inc array (MeV) or :class:`Conditions`."""
+        self.geometry.check_showers(showers)
+        if variant is not None:
+            variant = self._check_variant(variant)
+        cond = conditions if isinstance(conditions, Conditions) else Conditions(np.asarray(conditions))
+        cond = self.condition_spec.check(cond, "log_prob conditions")
+        if len(cond) != len(showers):
+            raise ConditionsError(f"log_prob: {len(showers)} showers but {len(cond)} conditions")
+        feats = self.condition_spec.features(cond.values)
+        res = []
+        with torch.no_grad():
+            for a in range(0, len(showers), batch_size):
+                s = torch.as_tensor(np.asarray(showers[a:a + batch_size], dtype=np.float64), device=self.device)
+                e = torch.as_tensor(cond.incident_energies[a:a + batch_size], dtype=torch.float64, device=self.device)
+                p = torch.as_tensor(feats[a:a + batch_size], dtype=torch.float64, device=self.device)
+                res.append(self._log_prob_batch(s, e, p, variant).cpu().numpy())
+        return np.concatenate(res)
 
-    @abc.abstractmethod
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write config, preprocessing constants and weights to ``directory``."""
+    # ------------------------------------------------------------------ model directory
+    def config_record(self) -> dict:
+        """What ``config.json`` stores under ``config``."""
+        return {self.kind: self.cfg.to_dict(), "trained": dict(self.trained),
+                "conditions": self.condition_spec.to_dict()}
+
+    def weight_metadata(self, name: str) -> dict[str, str]:
+        """Metadata stored in weight file ``name`` (families add e.g. a constants hash)."""
+        return {"kind": self.kind, "network": name}
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write config, constants, the trained networks and any sub-models to ``directory``."""
+        d = Path(directory)
+        write_model_config(d, self.kind, self.geometry, self.config_record())
+        consts = self.constants()
+        if consts is not None:
+            write_json(d / CONSTANTS_FILE, consts)
+        nets = self.networks()
+        for name, trained in self.trained.items():
+            if trained and name in nets:
+                save_weights(d / self.weight_files[name], nets[name].state_dict(), self.weight_metadata(name))
+        for name, sub in self.submodels().items():
+            sub.save(d / name)
 
     @classmethod
-    @abc.abstractmethod
-    def load(cls, directory: str | os.PathLike, device: str = "cpu") -> "Generator":
-        """Load a model directory written by :meth:`save` (refuses other kinds / versions)."""
+    def _from_record(cls: type[G], directory: Path, record: dict) -> G:
+        """Construct the (untrained) model described by a ``config.json`` record."""
+        try:
+            cfg = cls.Config.from_dict(record["config"][cls.kind])
+            spec = ConditionSpec.from_dict(record["config"].get("conditions"))
+        except (KeyError, TypeError) as exc:
+            raise ModelDirError(f"{directory}: malformed {cls.kind} config ({exc})") from None
+        except (ConditionsError, ValueError) as exc:
+            raise ModelDirError(f"{directory}/config.json: {exc}") from None
+        return cls(record["geometry"], cfg, spec)
+
+    def load_network(self, path: Path, name: str) -> None:
+        """Load the weights of network ``name`` from ``path`` (refusing files that do not fit)."""
+        sd = load_weights(path)
+        try:
+            self.networks()[name].load_state_dict(sd)
+        except RuntimeError as exc:
+            raise ModelDirError(f"{path}: weights do not fit the configured network "
+                                f"({str(exc).splitlines()[0]})") from None
+
+    def _load_constants(self, directory: Path, required: bool) -> bool:
+        cpath = directory / CONSTANTS_FILE
+        if not cpath.exists():
+            if required:
+                raise ModelDirError(f"{directory}: {CONSTANTS_FILE} is missing")
+            return False
+        c = read_json(cpath, "preprocessing constants")
+        try:
+            self.set_constants(c)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{cpath}: malformed preprocessing constants ({exc})") from None
+        return True
+
+    @classmethod
+    def load(cls: type[G], directory: str | os.PathLike[str], device: str = "cpu",
+             geometry: Geometry | str | None = None) -> G:
+        """Load a model directory written by :meth:`save`; refuses other kinds, geometries, versions,
+        missing constants and weight files that do not fit the configured networks."""
+        directory = Path(directory)
+        g = load_geometry(geometry) if geometry is not None else None
+        record = read_model_config(directory, kind=cls.kind, geometry=g)
+        model = cls._from_record(directory, record)
+        trained = dict(record["config"].get("trained", {}))
+        model._load_constants(directory, required=any(trained.values()))
+        for name in model.networks():
+            if trained.get(name):
+                model.load_network(directory / cls.weight_files[name], name)
+                model.trained[name] = True
+        model._load_submodels(directory, device)
+        return model.to(device)
+
+    def _load_submodels(self, directory: Path, device: str) -> None:  # noqa: B027 (optional hook)
+        """Load nested sub-models (families with :meth:`submodels` override)."""
 
 
-# ------------------------------------------------------------ incident energies
+# ---------------------------------------------------------------------------- incident energies
 def einc_summary(einc: np.ndarray) -> dict:
     """The incident-energy law of the training data (discrete values or 1001 quantiles)."""
     u, c = np.unique(einc, return_counts=True)
@@ -74,7 +393,7 @@ def einc_summary(einc: np.ndarray) -> dict:
     return {"kind": "quantiles", "quantiles": np.quantile(einc, np.linspace(0, 1, 1001)).tolist()}
 
 
-def einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+def einc_draw(summary: Mapping[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``n`` incident energies from a law made by :func:`einc_summary`."""
     if summary["kind"] == "discrete":
         return rng.choice(np.asarray(summary["values"]), size=n, p=np.asarray(summary["weights"]))
@@ -82,15 +401,48 @@ def einc_draw(summary: dict, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.interp(rng.random(n), np.linspace(0, 1, len(q)), q)
 
 
-def incident_energies(n_or_energies, summary: dict, rng: np.random.Generator) -> np.ndarray:
+def incident_energies(n_or_energies: "int | np.ndarray | Sequence[float]", summary: Mapping[str, Any],
+                      rng: np.random.Generator) -> np.ndarray:
     """The E_inc (MeV) a ``sample()`` call generates: ``n`` draws from the training law, or the
     given array, checked to be non-empty, finite and positive."""
     if np.ndim(n_or_energies) == 0:
-        n = int(n_or_energies)
+        n = int(n_or_energies)  # type: ignore[arg-type]
         if n < 1:
-            raise ValueError("number of showers must be positive")
+            raise UsageError("number of showers must be positive")
         return einc_draw(summary, n, rng)
     einc = np.asarray(n_or_energies, dtype=np.float64).reshape(-1)
     if len(einc) == 0 or not np.all(np.isfinite(einc)) or np.any(einc <= 0):
-        raise ValueError("incident energies must be a non-empty array of positive, finite values")
+        raise UsageError("incident energies must be a non-empty array of positive, finite values")
     return einc
+
+
+def sample_with_rejection(draw: Callable[[Tensor, Tensor], Tensor], einc: Tensor, params: Tensor,
+                          max_ratio: float | None, max_resample: int) -> Tensor:
+    """Layer energies from ``draw(einc, params)`` with the outlier rejection of CaloFlow / L2LFlows.
+
+    Rows whose ``E_dep / E_inc`` exceeds ``max_ratio`` or that are not finite are drawn again, up
+    to ``max_resample`` times; rows still failing are scaled down onto the bound (L2LFlows
+    appendix B.1; CaloFlow sec. 4: "reject E_dep > E_inc" generalised to a bound).
+    """
+    einc = einc.to(torch.float64)
+    out: Tensor | None = None
+    todo = torch.arange(len(einc), device=einc.device)
+    E = ok = None
+    for _ in range(max_resample + 1):
+        E = draw(einc[todo], params[todo])
+        if out is None:
+            out = torch.empty(len(einc), E.shape[1], dtype=torch.float64, device=einc.device)
+        ok = torch.isfinite(E).all(1)
+        if max_ratio is not None:
+            ok &= E.sum(1) / einc[todo] <= max_ratio
+        out[todo[ok]] = E[ok]
+        todo = todo[~ok]
+        if len(todo) == 0:
+            break
+    assert out is not None and E is not None and ok is not None
+    if len(todo):
+        Eb = torch.nan_to_num(E[~ok], nan=0.0, posinf=0.0).clamp_min(0)
+        s = Eb.sum(1, keepdim=True)
+        lim = (max_ratio if max_ratio is not None else 1.0) * einc[todo][:, None]
+        out[todo] = torch.where(s > lim, Eb / s.clamp_min(1e-300) * lim, Eb)
+    return out

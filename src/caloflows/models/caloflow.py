@@ -41,47 +41,49 @@ Deviations from the paper, and why:
   construction (logit unit space); set it lower to reject tail outliers.
 * ``log_prob`` is the density of the preprocessed representation (flow-I + flow-II), not of
   voxel energies in MeV.
+* Detector parameters (beyond the paper, :mod:`caloflows.conditions`): each named parameter,
+  mapped to [-1, 1] over its training range, is appended to the conditions of both flows.
+
+Example:
+    >>> import caloflows
+    >>> model = CaloFlow("ds2-coarse", CaloFlowConfig.preset("quick", "ds2-coarse"))   # doctest: +SKIP
+    >>> model.fit("train.h5", "model")                                 # flow-I + teacher  # doctest: +SKIP
+    >>> model.fit("train.h5", "model", stage="distill")                # IAF student        # doctest: +SKIP
+    >>> model.sample(1000, seed=1).showers.shape                                         # doctest: +SKIP
+    (1000, 648)
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import flows as F
 from .. import preprocessing as P
-from ..geometry import Geometry, load_geometry
-from ..io import ShowerData
-from ..training.checkpoint import (
-    ModelDirError,
-    load_weights,
-    read_json,
-    read_model_config,
-    save_weights,
-    write_json,
-    write_model_config,
-)
-from ..training.loop import TrainConfig, Trainer, resolve_device
-from .base import Generator, einc_summary, incident_energies
-from .settings import override_settings, preset_config
+from ..errors import ModelDirError, UsageError
+from ..geometry import Geometry
+from ..io import ShowerData, read_showers
+from ..training.distributed import DistContext
+from ..training.loop import ArraySource, TrainConfig
+from .base import Generator, einc_summary, sample_with_rejection
+from .settings import ModelConfig
 
-__all__ = ["CaloFlow", "CaloFlowConfig", "PRESETS", "GENERATOR", "apply_overrides", "train_caloflow", "train_from_args", "distill_from_args"]
-
-GENERATOR = "CaloFlow"
-KIND = "caloflow"
-CONSTANTS_FILE = "constants.json"
-WEIGHTS = {"flow1": "flow1.safetensors", "teacher": "flow2_teacher.safetensors", "student": "flow2_student.safetensors"}
+__all__ = ["CaloFlow", "CaloFlowConfig"]
 
 
 @dataclass
-class CaloFlowConfig:
+class CaloFlowConfig(ModelConfig):
     """Hyper-parameters of CaloFlow (defaults: the paper's photon setup)."""
+
+    TITLE: ClassVar[str] = "CaloFlow"
+    RANGES: ClassVar[dict] = {"flow1_noise_kev": (0, None, False), "flow2_noise_kev": (0, None, False),
+                              "alpha": (0, 0.1, True), "max_resample": (0, None, False), "seed": (0, None, False),
+                              "max_ratio": (0, None, True)}
 
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)
@@ -97,30 +99,10 @@ class CaloFlowConfig:
     student_from_teacher: bool = True  # warm start (flows.init_student_from_teacher)
     max_ratio: float | None = None  # E_dep/E_inc bound; None: training-set maximum
     max_resample: int = 20
+    seed: int = 0  # network initialisation
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=4e-5, max_lr=1e-3)))
     flow2_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=5e-5, max_lr=2e-3, schedule="cyclic")))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=175, base_lr=4e-5, max_lr=1e-3)))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["flow1_hidden"] = list(self.flow1_hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CaloFlowConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ModelDirError(f"unknown CaloFlow settings {sorted(unknown)}")
-        d = dict(d)
-        if "flow1_hidden" in d:
-            d["flow1_hidden"] = tuple(d["flow1_hidden"])
-        return cls(**d)
-
-    @classmethod
-    def preset(cls, name: str, geometry: Geometry) -> "CaloFlowConfig":
-        """``quick`` (small, minutes on 2 CPU cores) or ``full`` (paper sizes, hidden = voxels)."""
-        return preset_config(PRESETS, name, geometry)
 
 
 def _quick(g: Geometry) -> CaloFlowConfig:
@@ -152,65 +134,97 @@ def _full(g: Geometry) -> CaloFlowConfig:
     )
 
 
-PRESETS = {"quick": _quick, "full": _full}
+CaloFlowConfig.PRESETS = {"quick": _quick, "full": _full}
 
 
 # ---------------------------------------------------------------------------- the model
 class CaloFlow(Generator):
     """CaloFlow generator (flow-I, flow-II teacher, flow-II student) for one geometry."""
 
-    kind = KIND
+    kind = "caloflow"
+    Config = CaloFlowConfig
+    stages = {"train": "flow-I and the flow-II MAF teacher", "distill": "the flow-II IAF student (distillation)"}
+    variants = ("teacher", "student")
+    weight_files = {"flow1": "flow1.safetensors", "teacher": "flow2_teacher.safetensors",
+                    "student": "flow2_student.safetensors"}
+    cfg: CaloFlowConfig
 
-    def __init__(self, geometry: Geometry | str, config: CaloFlowConfig | None = None) -> None:
-        self.geometry = load_geometry(geometry)
-        if self.geometry.n_layers < 2:
-            raise ValueError("CaloFlow needs a geometry with at least 2 layers")
-        self.cfg = config or CaloFlowConfig()
-        self.config = self.cfg.to_dict()
-        g, c = self.geometry, self.cfg
-        self.flow1 = F.build_maf(g.n_layers, 1, c.flow1_transforms, c.flow1_hidden, c.bins, c.bound)
-        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers, c.flow2_transforms, (c.flow2_hidden,), c.bins, c.bound)
-        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers, c.flow2_transforms, (c.student_hidden,), c.bins, c.bound)
+    def build(self) -> None:
+        g, c, k = self.geometry, self.cfg, self.n_params
+        if g.n_layers < 2:
+            raise UsageError("CaloFlow needs a geometry with at least 2 layers")
+        self.flow1 = F.build_maf(g.n_layers, 1 + k, c.flow1_transforms, c.flow1_hidden, c.bins, c.bound)
+        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, c.bound)
+        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, c.bound)
         self.logit = P.Logit(c.alpha)
         self.unit: P.UnitSpaceEnergies | None = None
         self.std1: P.Standardize | None = None
         self.std2: P.Standardize | None = None
         self.einc_dist: dict | None = None
-        self.trained = {"flow1": False, "teacher": False, "student": False}
         self._layer_index = torch.as_tensor(g.layer_index, dtype=torch.long)
-        self.device = torch.device("cpu")
 
-    # ------------------------------------------------------------------ device
-    def to(self, device: str | torch.device) -> "CaloFlow":
-        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-        for m in (self.flow1, self.teacher, self.student):
-            m.to(self.device)
-        self._layer_index = self._layer_index.to(self.device)
-        return self
+    def networks(self) -> dict[str, nn.Module]:
+        return {"flow1": self.flow1, "teacher": self.teacher, "student": self.student}
+
+    def stage_networks(self, stage: str) -> list[str]:
+        return {"train": ["flow1", "teacher"], "distill": ["student"]}.get(stage, [])
+
+    def variant_ready(self, variant: str | None) -> bool:
+        return self.trained["flow1"] and self.trained["student" if variant == "student" else "teacher"]
+
+    # ------------------------------------------------------------------ constants
+    def constants(self) -> dict | None:
+        if self.unit is None:
+            return None
+        return {"logit": self.logit.to_dict(), "unit_space": self.unit.to_dict(),
+                "flow1_standardize": self.std1.to_dict(), "flow2_standardize": self.std2.to_dict(),
+                "incident_energies": self.einc_dist}
+
+    def set_constants(self, c: dict) -> None:
+        self.logit = P.from_dict(c["logit"])
+        self.unit = P.from_dict(c["unit_space"])
+        self.std1 = P.from_dict(c["flow1_standardize"])
+        self.std2 = P.from_dict(c["flow2_standardize"])
+        self.einc_dist = c["incident_energies"]
 
     # ------------------------------------------------------------------ preprocessing (torch)
     def _layer_sums(self, x: Tensor) -> Tensor:
         out = torch.zeros(x.shape[0], self.geometry.n_layers, dtype=x.dtype, device=x.device)
         return out.index_add_(1, self._layer_index.to(x.device), x)
 
-    def flow1_inputs(self, showers: Tensor, einc: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _noise(x: Tensor, kev: float, generator: torch.Generator | None) -> Tensor:
+        return x + kev * P.KEV * torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+
+    def flow1_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit unit-space layer energies, condition) for flow-I."""
-        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV) if noise else showers
+        x = self._noise(showers, self.cfg.flow1_noise_kev, generator) if noise else showers
         u = self.unit.forward(self._layer_sums(x), einc).clamp(0.0, 1.0)
         y = self.std1.forward(self.logit.forward(u))
-        return y, P.log_einc(einc)[:, None]
+        return y, self.flow1_context(einc, params)
 
-    def flow2_inputs(self, showers: Tensor, einc: Tensor, noise: bool = True) -> tuple[Tensor, Tensor]:
+    def flow2_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit layer-normalised voxels, conditions) for flow-II."""
-        x = P.add_uniform_noise(showers, self.cfg.flow2_noise_kev * P.KEV) if noise else showers
+        x = self._noise(showers, self.cfg.flow2_noise_kev, generator) if noise else showers
         E = self._layer_sums(x)
         frac = x / E.clamp_min(1e-30)[:, self._layer_index.to(x.device)]
         y = self.std2.forward(self.logit.forward(frac.clamp(0.0, 1.0)))
-        return y, self.flow2_context(E, einc)
+        return y, self.flow2_context(E, einc, params)
 
     @staticmethod
-    def flow2_context(layer_energies: Tensor, einc: Tensor) -> Tensor:
-        return torch.cat([P.log_einc(einc)[:, None], P.log_layer_energy(layer_energies)], 1)
+    def _with_params(c: Tensor, params: Tensor | None) -> Tensor:
+        return c if params is None or params.shape[1] == 0 else torch.cat([c, params.to(c.dtype)], 1)
+
+    def flow1_context(self, einc: Tensor, params: Tensor | None = None) -> Tensor:
+        """Eq. 2, ``log10(E_inc / 33.3 GeV)``, then the detector parameters."""
+        return self._with_params(P.log_einc(einc)[:, None], params)
+
+    def flow2_context(self, layer_energies: Tensor, einc: Tensor, params: Tensor | None = None) -> Tensor:
+        """Eqs. 2-3, then the detector parameters."""
+        c = torch.cat([P.log_einc(einc)[:, None], P.log_layer_energy(layer_energies)], 1)
+        return self._with_params(c, params)
 
     def fit_constants(self, data: ShowerData, seed: int = 0, max_rows: int = 50_000) -> None:
         """Preprocessing constants from the training data (u0_max, standardisation, E_inc law)."""
@@ -223,102 +237,86 @@ class CaloFlow(Generator):
         self.unit = P.UnitSpaceEnergies.fit(sh.sum(1, keepdims=True) + nz1, einc)
         sh_t = torch.as_tensor(sh[sel])
         e_t = torch.as_tensor(einc[sel])
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            x1 = P.add_uniform_noise(sh_t, self.cfg.flow1_noise_kev * P.KEV)
-            u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
-            self.std1 = P.Standardize.fit(self.logit.forward(u).numpy())
-            x2 = P.add_uniform_noise(sh_t, self.cfg.flow2_noise_kev * P.KEV)
-            E = self._layer_sums(x2)
-            frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
-            self.std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
+        gen = torch.Generator().manual_seed(seed)
+        x1 = self._noise(sh_t, self.cfg.flow1_noise_kev, gen)
+        u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
+        self.std1 = P.Standardize.fit(self.logit.forward(u).numpy())
+        x2 = self._noise(sh_t, self.cfg.flow2_noise_kev, gen)
+        E = self._layer_sums(x2)
+        frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
+        self.std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
         self.einc_dist = einc_summary(einc)
 
-    # ------------------------------------------------------------------ losses
-    def flow1_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        showers, einc = batch
-        y, c = self.flow1_inputs(showers, einc.to(showers.dtype))
-        return -model(c).log_prob(y).mean() / y.shape[1]
-
-    def flow2_loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        showers, einc = batch
-        y, c = self.flow2_inputs(showers, einc.to(showers.dtype))
-        return -model(c).log_prob(y).mean() / y.shape[1]
-
-    def distill_loss(self, student: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        """x-loss + z-loss of probability density distillation (CaloFlow II sec. 3).
-
-        x-loss: data -> teacher -> z' -> student -> x'' compared with x; z-loss: z -> student ->
-        x' -> teacher -> z'' compared with z; mean squared errors at the endpoints and, with
-        ``distill_intermediate``, after every MADE block (:func:`caloflows.flows.distillation_loss`).
-        The conditions are those of the training batch.
-        """
-        showers, einc = batch
-        y, c = self.flow2_inputs(showers, einc.to(showers.dtype))
-        return F.distillation_loss(self.teacher, student, y, c, None, self.cfg.distill_intermediate)
-
     # ------------------------------------------------------------------ training
-    def _tensors(self, data: ShowerData) -> tuple[Tensor, Tensor]:
-        return (torch.as_tensor(np.asarray(data.showers, dtype=np.float32)),
-                torch.as_tensor(np.asarray(data.incident_energies, dtype=np.float32)))
-
-    def _check_data(self, data: ShowerData) -> None:
+    def _training_arrays(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray]:
+        if not isinstance(data, ShowerData):
+            data = read_showers(data, geometry=self.geometry)
         self.geometry.check_showers(data.showers, "training showers")
+        self.training_conditions(data)
         if len(data) < 10:
-            raise ValueError(f"need at least 10 training showers, got {len(data)}")
+            raise UsageError(f"need at least 10 training showers, got {len(data)}")
+        params = self.condition_spec.features(np.asarray(data.conditions if data.conditions is not None
+                                                         else np.zeros((len(data), 0)), dtype=np.float64))
+        return data, params
 
-    def fit(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
-            progress: bool = True, stages: tuple[str, ...] = ("flow1", "teacher")) -> dict:
-        """Train flow-I and the flow-II teacher (``stages``), saving to ``out_dir`` after each."""
-        self._check_data(data)
-        self.to(device)
-        out_dir = Path(out_dir)
+    def _inputs(self, data: ShowerData, params: np.ndarray, which: str, with_z: bool = False):
+        einc = torch.as_tensor(np.asarray(data.incident_energies, dtype=np.float32))
+        par = torch.as_tensor(params, dtype=torch.float32)
+        make = self.flow1_inputs if which == "flow1" else self.flow2_inputs
+
+        def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
+            k = torch.as_tensor(np.asarray(ii))
+            y, c = make(torch.as_tensor(raw), einc[k], par[k], generator=gen)
+            return (y, c, torch.randn(y.shape, generator=gen)) if with_z else (y, c)
+
+        return inputs
+
+    def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                   progress: bool, ctx: DistContext) -> dict:
+        """Train flow-I and the flow-II teacher, saving to ``out_dir`` after each."""
+        data, params = self._training_arrays(data)
+        self.to(ctx.device(device))
         if self.unit is None or not resume:
             self.fit_constants(data, seed=int(self.cfg.flow1_train.get("seed", 0)))
-        self.save(out_dir)
-        tensors = self._tensors(data)
-        summary = {}
-        if "flow1" in stages:
-            tr = Trainer(self.flow1, self.flow1_loss, "flow1", out_dir, TrainConfig(**self.cfg.flow1_train), self.device, progress)
-            r = tr.fit(tensors, resume=resume)
-            self.trained["flow1"] = True
+        if ctx.is_main:
             self.save(out_dir)
-            summary["flow1"] = {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds}
-        if "teacher" in stages:
-            tr = Trainer(self.teacher, self.flow2_loss, "flow2_teacher", out_dir, TrainConfig(**self.cfg.flow2_train), self.device, progress)
-            r = tr.fit(tensors, resume=resume)
-            self.trained["teacher"] = True
-            self.save(out_dir)
-            summary["teacher"] = {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds}
-        return summary
+        src = ArraySource(np.asarray(data.showers, dtype=np.float32))
+        g = self.geometry
+        return {
+            "flow1": self.train_network("flow1", F.LogProb(self.flow1), src, self._inputs(data, params, "flow1"),
+                                        out_dir, self.cfg.flow1_train, ctx, norm=g.n_layers, progress=progress,
+                                        resume=resume),
+            "teacher": self.train_network("teacher", F.LogProb(self.teacher), src,
+                                          self._inputs(data, params, "flow2"), out_dir, self.cfg.flow2_train, ctx,
+                                          norm=g.n_voxels, progress=progress, resume=resume,
+                                          checkpoint="flow2_teacher"),
+        }
 
-    def distill(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
-                progress: bool = True, epochs: int | None = None) -> dict:
+    def _fit_distill(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                     progress: bool, ctx: DistContext, epochs: int | None = None) -> dict:
         """Train the IAF student of flow-II from the trained teacher (probability density distillation)."""
         if not self.trained["teacher"]:
             raise ModelDirError(f"{out_dir}: the flow-II teacher is not trained yet; run 'caloflows train caloflow' first")
-        self._check_data(data)
-        self.to(device)
-        cfg = dict(self.cfg.student_train)
+        data, params = self._training_arrays(data)
+        self.to(ctx.device(device))
         if epochs is not None:
-            cfg["epochs"] = int(epochs)
-            self.cfg.student_train = cfg
-            self.config = self.cfg.to_dict()
+            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
         self.teacher.eval()
-        resuming = resume and (Path(out_dir) / "checkpoints" / "flow2_student_last.pt").exists()
+        resuming = resume and (out_dir / "checkpoints" / "flow2_student_last.pt").exists()
         if self.cfg.student_from_teacher and not resuming:
             F.init_student_from_teacher(self.student, self.teacher)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         try:
-            tr = Trainer(self.student, self.distill_loss, "flow2_student", out_dir, TrainConfig(**cfg), self.device, progress)
-            r = tr.fit(self._tensors(data), resume=resume)
+            obj = F.DistillationObjective(self.teacher, self.student, self.cfg.distill_intermediate)
+            src = ArraySource(np.asarray(data.showers, dtype=np.float32))
+            r = self.train_network("student", obj, src, self._inputs(data, params, "flow2", with_z=True), out_dir,
+                                   self.cfg.student_train, ctx, progress=progress, resume=resume,
+                                   params=list(self.student.parameters()), checkpoint="flow2_student")
         finally:
             for p in self.teacher.parameters():
                 p.requires_grad_(True)
-        self.trained["student"] = True
-        self.save(out_dir)
-        return {"student": {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds}}
+        return {"student": r}
 
     # ------------------------------------------------------------------ sampling
     def decode_flow1(self, y: Tensor, einc: Tensor) -> tuple[Tensor, Tensor]:
@@ -327,42 +325,29 @@ class CaloFlow(Generator):
         return self.unit.inverse(u, einc), u[:, 0] * self.unit.u0_max * einc
 
     @torch.no_grad()
-    def sample_layer_energies(self, einc: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Flow-I: E_inc (MeV) -> layer energies (MeV), float64, with outlier rejection.
-
-        Rows whose ``E_dep / E_inc`` exceeds ``max_ratio`` (default: the training maximum) or
-        are not finite are drawn again, up to ``max_resample`` times; every row sums exactly to
-        ``u_0 u0_max E_inc``.
-        """
+    def sample_layer_energies(self, einc: Tensor, params: Tensor | None = None,
+                              generator: torch.Generator | None = None) -> Tensor:
+        """Flow-I: E_inc (MeV) -> layer energies (MeV), float64, with outlier rejection
+        (:func:`~caloflows.models.base.sample_with_rejection`; bound: ``max_ratio`` or the training maximum)."""
         einc = einc.to(self.device, torch.float64)
+        params = torch.zeros(len(einc), 0, dtype=torch.float64, device=self.device) if params is None else params
+
+        def draw(e: Tensor, p: Tensor) -> Tensor:
+            y = F.flow_sample(self.flow1, self.flow1_context(e, p), generator=generator)
+            return self.decode_flow1(y, e)[0]
+
         bound = self.cfg.max_ratio if self.cfg.max_ratio is not None else self.unit.u0_max
-        out = torch.empty(len(einc), self.geometry.n_layers, dtype=torch.float64, device=self.device)
-        todo = torch.arange(len(einc), device=self.device)
         with F.double_precision(self.flow1):
-            for _ in range(self.cfg.max_resample + 1):
-                e = einc[todo]
-                y = F.flow_sample(self.flow1, P.log_einc(e)[:, None], generator=generator)
-                E, _ = self.decode_flow1(y, e)
-                ok = torch.isfinite(E).all(1) & (E.sum(1) / e <= bound)
-                out[todo[ok]] = E[ok]
-                todo = todo[~ok]
-                if len(todo) == 0:
-                    break
-        if len(todo):  # still outliers after max_resample tries: scale them down to the bound
-            E = torch.nan_to_num(E[~ok], nan=0.0, posinf=0.0).clamp_min(0)
-            s = E.sum(1, keepdim=True)
-            E = torch.where(s > 0, E / s.clamp_min(1e-30) * bound * einc[todo][:, None], E)
-            out[todo] = E
-        return out
+            return sample_with_rejection(draw, einc, params.to(torch.float64), bound, self.cfg.max_resample)
 
     @torch.no_grad()
-    def sample_voxels(self, layer_energies: Tensor, einc: Tensor, student: bool = True,
+    def sample_voxels(self, layer_energies: Tensor, einc: Tensor, params: Tensor | None = None, student: bool = True,
                       generator: torch.Generator | None = None, float64: bool | None = None) -> Tensor:
         """Flow-II: (E_i, E_inc) -> voxels (MeV) whose layers sum exactly to E_i (no threshold cut)."""
         flow = self.student if student else self.teacher
         use64 = (not student) if float64 is None else float64
         E = layer_energies.to(self.device, torch.float64)
-        c = self.flow2_context(E, einc.to(self.device, torch.float64))
+        c = self.flow2_context(E, einc.to(self.device, torch.float64), params)
         if use64:
             with F.double_precision(flow):
                 y = F.flow_sample(flow, c, generator=generator)
@@ -370,182 +355,27 @@ class CaloFlow(Generator):
             y = F.flow_sample(flow, c.float(), generator=generator).double()
         frac = self.logit.inverse(self.std2.inverse(y))
         frac = torch.nan_to_num(frac, nan=0.0, posinf=1.0, neginf=0.0)
-        offs = self.geometry.layer_offsets
-        return P.renormalise_layers(frac, E, offs)
+        return P.renormalise_layers(frac, E, self.geometry.layer_offsets)
 
-    def sample(self, n_or_energies, batch_size: int = 10_000, *, seed: int | None = None, device: str = "cpu",
-               progress: bool = False, student: bool | None = None, threshold: bool = True,
-               micro_batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Generate showers: ``E_inc -> flow-I -> flow-II -> renormalise -> threshold``.
+    #: on CPU the student runs a batch in pieces of this many rows (its spline arithmetic is memory-bound)
+    micro_batch: int = 512
 
-        ``student=None`` uses the student if trained, else the teacher.  On CPU the student
-        processes a batch in pieces of at most ``micro_batch`` rows (same distribution, less memory
-        traffic).  Returns
-        ``(E_inc (N,) MeV, showers (N, V) float32 MeV)``.
-        """
-        if not self.trained["flow1"]:
-            raise ModelDirError("flow-I is not trained; run 'caloflows train caloflow' first")
-        if student is None:
-            student = self.trained["student"]
-        which = "student" if student else "teacher"
-        if not self.trained[which]:
-            raise ModelDirError(f"the flow-II {which} is not trained" + ("; run 'caloflows distill' first" if student else ""))
-        if str(device) != str(self.device):
-            self.to(device)
-        rng = np.random.default_rng(seed)
-        einc = incident_energies(n_or_energies, self.einc_dist, rng)
-        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        for m in (self.flow1, self.teacher, self.student):
-            m.eval()
-        out = np.empty((len(einc), self.geometry.n_voxels), dtype=np.float32)
-        bs = max(1, int(batch_size))
-        for a in tqdm(range(0, len(einc), bs), desc=f"generate ({which})", disable=None if progress else True):
-            e = torch.as_tensor(einc[a:a + bs], dtype=torch.float64, device=self.device)
-            # the student's spline arithmetic is memory-bound: run big batches in cache-sized pieces
-            step = len(e) if not student or self.device.type != "cpu" else max(1, int(micro_batch))
-            parts = []
-            for i in range(0, len(e), step):
-                E = self.sample_layer_energies(e[i:i + step], gen)
-                parts.append(self.sample_voxels(E, e[i:i + step], student=student, generator=gen))
-            v = torch.cat(parts).cpu().numpy()
-            if threshold:
-                v = self.geometry.apply_threshold(v)
-            out[a:a + bs] = v
-        return einc, out
+    def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
+        student = variant == "student"
+        step = len(einc) if not student or self.device.type != "cpu" else max(1, int(self.micro_batch))
+        parts = []
+        for i in range(0, len(einc), step):
+            e, p = einc[i:i + step], params[i:i + step]
+            E = self.sample_layer_energies(e, p, generator)
+            parts.append(self.sample_voxels(E, e, p, student=student, generator=generator))
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------ density
-    @torch.no_grad()
-    def log_prob(self, showers: np.ndarray, incident_energies: np.ndarray, batch_size: int = 1000,
-                 student: bool = False) -> np.ndarray:
-        """log p_1 + log p_2 of the preprocessed shower (no noise added; teacher by default)."""
-        self.geometry.check_showers(showers)
-        flow = self.student if student else self.teacher
-        res = []
-        for a in range(0, len(showers), batch_size):
-            s = torch.as_tensor(np.asarray(showers[a:a + batch_size], dtype=np.float64), device=self.device)
-            e = torch.as_tensor(np.asarray(incident_energies[a:a + batch_size], dtype=np.float64), device=self.device)
-            s = s + 0.5 * self.cfg.flow2_noise_kev * P.KEV  # mid-point of the dequantisation noise
-            with F.double_precision(self.flow1, flow):
-                y1, c1 = self.flow1_inputs(s, e, noise=False)
-                y2, c2 = self.flow2_inputs(s, e, noise=False)
-                res.append((self.flow1(c1).log_prob(y1) + flow(c2).log_prob(y2)).cpu().numpy())
-        return np.concatenate(res)
-
-    # ------------------------------------------------------------------ files
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write config.json, constants.json and the weights of the trained flows."""
-        d = Path(directory)
-        write_model_config(d, KIND, self.geometry, {"caloflow": self.cfg.to_dict(), "trained": dict(self.trained)})
-        if self.unit is not None:
-            write_json(d / CONSTANTS_FILE, {
-                "logit": self.logit.to_dict(), "unit_space": self.unit.to_dict(),
-                "flow1_standardize": self.std1.to_dict(), "flow2_standardize": self.std2.to_dict(),
-                "incident_energies": self.einc_dist,
-            })
-        for name, m in (("flow1", self.flow1), ("teacher", self.teacher), ("student", self.student)):
-            if self.trained[name]:
-                save_weights(d / WEIGHTS[name], m.state_dict(), {"kind": KIND, "network": name})
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, device: str = "cpu", geometry: Geometry | str | None = None) -> "CaloFlow":
-        """Load a model directory; refuses other model kinds, geometries or format versions."""
-        g = load_geometry(geometry) if geometry is not None else None
-        d = read_model_config(directory, kind=KIND, geometry=g)
-        try:
-            cfg = CaloFlowConfig.from_dict(d["config"]["caloflow"])
-            trained = dict(d["config"]["trained"])
-        except (KeyError, TypeError) as exc:
-            raise ModelDirError(f"{directory}: malformed CaloFlow config ({exc})") from None
-        model = cls(d["geometry"], cfg)
-        cpath = Path(directory) / CONSTANTS_FILE
-        if os.path.exists(cpath):
-            c = read_json(cpath, "preprocessing constants")
-            try:
-                model.logit = P.from_dict(c["logit"])
-                model.unit = P.from_dict(c["unit_space"])
-                model.std1 = P.from_dict(c["flow1_standardize"])
-                model.std2 = P.from_dict(c["flow2_standardize"])
-                model.einc_dist = c["incident_energies"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ModelDirError(f"{cpath}: malformed preprocessing constants ({exc})") from None
-        elif any(trained.values()):
-            raise ModelDirError(f"{directory}: {CONSTANTS_FILE} is missing")
-        for name, m in (("flow1", model.flow1), ("teacher", model.teacher), ("student", model.student)):
-            if trained.get(name):
-                sd = load_weights(Path(directory) / WEIGHTS[name])
-                try:
-                    m.load_state_dict(sd)
-                except RuntimeError as exc:
-                    raise ModelDirError(f"{Path(directory) / WEIGHTS[name]}: weights do not fit the configured network "
-                                        f"({str(exc).splitlines()[0]})") from None
-                model.trained[name] = True
-        return model.to(device)
-
-    def parameter_counts(self) -> dict:
-        return {k: F.count_parameters(m) for k, m in (("flow1", self.flow1), ("teacher", self.teacher), ("student", self.student))}
-
-
-# ---------------------------------------------------------------------------- CLI hooks
-def apply_overrides(cfg: CaloFlowConfig, overrides: list[str]) -> CaloFlowConfig:
-    """Apply ``KEY=VALUE`` settings (``flow2_hidden=128``, ``flow2_train.epochs=5``); VALUE is JSON or text."""
-    return CaloFlowConfig.from_dict(override_settings(cfg.to_dict(), overrides, "CaloFlow"))
-
-
-def train_caloflow(data, geometry, out_dir, preset: str = "quick", *, overrides: list[str] | None = None,
-                   epochs: int | None = None, seed: int | None = None, device: str = "cpu", resume: bool = False,
-                   distill: bool = True, progress: bool = True) -> tuple["CaloFlow", dict]:
-    """Python entry point of the main job: train flow-I and the teacher, then distill the student.
-
-    ``data`` is a file path or :class:`~caloflows.io.ShowerData`; ``overrides`` are ``KEY=VALUE``
-    settings as for ``--set``.  Returns ``(model, summary)``; the model directory is complete.
-    """
-    from ..io import read_showers
-
-    g = load_geometry(geometry)
-    if not isinstance(data, ShowerData):
-        data = read_showers(data, geometry=g)
-    if resume and os.path.exists(os.path.join(str(out_dir), "config.json")):
-        model = CaloFlow.load(out_dir, geometry=g)
-    else:
-        cfg = CaloFlowConfig.preset(preset, g)
-        if epochs is not None:
-            for k in ("flow1_train", "flow2_train", "student_train"):
-                setattr(cfg, k, {**getattr(cfg, k), "epochs": int(epochs)})
-        if seed is not None:
-            for k in ("flow1_train", "flow2_train", "student_train"):
-                setattr(cfg, k, {**getattr(cfg, k), "seed": int(seed)})
-        model = CaloFlow(g, apply_overrides(cfg, overrides or []))
-    summary = model.fit(data, out_dir, resume=resume, device=device, progress=progress)
-    if distill:
-        summary.update(model.distill(data, out_dir, resume=resume, device=device, progress=progress))
-    return model, summary
-
-
-def train_from_args(args) -> dict:
-    """Run ``caloflows train caloflow`` (flow-I and the flow-II teacher)."""
-    from ..io import read_showers
-
-    g = load_geometry(args.geometry)
-    data = read_showers(args.data, geometry=g)
-    if args.resume and os.path.exists(os.path.join(args.out, "config.json")):
-        model = CaloFlow.load(args.out, geometry=g)
-    else:
-        cfg = CaloFlowConfig.preset(args.preset, g)
-        if args.epochs is not None:
-            cfg.flow1_train = {**cfg.flow1_train, "epochs": args.epochs}
-            cfg.flow2_train = {**cfg.flow2_train, "epochs": args.epochs}
-        if args.seed is not None:
-            for k in ("flow1_train", "flow2_train", "student_train"):
-                setattr(cfg, k, {**getattr(cfg, k), "seed": args.seed})
-        cfg = apply_overrides(cfg, args.set)
-        model = CaloFlow(g, cfg)
-    return model.fit(data, args.out, resume=args.resume, device=args.device, progress=True)
-
-
-def distill_from_args(args) -> dict:
-    """Run ``caloflows distill MODEL_DIR --data TRAIN.h5`` for a CaloFlow model."""
-    from ..io import read_showers
-
-    model = CaloFlow.load(args.model_dir)
-    data = read_showers(args.data, geometry=model.geometry)
-    return model.distill(data, args.model_dir, resume=args.resume, device=args.device, epochs=args.epochs)
+    def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
+        """log p_1 + log p_2 of the preprocessed shower (noise at its mid-point; teacher unless asked)."""
+        flow = self.student if variant == "student" else self.teacher
+        s = showers + 0.5 * self.cfg.flow2_noise_kev * P.KEV
+        with F.double_precision(self.flow1, flow):
+            y1, c1 = self.flow1_inputs(s, einc, params, noise=False)
+            y2, c2 = self.flow2_inputs(s, einc, params, noise=False)
+            return self.flow1(c1).log_prob(y1) + flow(c2).log_prob(y2)

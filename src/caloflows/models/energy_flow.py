@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from .base import einc_draw, einc_summary  # noqa: F401  (re-exported)
+from .base import einc_draw, einc_summary, sample_with_rejection  # noqa: F401  (re-exported)
 
 __all__ = ["EnergyConstants", "EnergyFlow", "einc_condition", "layer_energy_condition", "einc_summary", "einc_draw"]
 
@@ -104,43 +104,35 @@ class EnergyConstants:
 
 
 class EnergyFlow(nn.Module):
-    """The MAF of ``p(E_0..E_{L-1} | E_inc)``: ``forward(y, c)`` is log p per row."""
+    """The MAF of ``p(E_0..E_{L-1} | E_inc, theta)``: ``forward(y, c)`` is log p per row.
+
+    The context is the E_inc condition (eq. B.3) followed by ``n_params`` detector-parameter
+    features (:mod:`caloflows.conditions`)."""
 
     def __init__(self, n_layers: int, transforms: int = 4, hidden: tuple = (64,), bins: int = 8,
-                 bound: float = 5.0, seed: int = 0) -> None:
+                 bound: float = 5.0, seed: int = 0, n_params: int = 0) -> None:
         super().__init__()
-        self.flow = F.build_maf(n_layers, 1, transforms, tuple(hidden), bins, bound, randperm_seed=seed)
+        self.flow = F.build_maf(n_layers, 1 + n_params, transforms, tuple(hidden), bins, bound, randperm_seed=seed)
 
     def forward(self, y: Tensor, c: Tensor) -> Tensor:
         return self.flow(c).log_prob(y)
 
+    @staticmethod
+    def context(consts: EnergyConstants, einc: Tensor, params: Tensor | None = None) -> Tensor:
+        c = consts.condition(einc)
+        return c if params is None or params.shape[1] == 0 else torch.cat([c, params.to(c.dtype)], 1)
+
     @torch.no_grad()
     def sample_energies(self, einc: Tensor, consts: EnergyConstants, max_ratio: float | None = 2.6,
-                        max_resample: int = 20, generator: torch.Generator | None = None) -> Tensor:
-        """Layer energies (MeV, float64) for ``einc`` (MeV); sampled in float64.
-
-        Rows with ``sum E / E_inc > max_ratio`` or non-finite values are drawn again up to
-        ``max_resample`` times; rows still failing are scaled down onto the bound.
-        """
+                        max_resample: int = 20, generator: torch.Generator | None = None,
+                        params: Tensor | None = None) -> Tensor:
+        """Layer energies (MeV, float64) for ``einc`` (MeV); sampled in float64, with the outlier
+        rejection of appendix B.1 (:func:`~caloflows.models.base.sample_with_rejection`)."""
         einc = einc.to(torch.float64)
-        out = torch.empty(len(einc), len(consts.emax), dtype=torch.float64, device=einc.device)
-        todo = torch.arange(len(einc), device=einc.device)
-        E = ok = None
+        params = torch.zeros(len(einc), 0, dtype=torch.float64, device=einc.device) if params is None else params
+
+        def draw(e: Tensor, p: Tensor) -> Tensor:
+            return consts.inverse(F.flow_sample(self.flow, self.context(consts, e, p), generator=generator))
+
         with F.double_precision(self):
-            for _ in range(max_resample + 1):
-                e = einc[todo]
-                y = F.flow_sample(self.flow, consts.condition(e), generator=generator)
-                E = consts.inverse(y)
-                ok = torch.isfinite(E).all(1)
-                if max_ratio is not None:
-                    ok &= E.sum(1) / e <= max_ratio
-                out[todo[ok]] = E[ok]
-                todo = todo[~ok]
-                if len(todo) == 0:
-                    break
-        if len(todo):
-            Eb = torch.nan_to_num(E[~ok], nan=0.0, posinf=0.0).clamp_min(0)
-            s = Eb.sum(1, keepdim=True)
-            lim = (max_ratio if max_ratio is not None else 1.0) * einc[todo][:, None]
-            out[todo] = torch.where(s > lim, Eb / s.clamp_min(1e-300) * lim, Eb)
-        return out
+            return sample_with_rejection(draw, einc, params.to(torch.float64), max_ratio, max_resample)

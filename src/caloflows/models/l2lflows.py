@@ -39,34 +39,32 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import flows as F
 from .. import preprocessing as P
+from ..errors import ModelDirError, UsageError
 from ..geometry import Geometry, load_geometry
-from ..io import ShowerData, _check_values
-from ..layerdata import ColumnBlock, LayerColumns, LayerStats, context_layers, parse_layers
+from ..io import ShowerData
+from ..layerdata import ColumnBlock, LayerColumns, LayerStats, MemoryColumns, context_layers, parse_layers
 from ..postprocess import threshold_renormalise
-from ..training.checkpoint import ModelDirError, read_json, read_model_config, save_weights, write_json, write_model_config
+from ..training.checkpoint import read_json, read_model_config, save_weights, write_json, write_model_config
 from ..training.distributed import DistContext
-from ..training.layer_loop import ArraySource, StreamSource, fit_flow
-from ..training.loop import TrainConfig, resolve_device
-from .base import Generator, incident_energies
+from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
+from .base import Generator
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
-from .settings import override_settings, preset_config
+from .settings import ModelConfig
 
-__all__ = ["L2LFlows", "L2LFlowsConfig", "MemoryColumns", "gather", "GENERATOR", "PRESETS",
-           "train_from_args", "format_layers"]
+__all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
 
-GENERATOR = "L2LFlows"
 #: settings that may differ between the runs that train the layers of one model
 RUNTIME_SETTINGS = {"cache_mb", "chunk_rows", "edf_train", "cf_train", "max_ratio", "max_resample", "postprocess"}
 KIND = "l2lflows"
@@ -92,8 +90,14 @@ def format_layers(layers: Sequence[int]) -> str:
 
 
 @dataclass
-class L2LFlowsConfig:
+class L2LFlowsConfig(ModelConfig):
     """Hyper-parameters (defaults: L2LFlows table 4)."""
+
+    TITLE: ClassVar[str] = "L2LFlows"
+    RANGES: ClassVar[dict] = {"n_cond": (0, None, False), "voxel_noise_kev": (0, None, False), "alpha": (0, 0.1, True),
+                              "max_resample": (0, None, False), "seed": (0, None, False), "max_ratio": (0, None, True),
+                              "cache_mb": (0, None, False)}
+    CHOICES: ClassVar[dict] = {"postprocess": ("threshold", "renormalise")}
 
     n_cond: int = 5
     edf_transforms: int = 4
@@ -116,25 +120,6 @@ class L2LFlowsConfig:
     edf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=200, batch_size=256, base_lr=6e-6, max_lr=6e-5, val_fraction=0.1)))
     cf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=200, batch_size=1024, base_lr=6e-5, max_lr=6e-4, val_fraction=0.1)))
 
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "L2LFlowsConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ModelDirError(f"unknown L2LFlows settings {sorted(unknown)}")
-        c = cls(**d)
-        if c.postprocess not in ("threshold", "renormalise"):
-            raise ValueError(f"postprocess must be 'threshold' or 'renormalise', got {c.postprocess!r}")
-        if c.n_cond < 0:
-            raise ValueError("n_cond must be >= 0")
-        return c
-
-    @classmethod
-    def preset(cls, name: str, geometry: Geometry) -> "L2LFlowsConfig":
-        return preset_config(PRESETS, name, geometry)
-
 
 def _quick(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig(
@@ -148,32 +133,7 @@ def _full(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig()
 
 
-PRESETS = {"quick": _quick, "full": _full}
-
-
-# ---------------------------------------------------------------------------- data access
-class MemoryColumns:
-    """In-memory showers with the interface of :class:`caloflows.layerdata.LayerColumns`."""
-
-    def __init__(self, data: ShowerData, geometry: Geometry, chunk_rows: int = 4096) -> None:
-        geometry.check_showers(data.showers, "training showers")
-        self.data, self.geometry, self.chunk_rows = data, geometry, int(chunk_rows)
-        self.n = len(data)
-        self.path = "<in-memory showers>"
-        _check_values(self.path, np.asarray(data.incident_energies, np.float64), np.asarray(data.showers))
-
-    def read(self, c0: int, c1: int, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.data.showers[start:stop, c0:c1], dtype=np.float32)
-
-    def incident_energies(self) -> np.ndarray:
-        return np.asarray(self.data.incident_energies, dtype=np.float64).reshape(-1)
-
-    def scan(self, progress: bool = False) -> LayerStats:
-        g = self.geometry
-        sh = np.asarray(self.data.showers, dtype=np.float64)
-        E = g.layer_energies(g.apply_threshold(sh))
-        vmax = np.array([sh[:, g.layer_slice(i)].max(initial=0.0) for i in range(g.n_layers)])
-        return LayerStats(self.incident_energies(), E, vmax)
+L2LFlowsConfig.PRESETS = {"quick": _quick, "full": _full}
 
 
 def compute_constants(cols, cfg: L2LFlowsConfig, progress: bool = False) -> tuple[dict, LayerStats]:
@@ -252,34 +212,59 @@ def _load_state(path: Path, module: torch.nn.Module) -> None:
 
 # ---------------------------------------------------------------------------- the model
 class L2LFlows(Generator):
-    """L2LFlows generator for a geometry: energy flow + one causal flow per layer."""
+    """L2LFlows generator for a geometry: energy flow + one causal flow per layer.
+
+    The causal flows are built lazily (a job training ``--layers 10-19`` holds only those);
+    each is initialised from ``(seed, layer)`` alone, so a layer trained alone has the weights
+    it would have in a run of all layers.
+    """
 
     kind = KIND
+    Config = L2LFlowsConfig
+    stages = {"train": "the energy flow and the causal flows (any --layers subset; --gather joins them)"}
+    cfg: L2LFlowsConfig
 
-    def __init__(self, geometry: Geometry | str, config: L2LFlowsConfig | None = None) -> None:
-        self.geometry = load_geometry(geometry)
-        if self.geometry.n_layers < 2:
-            raise ValueError("L2LFlows needs a geometry with at least 2 layers")
-        small = [i for i, n in enumerate(self.geometry.layer_sizes) if n < 2]
+    def build(self) -> None:
+        g = self.geometry
+        if g.n_layers < 2:
+            raise UsageError("L2LFlows needs a geometry with at least 2 layers")
+        small = [i for i, n in enumerate(g.layer_sizes) if n < 2]
         if small:
-            raise ValueError(f"L2LFlows needs at least 2 voxels per layer; layers {small} have fewer")
-        self.cfg = config or L2LFlowsConfig()
-        self.config = self.cfg.to_dict()
+            raise UsageError(f"L2LFlows needs at least 2 voxels per layer; layers {small} have fewer")
         self.consts: dict | None = None
         self.energy_consts: EnergyConstants | None = None
         self.energy_flow: EnergyFlow | None = None
         self.causal: dict[int, ConditionalFlow] = {}
-        self.device = torch.device("cpu")
+
+    def networks(self) -> dict[str, nn.Module]:
+        nets: dict[str, nn.Module] = {} if self.energy_flow is None else {"energy_flow": self.energy_flow}
+        nets.update({f"causal_layer_{i:03d}": m for i, m in sorted(self.causal.items())})
+        return nets
+
+    def variant_ready(self, variant: str | None) -> bool:
+        return self.energy_flow is not None and len(self.causal) == self.geometry.n_layers
+
+    def stage_done(self, stage: str) -> bool:
+        return stage == "train" and self.variant_ready(None)
+
+    def parameter_counts(self) -> dict[str, int]:
+        out = {"energy_flow": F.count_parameters(self.energy_flow) if self.energy_flow is not None else 0}
+        out["causal"] = sum(F.count_parameters(m) for m in self.causal.values())
+        return out
+
+    def constants(self) -> dict | None:
+        return self.consts
 
     # ------------------------------------------------------------------ networks
     def build_energy_flow(self) -> EnergyFlow:
         torch.manual_seed(self.cfg.seed * 7919)
         c = self.cfg
-        return EnergyFlow(self.geometry.n_layers, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.bound, seed=c.seed)
+        return EnergyFlow(self.geometry.n_layers, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.bound, seed=c.seed,
+                          n_params=self.n_params)
 
     def context_size(self, i: int) -> int:
         g = self.geometry
-        return sum(g.layer_sizes[j] for j in context_layers(i, self.cfg.n_cond)) + 2
+        return sum(g.layer_sizes[j] for j in context_layers(i, self.cfg.n_cond)) + 2 + self.n_params
 
     def build_causal(self, i: int) -> ConditionalFlow:
         """Causal flow ``i``, initialised from ``(seed, i)`` only (same weights in any subset run)."""
@@ -288,12 +273,6 @@ class L2LFlows(Generator):
         return ConditionalFlow(self.geometry.layer_sizes[i], self.context_size(i), embed=i > 0 and c.n_cond > 0,
                                embed_hidden=c.embed_hidden, embed_out=c.embed_out, transforms=c.cf_transforms,
                                hidden=c.cf_hidden, bins=c.bins, bound=c.bound)
-
-    def to(self, device: str | torch.device) -> "L2LFlows":
-        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-        for m in ([self.energy_flow] if self.energy_flow is not None else []) + list(self.causal.values()):
-            m.to(self.device)
-        return self
 
     # ------------------------------------------------------------------ constants
     def set_constants(self, consts: dict) -> None:
@@ -319,22 +298,24 @@ class L2LFlows(Generator):
         vmax, mean, std = self._cols(c0, c1, y)
         return P.Logit(self.cfg.alpha).inverse(y * std + mean).clamp(0.0, 1.0) * vmax
 
-    def conditions(self, E_i: Tensor, einc: Tensor) -> Tensor:
-        return torch.stack([layer_energy_condition(E_i), self.energy_consts.condition(einc)[:, 0]], 1)
+    def conditions(self, E_i: Tensor, einc: Tensor, params: Tensor) -> Tensor:
+        """Eq. B.7 of E_i, eq. B.3 of E_inc, then the detector-parameter features."""
+        c = torch.stack([layer_energy_condition(E_i), self.energy_consts.condition(einc)[:, 0]], 1)
+        return torch.cat([c, params.to(c.dtype)], 1)
 
     # ------------------------------------------------------------------ training inputs
-    def _energy_inputs(self, stats: LayerStats):
+    def _energy_inputs(self, stats: LayerStats, par_all: np.ndarray):
         E_all, einc_all = stats.layer_energies, stats.incident_energies
         ec = self.energy_consts
 
         def inputs(ii, raw, gen):
             E = torch.as_tensor(E_all[ii])
             e = torch.as_tensor(einc_all[ii])
-            return ec.forward(ec.noisy(E, gen)).float(), ec.condition(e).float()
+            return ec.forward(ec.noisy(E, gen)).float(), EnergyFlow.context(ec, e, torch.as_tensor(par_all[ii])).float()
 
         return inputs
 
-    def _causal_inputs(self, i: int, stats: LayerStats):
+    def _causal_inputs(self, i: int, stats: LayerStats, par_all: np.ndarray):
         g = self.geometry
         ctx = context_layers(i, self.cfg.n_cond)
         c0 = int(g.layer_offsets[ctx[0] if ctx else i])
@@ -348,7 +329,7 @@ class L2LFlows(Generator):
             x = x + noise * torch.rand(x.shape, dtype=torch.float64, generator=gen)
             y = self.voxels_forward(x, c0, t1)
             E = ec.noisy(torch.as_tensor(E_all[ii]), gen)
-            cond = self.conditions(E, torch.as_tensor(einc_all[ii]))
+            cond = self.conditions(E, torch.as_tensor(einc_all[ii]), torch.as_tensor(par_all[ii]))
             context = torch.cat([y[:, :t0 - c0], cond], 1)
             return y[:, t0 - c0:].float(), context.float()
 
@@ -374,7 +355,7 @@ class L2LFlows(Generator):
                                     "use a new --out directory")
         self.set_constants(consts)
         if ctx.is_main:
-            write_model_config(out_dir, KIND, self.geometry, {"l2lflows": self.cfg.to_dict()})
+            write_model_config(out_dir, KIND, self.geometry, self.config_record())
             if not cpath.exists():
                 write_json(cpath, {**consts, "sha": self.consts["sha"]})
         ctx.barrier()
@@ -392,18 +373,21 @@ class L2LFlows(Generator):
         g = self.geometry
         layer_list = parse_layers(layers, g.n_layers)
         out_dir = Path(out_dir)
+        self.training_conditions(data)
         cols = (LayerColumns(data, g, self.cfg.chunk_rows) if isinstance(data, (str, os.PathLike))
                 else MemoryColumns(data, g, self.cfg.chunk_rows))
         if cols.n < 10:
-            raise ValueError(f"{cols.path}: need at least 10 training showers, got {cols.n}")
-        dev = ctx.device(device)
-        self.device = resolve_device(str(dev)) if dev.type == "cuda" else dev
+            raise UsageError(f"{cols.path}: need at least 10 training showers, got {cols.n}")
+        from ..io import read_conditions
+
+        par_all = self.condition_spec.features(read_conditions(data)[1])
+        self.device = ctx.device(device)
         stats = self._prepare(cols, out_dir, ctx, progress)
         summary: dict = {"layers": {}, "streaming": {}}
         if energy:
             self.energy_flow = self.build_energy_flow().to(self.device)
             src = ArraySource(np.zeros((cols.n, 0), np.float32))
-            r = fit_flow(self.energy_flow, src, self._energy_inputs(stats), "energy_flow", out_dir,
+            r = fit_flow(self.energy_flow, src, self._energy_inputs(stats, par_all), "energy_flow", out_dir,
                          TrainConfig(**self.cfg.edf_train), ctx=ctx, device=self.device, norm=g.n_layers,
                          progress=progress, resume=resume)
             if ctx.is_main:
@@ -413,7 +397,7 @@ class L2LFlows(Generator):
                                       "seconds_per_epoch": float(np.mean(r.history["seconds"])) if r.history["seconds"] else None}
         for i in layer_list:
             flow = self.build_causal(i).to(self.device)
-            inputs, c0, c1 = self._causal_inputs(i, stats)
+            inputs, c0, c1 = self._causal_inputs(i, stats, par_all)
             block = ColumnBlock(cols, c0, c1, cache_mb=self.cfg.cache_mb)
             src = StreamSource(cols.n, cols.chunk_rows, block.get)
             r = fit_flow(flow, src, inputs, f"causal_layer_{i:03d}", out_dir, TrainConfig(**self.cfg.cf_train),
@@ -430,10 +414,12 @@ class L2LFlows(Generator):
         ctx.barrier()
         return summary
 
-    def fit(self, data: ShowerData, out_dir: str | os.PathLike, *, resume: bool = False, device: str = "cpu",
-            progress: bool = True) -> dict:
-        """Train every flow (see :meth:`train`)."""
-        return self.train(data, out_dir, resume=resume, device=device, progress=progress)
+    def _fit_train(self, data: "ShowerData | str | os.PathLike", out_dir: Path, *, resume: bool, device: str,
+                   progress: bool, ctx: DistContext, layers: "Sequence[int] | str | None" = None,
+                   energy: bool = True) -> dict:
+        """Stage ``train``: the energy flow (if ``energy``) and the causal flows of ``layers`` (:meth:`train`)."""
+        return self.train(data, out_dir, layers=layers, energy=energy, resume=resume, device=device,
+                          progress=progress, ctx=ctx)
 
     # ------------------------------------------------------------------ sampling
     def _check_complete(self) -> None:
@@ -448,19 +434,20 @@ class L2LFlows(Generator):
                                 f"(train them with 'caloflows train l2lflows --layers ...' and gather)")
 
     @torch.no_grad()
-    def sample_layers(self, E: Tensor, einc: Tensor, generator: torch.Generator | None = None,
-                      progress: bool = False, threshold: bool = True) -> Tensor:
-        """Walk the causal flows layer by layer: ``(E_i, E_inc) -> voxels`` (float64, on the model's device)."""
+    def sample_layers(self, E: Tensor, einc: Tensor, params: Tensor | None = None,
+                      generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+        """Walk the causal flows layer by layer: ``(E_i, E_inc, theta) -> voxels`` (float64, on the model's device)."""
         g = self.geometry
+        params = einc.new_zeros(len(einc), self.n_params) if params is None else params
         n = len(einc)
         out = torch.zeros(n, g.n_voxels, dtype=torch.float64, device=self.device)
         ys: dict[int, Tensor] = {}
-        thr = g.threshold_mev if threshold else 0.0
+        thr = g.threshold_mev
         for i in tqdm(range(g.n_layers), desc="layers", leave=False, disable=None if progress else True):
             flow = self.causal[i]
             t0, t1 = int(g.layer_offsets[i]), int(g.layer_offsets[i + 1])
             parts = [ys[j] for j in context_layers(i, self.cfg.n_cond)]
-            context = torch.cat(parts + [self.conditions(E[:, i], einc)], 1)
+            context = torch.cat(parts + [self.conditions(E[:, i], einc, params)], 1)
             with F.double_precision(flow):
                 y = flow.sample(context, generator=generator)
             y = torch.nan_to_num(y, nan=0.0, posinf=50.0, neginf=-50.0)
@@ -477,57 +464,34 @@ class L2LFlows(Generator):
                 del ys[j]
         return out
 
-    def sample(self, n_or_energies, batch_size: int = 10_000, *, seed: int | None = None, device: str = "cpu",
-               progress: bool = False, threshold: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Generate showers: ``E_inc -> energy flow -> causal flows 0..L-1 -> B.3 post-processing``."""
-        self._check_complete()
-        if str(device) != str(self.device):
-            self.to(device)
-        rng = np.random.default_rng(seed)
-        einc = incident_energies(n_or_energies, self.consts["incident_energies"], rng)
-        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        self.energy_flow.eval()
-        for m in self.causal.values():
-            m.eval()
-        out = np.empty((len(einc), self.geometry.n_voxels), dtype=np.float32)
-        bs = max(1, int(batch_size))
-        for a in tqdm(range(0, len(einc), bs), desc="generate (l2lflows)", disable=None if progress else True):
-            e = torch.as_tensor(einc[a:a + bs], dtype=torch.float64, device=self.device)
-            E = self.energy_flow.sample_energies(e, self.energy_consts, self.cfg.max_ratio, self.cfg.max_resample, gen)
-            out[a:a + bs] = self.sample_layers(E, e, gen, progress=progress, threshold=threshold).cpu().numpy()
-        return einc, out
+    def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
+        """``E_inc -> energy flow -> causal flows 0..L-1 -> B.3 post-processing`` for one batch."""
+        E = self.energy_flow.sample_energies(einc, self.energy_consts, self.cfg.max_ratio, self.cfg.max_resample,
+                                             generator, params)
+        return self.sample_layers(E, einc, params, generator)
 
-    # ------------------------------------------------------------------ density
-    @torch.no_grad()
-    def log_prob(self, showers: np.ndarray, incident_energies: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
         """log p of the preprocessed shower: energy flow + every causal flow (noise at its mid-point)."""
         self._check_complete()
-        g = self.geometry
-        g.check_showers(showers)
-        ec = self.energy_consts
-        res = []
-        for a in range(0, len(showers), batch_size):
-            s = torch.as_tensor(np.asarray(showers[a:a + batch_size], dtype=np.float64), device=self.device)
-            e = torch.as_tensor(np.asarray(incident_energies[a:a + batch_size], dtype=np.float64).reshape(-1), device=self.device)
-            E = torch.as_tensor(g.layer_energies(g.apply_threshold(s.cpu().numpy())), device=self.device)
-            E = E + ec.noise_mean_kev * P.KEV
-            y_all = self.voxels_forward(s + 0.5 * self.cfg.voxel_noise_kev * P.KEV, 0, g.n_voxels)
-            with F.double_precision(self.energy_flow, *self.causal.values()):
-                lp = self.energy_flow(ec.forward(E), ec.condition(e))
-                for i in range(g.n_layers):
-                    ctx = context_layers(i, self.cfg.n_cond)
-                    c0 = int(g.layer_offsets[ctx[0] if ctx else i])
-                    t0, t1 = int(g.layer_offsets[i]), int(g.layer_offsets[i + 1])
-                    context = torch.cat([y_all[:, c0:t0], self.conditions(E[:, i], e)], 1)
-                    lp = lp + self.causal[i](y_all[:, t0:t1], context)
-            res.append(lp.cpu().numpy())
-        return np.concatenate(res)
+        g, ec, s, e = self.geometry, self.energy_consts, showers, einc
+        E = torch.as_tensor(g.layer_energies(g.apply_threshold(s.cpu().numpy())), device=self.device)
+        E = E + ec.noise_mean_kev * P.KEV
+        y_all = self.voxels_forward(s + 0.5 * self.cfg.voxel_noise_kev * P.KEV, 0, g.n_voxels)
+        with F.double_precision(self.energy_flow, *self.causal.values()):
+            lp = self.energy_flow(ec.forward(E), EnergyFlow.context(ec, e, params))
+            for i in range(g.n_layers):
+                ctx = context_layers(i, self.cfg.n_cond)
+                c0 = int(g.layer_offsets[ctx[0] if ctx else i])
+                t0, t1 = int(g.layer_offsets[i]), int(g.layer_offsets[i + 1])
+                context = torch.cat([y_all[:, c0:t0], self.conditions(E[:, i], e, params)], 1)
+                lp = lp + self.causal[i](y_all[:, t0:t1], context)
+        return lp
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str | os.PathLike) -> None:
         """Write config, constants and every trained flow to ``directory``."""
         d = Path(directory)
-        write_model_config(d, KIND, self.geometry, {"l2lflows": self.cfg.to_dict()})
+        write_model_config(d, KIND, self.geometry, self.config_record())
         if self.consts is None:
             return
         write_json(d / CONSTANTS_FILE, self.consts)
@@ -543,12 +507,7 @@ class L2LFlows(Generator):
         """Load a model directory; with ``require_complete`` refuses one with missing layers."""
         directory = Path(directory)
         g = load_geometry(geometry) if geometry is not None else None
-        d = read_model_config(directory, kind=KIND, geometry=g)
-        try:
-            cfg = L2LFlowsConfig.from_dict(d["config"]["l2lflows"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelDirError(f"{directory}: malformed L2LFlows config ({exc})") from None
-        model = cls(d["geometry"], cfg)
+        model = cls._from_record(directory, read_model_config(directory, kind=KIND, geometry=g))
         cpath = directory / CONSTANTS_FILE
         if not cpath.exists():
             if require_complete:
@@ -585,11 +544,6 @@ class L2LFlows(Generator):
                 raise ModelDirError(f"{directory}: {exc}") from None
         return model.to(device)
 
-    def parameter_counts(self) -> dict:
-        out = {"energy_flow": F.count_parameters(self.energy_flow) if self.energy_flow is not None else 0}
-        out["causal"] = sum(F.count_parameters(m) for m in self.causal.values())
-        return out
-
 
 # ---------------------------------------------------------------------------- gather
 def gather(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
@@ -603,7 +557,7 @@ def gather(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
     out = Path(out)
     srcs = [Path(s) for s in sources]
     if not srcs:
-        raise ValueError("give at least one source directory to gather")
+        raise UsageError("give at least one source directory to gather")
     first = read_model_config(srcs[0], kind=KIND)
     consts0 = read_json(srcs[0] / CONSTANTS_FILE, "preprocessing constants")
     found: dict[str, Path] = {}
@@ -625,7 +579,7 @@ def gather(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
             if p.name in found and found[p.name].resolve() != p.resolve():
                 raise ModelDirError(f"{p.name} is in both {found[p.name].parent} and {s}; keep only one")
             found[p.name] = p
-    model = L2LFlows(first["geometry"], L2LFlowsConfig.from_dict(first["config"]["l2lflows"]))
+    model = L2LFlows._from_record(srcs[0], first)
     model.set_constants({k: v for k, v in consts0.items() if k != "sha"})
     out.mkdir(parents=True, exist_ok=True)
     if (out / CONSTANTS_FILE).exists() and not _close(read_json(out / CONSTANTS_FILE, "preprocessing constants"), consts0):
@@ -648,44 +602,3 @@ def gather(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict
     layers = sorted(int(n[len("causal_layer_"):-len(".safetensors")]) for n in found if n.startswith("causal_layer_"))
     missing = [i for i in range(model.geometry.n_layers) if i not in layers]
     return {"layers": layers, "energy_flow": ENERGY_FILE in found, "missing": missing}
-
-
-# ---------------------------------------------------------------------------- CLI hooks
-def train_from_args(args) -> dict:
-    """Run ``caloflows train l2lflows`` (also under torchrun: one process per GPU / CPU group)."""
-    from ..training.distributed import init_from_env
-
-    g = load_geometry(args.geometry)
-    if getattr(args, "gather", None):
-        res = gather(args.gather, args.out)
-        L2LFlows.load(args.out, geometry=g, require_complete=False)
-        if res["missing"]:
-            res["note"] = f"layers {format_layers(res['missing'])} still missing"
-        return res
-    ctx = init_from_env()
-    out = Path(args.out)
-    if (out / "config.json").exists():
-        model = L2LFlows.load(out, geometry=g, require_complete=False)
-        cfg = model.cfg
-    else:
-        cfg = L2LFlowsConfig.preset(args.preset, g)
-    d = cfg.to_dict()
-    if args.epochs is not None:
-        d["edf_train"]["epochs"] = d["cf_train"]["epochs"] = args.epochs
-    if args.seed is not None:
-        d["seed"] = d["edf_train"]["seed"] = d["cf_train"]["seed"] = args.seed
-    if getattr(args, "cache_mb", None) is not None:
-        d["cache_mb"] = args.cache_mb
-    d = override_settings(d, args.set, "L2LFlows")
-    model = L2LFlows(g, L2LFlowsConfig.from_dict(d))
-    layers = parse_layers(getattr(args, "layers", None), g.n_layers)
-    try:
-        summary = model.train(args.data, out, layers=layers, energy=not getattr(args, "no_energy_flow", False),
-                              resume=args.resume, device=args.device, progress=True, ctx=ctx)
-    finally:
-        ctx.shutdown()
-    if ctx.is_main:
-        done = L2LFlows.load(out, geometry=g, require_complete=False)
-        missing = [i for i in range(g.n_layers) if i not in done.causal]
-        summary["missing_layers"] = format_layers(missing) if missing else ""
-    return summary

@@ -1,22 +1,198 @@
-"""``--set KEY=VALUE`` overrides of nested settings dicts (shared by the layer-wise models)."""
+"""Model settings: one typed, validated config base shared by every generator family.
+
+A family's settings are a dataclass deriving from :class:`ModelConfig`.  The base gives it
+JSON serialisation (:meth:`~ModelConfig.to_dict` / :meth:`~ModelConfig.from_dict`), named
+presets (``quick``, ``full``, ...: :attr:`~ModelConfig.PRESETS`), ``--set KEY=VALUE``
+overrides (:meth:`~ModelConfig.override`) and a check of every value's type and range
+(:meth:`~ModelConfig.validate`) that runs before any work, so ``--set bins=0`` fails at once
+with one line naming the key, the value and what is allowed.
+
+Rules (override per family with :attr:`~ModelConfig.RANGES` and :attr:`~ModelConfig.CHOICES`):
+integers are at least 1, floats are positive, lists hold positive integers, and every
+``*_train`` dict is a :class:`~caloflows.training.loop.TrainConfig`.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Toy(ModelConfig):
+    ...     bins: int = 8
+    >>> Toy().override(["bins=12"]).bins
+    12
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Sequence
+import math
+import typing
+from dataclasses import asdict, fields
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
-__all__ = ["override_settings", "preset_config"]
+from ..errors import ConfigError
+
+__all__ = ["ModelConfig", "override_settings", "check_train_config"]
+
+C = TypeVar("C", bound="ModelConfig")
+
+#: allowed values of the TrainConfig entries (inclusive bounds; None = unbounded)
+_TRAIN_RULES: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    # name: (types, low, high, None allowed)
+    "epochs": (int, 1, None, False),
+    "batch_size": (int, 1, None, False),
+    "base_lr": (float, 0, None, False),
+    "max_lr": (float, 0, None, False),
+    "schedule": (str, None, None, False),
+    "annihilation": (float, 0, 0.999999, False),
+    "cycle_epochs": (int, 1, None, False),
+    "val_fraction": (float, 1e-9, 0.999999, False),
+    "patience": (int, 1, None, True),
+    "seed": (int, 0, None, False),
+    "grad_clip": (float, 1e-12, None, True),
+    "weight_decay": (float, 0, None, False),
+}
+SCHEDULES = ("onecycle", "cyclic", "constant")
+
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"setting {key}={json.dumps(value)}: {allowed}")
+
+
+def _check_number(key: str, v: Any, kind: type, lo: float | None, hi: float | None, none_ok: bool,
+                  lo_open: bool = False) -> None:
+    if v is None:
+        if none_ok:
+            return
+        raise _bad(key, v, f"must be {'an integer' if kind is int else 'a number'}, not null")
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    ok_type = is_int if kind is int else (is_int or isinstance(v, float))
+    if not ok_type:
+        raise _bad(key, v, f"must be {'an integer' if kind is int else 'a number'}" + (" or null" if none_ok else ""))
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _bad(key, v, "must be finite")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise _bad(key, v, f"must be {'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else ""))
+    if hi is not None and v > hi:
+        raise _bad(key, v, f"must be <= {hi}" + (f" and {'>' if lo_open else '>='} {lo}" if lo is not None else ""))
+
+
+def check_train_config(d: Any, key: str) -> None:
+    """Validate a ``*_train`` dict (the fields of :class:`~caloflows.training.loop.TrainConfig`)."""
+    if not isinstance(d, dict):
+        raise _bad(key, d, "must be a dict of training settings, e.g. {\"epochs\": 10}; set its entries with "
+                           f"{key}.epochs=...")
+    unknown = set(d) - set(_TRAIN_RULES)
+    if unknown:
+        raise ConfigError(f"unknown setting {key}.{sorted(unknown)[0]}; known: {', '.join(sorted(_TRAIN_RULES))}")
+    for name, v in d.items():
+        kind, lo, hi, none_ok = _TRAIN_RULES[name]
+        if name == "schedule":
+            if v not in SCHEDULES:
+                raise _bad(f"{key}.{name}", v, f"must be one of {', '.join(SCHEDULES)}")
+            continue
+        open_lo = name in ("base_lr", "max_lr")
+        _check_number(f"{key}.{name}", v, kind if isinstance(kind, type) else int, lo, hi, none_ok, open_lo)
+
+
+class ModelConfig:
+    """Base of every family's settings dataclass (see the module docstring)."""
+
+    #: preset name -> function(geometry) returning the family's config
+    PRESETS: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    #: field -> (low, high, low_is_open); defaults: ints >= 1, floats > 0
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {}
+    #: field -> allowed string values
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: a name for messages (``CaloFlow``)
+    TITLE: ClassVar[str] = "model"
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """JSON-ready settings (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """Settings from a dict; unknown keys, wrong types and out-of-range values raise ConfigError.
+
+        Keys missing from ``d`` take their defaults (model directories of older versions load).
+        """
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.TITLE} setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for k, v in d.items():
+            if hints.get(k) is tuple and isinstance(v, list):
+                v = tuple(v)
+            kw[k] = v
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def preset(cls: type[C], name: str, geometry: Any) -> C:
+        """The config of preset ``name`` for ``geometry``."""
+        if name not in cls.PRESETS:
+            raise ConfigError(f"unknown {cls.TITLE} preset {name!r}; use one of {', '.join(cls.PRESETS)}")
+        cfg = cls.PRESETS[name](geometry)
+        cfg.validate()
+        return cfg
+
+    def override(self: C, overrides: Sequence[str] | None) -> C:
+        """A copy with ``KEY=VALUE`` items applied (``flow2_hidden=128``, ``flow2_train.epochs=5``)."""
+        return type(self).from_dict(override_settings(self.to_dict(), overrides, self.TITLE))
+
+    def replace_train(self: C, **entries: Any) -> C:
+        """A copy with ``entries`` (e.g. ``epochs=3, seed=1``) set in every ``*_train`` dict."""
+        d = self.to_dict()
+        for k in d:
+            if k.endswith("_train"):
+                d[k].update(entries)
+        return type(self).from_dict(d)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check every value's type and range; raises ConfigError naming key, value and what is allowed."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            key, v, t = f.name, getattr(self, f.name), hints.get(f.name)
+            if key.endswith("_train"):
+                check_train_config(v, key)
+                continue
+            origin = typing.get_origin(t)
+            args = typing.get_args(t)
+            none_ok = type(None) in args
+            base = t
+            if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+                base = next(a for a in args if a is not type(None))
+            if base is bool:
+                if not isinstance(v, bool):
+                    raise _bad(key, v, "must be true or false")
+            elif base is str:
+                if not isinstance(v, str):
+                    raise _bad(key, v, "must be a string")
+                if key in self.CHOICES and v not in self.CHOICES[key]:
+                    raise _bad(key, v, f"must be one of {', '.join(self.CHOICES[key])}")
+            elif base in (int, float):
+                lo, hi, lo_open = self.RANGES.get(key, (1, None, False) if base is int else (0, None, True))
+                _check_number(key, v, base, lo, hi, none_ok, lo_open)
+            elif base in (list, tuple) or typing.get_origin(base) in (list, tuple):
+                if not isinstance(v, (list, tuple)) or not v or not all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+                    raise _bad(key, v if not isinstance(v, tuple) else list(v),
+                               "must be a non-empty list of positive integers, e.g. [128, 128]")
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
     """Return a copy of ``d`` with ``a.b=VALUE`` items applied (VALUE parsed as JSON, else text).
 
-    Unknown keys raise ``ValueError`` naming the known ones.
+    Unknown keys raise :class:`~caloflows.errors.ConfigError` naming the known ones.
     """
     d = json.loads(json.dumps(d))
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, val = item.split("=", 1)
         try:
             v = json.loads(val)
@@ -26,16 +202,9 @@ def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "mod
         tgt = d
         for p in parts[:-1]:
             if not isinstance(tgt.get(p), dict):
-                raise ValueError(f"unknown {what} setting {key!r}")
+                raise ConfigError(f"unknown {what} setting {key!r}")
             tgt = tgt[p]
         if parts[-1] not in tgt:
-            raise ValueError(f"unknown {what} setting {key!r}; known: {', '.join(sorted(tgt))}")
+            raise ConfigError(f"unknown {what} setting {key!r}; known: {', '.join(sorted(tgt))}")
         tgt[parts[-1]] = v
     return d
-
-
-def preset_config(presets: dict, name: str, geometry):
-    """The config a model's named preset (``quick``, ``full``) builds for ``geometry``."""
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(presets)}")
-    return presets[name](geometry)

@@ -5,12 +5,14 @@ Runs started by ``torchrun --nproc_per_node N -m caloflows train ...`` get ``RAN
 :func:`init_from_env` joins the process group (``nccl`` on CUDA, ``gloo`` on CPU).  Without
 those variables everything runs in a single process.
 
-The layer trainer (:mod:`caloflows.training.layer_loop`) splits each *global* batch into
+The layer trainer (:mod:`caloflows.training.loop`) splits each *global* batch into
 ``WORLD_SIZE`` equal shards; DDP averages the shard gradients, which is exactly the gradient
 of the mean loss over the global batch, so N processes follow the same trajectory as one.
 """
 
 from __future__ import annotations
+
+from ..errors import UsageError
 
 import datetime
 import os
@@ -97,7 +99,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> Dist
 def shard_bounds(global_batch: int, ctx: DistContext) -> tuple[int, int]:
     """Rows ``[a, b)`` of a global batch that this rank processes (equal shards)."""
     if global_batch % ctx.world_size:
-        raise ValueError(
+        raise UsageError(
             f"global batch size {global_batch} is not divisible by the {ctx.world_size} processes; "
             "choose a batch size that is a multiple of the number of processes"
         )

@@ -1,18 +1,25 @@
-"""A general, resumable training loop (CaloFlow training recipe, ``caloflow_dataset1.txt`` sec. 2-3).
+"""The one training loop of every caloflows network (CaloFlow recipe, ``caloflow_dataset1.txt``
+sec. 2-3; L2LFlows appendix A; CaloFlow II distillation).
 
-:class:`Trainer` trains any ``torch.nn.Module`` given a loss function ``loss_fn(model, batch)``
-on a tuple of equally long tensors:
+:func:`fit_flow` trains a module whose ``forward(*inputs)`` returns ``log p`` per row
+(:class:`caloflows.flows.LogProb`, :class:`caloflows.flows.DistillationObjective`) on row
+batches from a :class:`BatchSource`:
 
-* a fixed 70/30 train/validation split drawn from ``seed`` (paper: 70/30);
+* a fixed train/validation split drawn from ``seed`` (CaloFlow: 70/30);
 * Adam with the per-batch LR schedules of :mod:`caloflows.training.schedules`;
-* validation loss after every epoch with a fixed RNG seed (noise in the loss is the same for
-  every epoch), best-validation weights kept, early stopping after ``patience`` epochs
-  without improvement;
-* a checkpoint after every epoch with model, optimizer, scheduler and RNG states, so that a
-  run killed at any moment (even ``kill -9``) resumes with ``resume=True`` from the last
-  finished epoch and continues exactly as the uninterrupted run would;
-* tqdm bars with loss and ETA (silent when not attached to a terminal), a loss-curve PNG
-  and a JSON history.
+* *counter-based randomness*: the shuffling depends only on ``(seed, epoch)`` and the noise of
+  batch ``k`` of epoch ``e`` only on ``(seed, e, k)`` (:func:`batch_generator`), so a run killed
+  at any moment (even ``kill -9``) and resumed from its last checkpoint continues exactly as the
+  uninterrupted run, and N processes give the weights of one;
+* validation loss after every epoch with fixed noise, best-validation weights kept, early
+  stopping after ``patience`` epochs without improvement;
+* DDP: each of the ``WORLD_SIZE`` processes takes an equal shard of the global batch and
+  DistributedDataParallel averages the gradients;
+* tqdm bars with loss and ETA (silent when not attached to a terminal), a loss-curve PNG and
+  a JSON history.
+
+Batches come from an in-memory array (:class:`ArraySource`) or from row chunks streamed from
+HDF5 (:class:`StreamSource`, :mod:`caloflows.layerdata`), never the whole data set as one tensor.
 """
 
 from __future__ import annotations
@@ -23,18 +30,23 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import ModelDirError, TrainingError, UsageError
 from ..io import atomic_output
-from .checkpoint import ModelDirError, load_checkpoint, save_checkpoint, write_json
+from ..layerdata import iter_global_batches
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .distributed import DistContext, shard_bounds
 from .schedules import make_scheduler
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "plot_history", "split_indices",
-           "new_history", "record_epoch"]
+__all__ = ["TrainConfig", "TrainResult", "resolve_device", "plot_history", "split_indices",
+           "new_history", "record_epoch", "BatchSource", "ArraySource", "StreamSource", "fit_flow",
+           "batch_generator"]
 
 
 #: per-epoch training history kept by every training loop (history_*.json, checkpoints)
@@ -58,15 +70,15 @@ def resolve_device(name: str | None) -> torch.device:
     name = (name or "cpu").lower()
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} requested but no CUDA GPU is available to torch {torch.__version__}")
+            raise UsageError(f"--device {name} requested but no CUDA GPU is available to torch {torch.__version__}")
         return torch.device(name)
     if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; use cpu or cuda")
+        raise UsageError(f"unknown device {name!r}; use cpu or cuda")
     return torch.device("cpu")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig:  # validated by caloflows.models.settings.check_train_config
     """Hyper-parameters of one training run (CaloFlow defaults: appendix A, table 7)."""
 
     epochs: int = 100
@@ -96,7 +108,7 @@ class TrainResult:
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Deterministic train / validation index split."""
     if n < 2:
-        raise ValueError(f"need at least 2 samples to split into train and validation, got {n}")
+        raise UsageError(f"need at least 2 samples to split into train and validation, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = min(max(1, int(round(n * val_fraction))), n - 1)
     return perm[n_val:], perm[:n_val]
@@ -123,180 +135,178 @@ def plot_history(history: dict, path: str | os.PathLike, title: str = "") -> Non
     plt.close(fig)
 
 
-class Trainer:
-    """Train ``model`` by minimising ``loss_fn(model, batch)`` (mean over the batch).
+InputsFn = Callable[[np.ndarray, np.ndarray, torch.Generator], tuple[Tensor, ...]]
 
-    Args:
-        model: the module to train (already on ``device``).
-        loss_fn: returns a scalar tensor for a tuple of batch tensors (already on ``device``).
-        name: file stem for checkpoints and plots (``flow1``, ``flow2_student``...).
-        workdir: model directory; checkpoints go to ``workdir/checkpoints``.
-        config: :class:`TrainConfig`.
-        device: where batches are moved.
-        progress: show tqdm bars (only when attached to a terminal).
-        params: parameters to optimise (default: all of ``model`` that require grad).
+
+class BatchSource(Protocol):
+    n_rows: int
+
+    def batches(self, rows: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool,
+                drop_last: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ArraySource:
+    """Rows of an in-memory array (one chunk: a full shuffle per epoch)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.n_rows = len(array)
+
+    def batches(self, rows, batch_size, seed, epoch, shuffle, drop_last):
+        return iter_global_batches(self.n_rows, max(self.n_rows, 1), rows, batch_size, seed, epoch,
+                                   lambda a, b: self.array[a:b], shuffle, drop_last)
+
+
+class StreamSource:
+    """Row chunks of a column block (``read(a, b)``), shuffled chunk-wise (bounded memory)."""
+
+    def __init__(self, n_rows: int, chunk_rows: int, read: Callable[[int, int], np.ndarray]) -> None:
+        self.n_rows, self.chunk_rows, self.read = n_rows, chunk_rows, read
+
+    def batches(self, rows, batch_size, seed, epoch, shuffle, drop_last):
+        return iter_global_batches(self.n_rows, self.chunk_rows, rows, batch_size, seed, epoch,
+                                   self.read, shuffle, drop_last)
+
+
+def batch_generator(seed: int, epoch: int, step: int, device: torch.device | None = None) -> torch.Generator:
+    """The noise generator of global batch ``step`` of ``epoch`` (same on every rank)."""
+    g = torch.Generator(device=device if device is not None and device.type == "cuda" else "cpu")
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 10_007 + int(step)) % (2**63 - 1))
+    return g
+
+
+def _loss(model: nn.Module, inputs: Sequence[Tensor], norm: float) -> Tensor:
+    return -model(*inputs).mean() / norm
+
+
+def fit_flow(
+    module: nn.Module,
+    source: BatchSource,
+    inputs_fn: InputsFn,
+    name: str,
+    workdir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    ctx: DistContext | None = None,
+    device: torch.device | str = "cpu",
+    norm: float = 1.0,
+    progress: bool = True,
+    resume: bool = False,
+    params: Sequence[nn.Parameter] | None = None,
+) -> TrainResult:
+    """Train ``module`` (log p per row) on ``source``; ends with the best-validation weights.
+
+    ``inputs_fn(row_indices, raw_rows, generator)`` turns a *global* batch into model inputs
+    (all noise drawn from ``generator``); each rank keeps its shard.  Only rank 0 writes files
+    (``workdir/checkpoints/{name}_last.pt`` / ``_best.pt``, ``history_{name}.json``,
+    ``loss_{name}.png``).  ``history["seconds"]`` holds the time of every epoch.
     """
+    ctx = ctx or DistContext()
+    device = torch.device(device)
+    cfg = config
+    workdir = Path(workdir)
+    ckdir = workdir / "checkpoints"
+    last_path, best_path = ckdir / f"{name}_last.pt", ckdir / f"{name}_best.pt"
+    n = source.n_rows
+    tr_idx, va_idx = (t.numpy() for t in split_indices(n, cfg.val_fraction, cfg.seed))
+    tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
+    bs = min(int(cfg.batch_size), len(tr_idx))
+    bs -= bs % ctx.world_size
+    if bs < ctx.world_size or bs < 1:
+        raise UsageError(f"{name}: {len(tr_idx)} training rows are too few for {ctx.world_size} processes")
+    a_sh, b_sh = shard_bounds(bs, ctx)
+    steps = len(tr_idx) // bs
+    params = list(params) if params is not None else [p for p in module.parameters() if p.requires_grad]
+    model = ctx.wrap(module, device)
+    opt = torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
+    sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
+                           epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs)
+    cfg_json = json.dumps({**asdict(cfg), "world_size_independent": True}, sort_keys=True)
+    history: dict = new_history()
+    best_val, best_epoch, bad, start, stopped = math.inf, 0, 0, 0, False
+    if resume and last_path.exists():
+        st = load_checkpoint(last_path)
+        if st.get("config") != cfg_json or st.get("n_data") != n:
+            raise ModelDirError(f"{last_path}: checkpoint was written with other training settings or data; "
+                                "rerun without --resume to start over")
+        module.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        history, best_val, best_epoch = st["history"], st["best_val"], st["best_epoch"]
+        bad, start, stopped = st["bad_epochs"], st["epoch"], st["stopped_early"]
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable[[nn.Module, tuple[Tensor, ...]], Tensor],
-        name: str,
-        workdir: str | os.PathLike,
-        config: TrainConfig,
-        device: torch.device | str = "cpu",
-        progress: bool = True,
-        params: Sequence[nn.Parameter] | None = None,
-    ) -> None:
-        self.model = model
-        self.loss_fn = loss_fn
-        self.name = name
-        self.workdir = Path(workdir)
-        self.ckdir = self.workdir / "checkpoints"
-        self.cfg = config
-        self.device = torch.device(device)
-        self.progress = progress
-        self.params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    def evaluate() -> float:
+        module.eval()
+        tot, cnt = 0.0, 0
+        with torch.no_grad():
+            for k, (ii, raw) in enumerate(source.batches(va_idx, bs, cfg.seed, 0, False, False)):
+                inp = inputs_fn(ii, raw, batch_generator(cfg.seed + 12345, 0, k))
+                inp = tuple(t.to(device) for t in inp)
+                tot += float(_loss(module, inp, norm)) * len(ii)
+                cnt += len(ii)
+        module.train()
+        return tot / max(cnt, 1)
 
-    # ------------------------------------------------------------------ paths
-    @property
-    def last_path(self) -> Path:
-        return self.ckdir / f"{self.name}_last.pt"
-
-    @property
-    def best_path(self) -> Path:
-        return self.ckdir / f"{self.name}_best.pt"
-
-    # ------------------------------------------------------------------ helpers
-    def _batches(self, data: tuple[Tensor, ...], idx: Tensor, gen: torch.Generator | None):
-        if gen is not None:
-            idx = idx[torch.randperm(len(idx), generator=gen)]
-        bs = self.cfg.batch_size
-        for a in range(0, len(idx), bs):
-            j = idx[a:a + bs]
-            yield tuple(t[j].to(self.device, non_blocking=True) for t in data)
-
-    @torch.no_grad()
-    def evaluate(self, data: tuple[Tensor, ...], idx: Tensor) -> float:
-        """Mean loss over ``idx`` with a fixed RNG seed (reproducible noise)."""
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed + 12345)
-            for b in self._batches(data, idx, None):
-                loss = self.loss_fn(self.model, b)
-                total += float(loss) * len(b[0])
-                n += len(b[0])
-        self.model.train()
-        return total / max(n, 1)
-
-    def _state(self, epoch, opt, sched, gen, history, best_val, best_epoch, bad, n_data, stopped) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "shuffle_rng": gen.get_state(),
-            "epoch": epoch,
-            "history": history,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad,
-            "n_data": n_data,
-            "stopped_early": stopped,
-            "config": json.dumps(asdict(self.cfg), sort_keys=True),
-        }
-
-    # ------------------------------------------------------------------ main
-    def fit(self, data: Sequence[Tensor], resume: bool = False) -> TrainResult:
-        """Train on ``data`` (tensors with equal first dimension); returns a :class:`TrainResult`.
-
-        With ``resume=True`` and a checkpoint of the same configuration in ``workdir``, the
-        run continues after the last completed epoch; the model ends with its best-validation
-        weights.
-        """
-        data = tuple(torch.as_tensor(t) for t in data)
-        n = len(data[0])
-        if any(len(t) != n for t in data):
-            raise ValueError("all training tensors must have the same length")
-        cfg = self.cfg
-        tr_idx, va_idx = split_indices(n, cfg.val_fraction, cfg.seed)
-        steps = math.ceil(len(tr_idx) / cfg.batch_size)
-        opt = torch.optim.Adam(self.params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
-        sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
-                               epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        history = new_history()
-        best_val, best_epoch, bad, start, stopped = math.inf, 0, 0, 0, False
-        self.ckdir.mkdir(parents=True, exist_ok=True)
-        if resume and self.last_path.exists():
-            st = load_checkpoint(self.last_path)
-            if st.get("config") != json.dumps(asdict(cfg), sort_keys=True) or st.get("n_data") != n:
-                raise ModelDirError(
-                    f"{self.last_path}: checkpoint was written with other training settings or data "
-                    f"({st.get('n_data')} showers); rerun without --resume to start over"
-                )
-            self.model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            torch.set_rng_state(st["torch_rng"])
-            if st.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(st["cuda_rng"])
-            gen.set_state(st["shuffle_rng"])
-            history, best_val, best_epoch = st["history"], st["best_val"], st["best_epoch"]
-            bad, start, stopped = st["bad_epochs"], st["epoch"], st["stopped_early"]
-        else:
-            torch.manual_seed(cfg.seed)
-        t0 = time.time()
-        self.model.train()
-        bar = tqdm(total=cfg.epochs, initial=start, desc=self.name, unit="epoch", disable=None if self.progress else True)
-        epoch = start
-        for epoch in range(start + 1, cfg.epochs + 1):
-            if stopped:
-                break
-            te = time.time()
-            tot, cnt, skipped = 0.0, 0, 0
-            lr_used = opt.param_groups[0]["lr"]  # the LR of the epoch's last step (the scheduler
-            # has already moved one step past it, below zero after the last onecycle step)
-            inner = tqdm(self._batches(data, tr_idx, gen), total=steps, leave=False, desc=f"epoch {epoch}",
-                         disable=None if self.progress else True)
-            for b in inner:
-                opt.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model, b)
-                if not torch.isfinite(loss):
-                    skipped += 1
-                    sched.step()
-                    continue
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                lr_used = opt.param_groups[0]["lr"]
-                opt.step()
+    t0 = time.time()
+    module.train()
+    show = progress and ctx.is_main
+    bar = tqdm(total=cfg.epochs, initial=start, desc=name, unit="epoch", disable=None if show else True)
+    for epoch in range(start + 1, cfg.epochs + 1):
+        if stopped:
+            break
+        te = time.time()
+        tot, cnt, skipped = 0.0, 0, 0
+        lr_used = opt.param_groups[0]["lr"]  # the LR of the epoch's last step (the scheduler
+        # has already moved one step past it, below zero after the last onecycle step)
+        inner = tqdm(source.batches(tr_idx, bs, cfg.seed, epoch, True, True), total=steps, leave=False,
+                     desc=f"{name} epoch {epoch}", disable=None if show else True)
+        for k, (ii, raw) in enumerate(inner):
+            inp = inputs_fn(ii, raw, batch_generator(cfg.seed, epoch, k))
+            inp = tuple(t[a_sh:b_sh].to(device, non_blocking=True) for t in inp)
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(model, inp, norm)
+            if not ctx.all_true(bool(torch.isfinite(loss))):
+                skipped += 1
                 sched.step()
-                tot += float(loss.detach()) * len(b[0])
-                cnt += len(b[0])
-                inner.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            inner.close()
-            if cnt == 0:
-                raise FloatingPointError(f"{self.name}: every batch of epoch {epoch} gave a non-finite loss")
-            val = self.evaluate(data, va_idx)
-            record_epoch(history, epoch, tot / cnt, val, lr_used, time.time() - te, skipped)
-            if val < best_val:
-                best_val, best_epoch, bad = val, epoch, 0
-                save_checkpoint(self.best_path, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val})
-            else:
-                bad += 1
-                if cfg.patience is not None and bad >= cfg.patience:
-                    stopped = True
-            save_checkpoint(self.last_path, self._state(epoch, opt, sched, gen, history, best_val, best_epoch, bad, n, stopped))
-            bar.set_postfix(train=f"{tot / cnt:.4g}", val=f"{val:.4g}", best=f"{best_val:.4g}")
-            bar.update(1)
-        bar.close()
-        if self.best_path.exists():
-            self.model.load_state_dict(load_checkpoint(self.best_path)["model"])
-        write_json(self.workdir / f"history_{self.name}.json", history)
+                continue
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            lr_used = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            lv = float(loss.detach())
+            tot += lv * len(ii)
+            cnt += len(ii)
+            inner.set_postfix(loss=f"{lv:.4g}")
+        inner.close()
+        if cnt == 0:
+            raise TrainingError(f"{name}: every batch of epoch {epoch} gave a non-finite loss (try a lower learning rate)")
+        val = evaluate()
+        record_epoch(history, epoch, tot / cnt, val, lr_used, time.time() - te, skipped)
+        if val < best_val:
+            best_val, best_epoch, bad = val, epoch, 0
+            if ctx.is_main:
+                save_checkpoint(best_path, {"model": module.state_dict(), "epoch": epoch, "val_loss": val})
+        else:
+            bad += 1
+            if cfg.patience is not None and bad >= cfg.patience:
+                stopped = True
+        if ctx.is_main:
+            save_checkpoint(last_path, {
+                "model": module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch, "history": history, "best_val": best_val, "best_epoch": best_epoch,
+                "bad_epochs": bad, "n_data": n, "stopped_early": stopped, "config": cfg_json,
+            })
+        bar.set_postfix(train=f"{tot / cnt:.4g}", val=f"{val:.4g}", best=f"{best_val:.4g}")
+        bar.update(1)
+    bar.close()
+    ctx.barrier()
+    if best_path.exists():
+        module.load_state_dict(load_checkpoint(best_path)["model"])
+    if ctx.is_main:
+        write_json(workdir / f"history_{name}.json", history)
         if history["epoch"]:
-            plot_history(history, self.workdir / f"loss_{self.name}.png", title=self.name)
-        return TrainResult(best_val=best_val, best_epoch=best_epoch, epochs_run=len(history["epoch"]),
-                           stopped_early=stopped, history=history, seconds=time.time() - t0)
+            plot_history(history, workdir / f"loss_{name}.png", title=name)
+    return TrainResult(best_val=best_val, best_epoch=best_epoch, epochs_run=len(history["epoch"]),
+                       stopped_early=stopped, history=history, seconds=time.time() - t0)

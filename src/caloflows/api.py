@@ -1,0 +1,233 @@
+"""The typed Python API under the ``caloflows`` command line (one function per step).
+
+Every CLI subcommand parses its arguments, calls one function here and prints; these
+functions are what a Python user calls for the same work (as ``pyhf.infer`` sits under
+``pyhf.cli``).  Errors a user can fix raise :class:`~caloflows.errors.CaloflowsError`.
+
+The whole loop, from Python::
+
+    import caloflows.api as cf
+
+    cf.simulate("ds2-coarse", "e-", "pow2:1:16", 3000, "train.h5", seed=1)     # Geant4 reference
+    cf.simulate("ds2-coarse", "e-", "pow2:1:16", 2000, "held_out.h5", seed=2)
+    cf.train("caloflow", "train.h5", "model", geometry="ds2-coarse", preset="quick", seed=3)
+    cf.distill("model", "train.h5")                                          # IAF student
+    cf.generate("model", "generated.h5", energies_from="held_out.h5", seed=4)
+    cf.evaluate("generated.h5", "held_out.h5", "ds2-coarse", out="report")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .conditions import Conditions, draw_conditions, parse_condition_args
+from .errors import ConditionsError, ShowerFileError, UsageError
+from .geometry import load_geometry
+
+__all__ = ["simulate", "train", "distill", "generate", "evaluate", "generation_conditions"]
+
+
+def simulate(geometry: str | Sequence[str], particle: str, energy: str, n: int, out: str, *, seed: int = 1,
+             shard: str | None = None, jobs: int | None = None, progress: bool | None = None) -> list[str]:
+    """Simulate ``n`` Geant4 Par04 showers into ``out`` (see :func:`caloflows.simulation.simulate`).
+
+    Example:
+        >>> simulate("ds2-coarse", "e-", "pow2:1:16", 100, "train.h5", seed=1)   # doctest: +SKIP
+        ['train.h5']
+    """
+    from .simulation import simulate as _simulate
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    return list(_simulate(geometry, particle, energy, n, out, seed=seed, shard=shard, jobs=jobs, progress=progress))
+
+
+def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], *, geometry: str,
+          preset: str = "quick", epochs: int | None = None, seed: int | None = None,
+          overrides: Sequence[str] | None = None, device: str = "cpu", resume: bool = False,
+          progress: bool = True, options: Mapping[str, Any] | None = None) -> dict:
+    """Train a generator of family ``kind`` (``caloflow``, ``l2lflows``, ``icaloflow``) on ``data``.
+
+    The settings (preset, ``epochs`` for every network, ``seed`` for initialisation, split,
+    shuffling and noise, ``overrides`` as ``KEY=VALUE``) are validated before any work; the
+    model is conditioned on E_inc and on every named parameter in the file's ``conditions``.
+    Under ``torchrun`` every process takes a share of each batch (DDP).  Returns a summary.
+
+    Example:
+        >>> train("caloflow", "train.h5", "model", geometry="ds2-coarse", seed=3)   # doctest: +SKIP
+    """
+    from .conditions import ConditionSpec
+    from .io import read_conditions
+    from .models import family
+    from .training.distributed import init_from_env
+
+    fam = family(kind)
+    G = fam.generator()
+    g = load_geometry(geometry)
+    if epochs is not None and epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    opts = dict(options or {})
+    if opts.get("gather"):
+        from .models.l2lflows import L2LFlows, format_layers, gather
+
+        res = gather(opts["gather"], out)
+        L2LFlows.load(out, geometry=g, require_complete=False)
+        if res["missing"]:
+            res["note"] = f"layers {format_layers(res['missing'])} still missing"
+        return res
+    out = Path(out)
+    existing = (out / "config.json").exists()
+    if existing and (resume or kind == "l2lflows"):
+        model = G.load(out, geometry=g, **({"require_complete": False} if kind == "l2lflows" else {}))
+        cfg = model.cfg
+        spec = model.condition_spec
+    else:
+        cfg = G.Config.preset(preset, g)
+        names, vals = read_conditions(data)
+        spec = ConditionSpec.fit(Conditions(np.ones(len(vals)), vals, names)) if names else ConditionSpec()
+    if not (existing and resume):
+        d: dict[str, Any] = {}
+        if epochs is not None:
+            d["epochs"] = int(epochs)
+        if seed is not None:
+            d["seed"] = int(seed)
+        cfg = cfg.replace_train(**d) if d else cfg
+        if seed is not None and hasattr(cfg, "seed"):
+            cfg = cfg.override([f"seed={int(seed)}"])
+        for o in fam.options:
+            if o.target == "config" and opts.get(o.dest) is not None:
+                cfg = cfg.override([f"{o.dest}={opts[o.dest]}"])
+        cfg = cfg.override(overrides)
+        model = G(g, cfg, spec)
+    fit_kw = {o.dest: opts[o.dest] for o in fam.options if o.target == "fit" and opts.get(o.dest) is not None}
+    if opts.get("no_energy_flow"):
+        fit_kw["energy"] = False
+    ctx = init_from_env()
+    t0 = time.time()
+    try:
+        summary = model.fit(data, out, stage="train", resume=resume, device=device, progress=progress, ctx=ctx,
+                            **fit_kw)
+    finally:
+        ctx.shutdown()
+    summary["seconds_total"] = time.time() - t0
+    return summary
+
+
+def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, epochs: int | None = None,
+            device: str = "cpu", resume: bool = False, progress: bool = True) -> dict:
+    """Distill the fast IAF student(s) of a trained teacher model (CaloFlow II, arXiv:2110.11377).
+
+    Example:
+        >>> distill("model", "train.h5", epochs=8)   # doctest: +SKIP
+    """
+    from .models import load_model
+    from .training.distributed import init_from_env
+
+    if epochs is not None and epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    model = load_model(model_dir)
+    if "distill" not in model.stages:
+        raise UsageError(f"{model_dir}: a {model.kind!r} model has no student to distill")
+    ctx = init_from_env()
+    try:
+        return model.fit(data, model_dir, stage="distill", resume=resume, device=device, progress=progress, ctx=ctx,
+                         epochs=epochs)
+    finally:
+        ctx.shutdown()
+
+
+def generation_conditions(model: Any, *, n: int | None = None, energies_from: str | None = None,
+                          condition: Sequence[str] | None = None, seed: int | None = None) -> "int | Conditions":
+    """What to generate for: ``n`` draws from the training law, or the conditions of a file
+    (``energies_from``, E_inc and its named parameters; with ``n``: ``n`` rows drawn from it),
+    with parameters set or overridden by ``condition`` items (``d=1.0``, ``b=50:90`` uniform)."""
+    from .io import read_conditions, read_showers
+
+    ranges = parse_condition_args(condition)
+    rng = np.random.default_rng(None if seed is None else seed + 1)
+    if energies_from:
+        ref = read_showers(energies_from, validate=False)
+        e = np.asarray(ref.incident_energies, dtype=np.float64)
+        if not np.all(np.isfinite(e)) or np.any(e <= 0):
+            raise ShowerFileError(f"{energies_from}: incident energies must be positive and finite")
+        names, vals = read_conditions(ref)
+        idx = rng.choice(len(e), size=n, replace=True) if n is not None else np.arange(len(e))
+        cond = Conditions(e[idx], vals[idx], names)
+        if ranges:
+            extra = draw_conditions(cond.incident_energies, ranges, rng)
+            keep = [k for k, nm in enumerate(cond.names) if nm not in ranges]
+            cond = Conditions(cond.incident_energies, np.column_stack([cond.values[:, keep], extra.values]),
+                              tuple(cond.names[k] for k in keep) + extra.names)
+        if not cond.names and not ranges and not model.n_params:
+            return cond
+        return model.condition_spec.check(cond, energies_from)
+    if n is None:
+        raise UsageError("give --n N or --energies FILE.h5")
+    if n < 1:
+        raise UsageError("--n must be at least 1")
+    if not ranges and not model.n_params:
+        return int(n)
+    if model.n_params == 0:
+        raise ConditionsError(f"--condition: unknown condition(s) {sorted(ranges)}; the model was trained with "
+                              "E_inc only")
+    from .models.base import einc_draw
+
+    e = einc_draw(model.einc_law(), int(n), rng)
+    return model.condition_spec.check(draw_conditions(e, ranges, rng), "--condition")
+
+
+def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int | None = None,
+             energies_from: str | None = None, condition: Sequence[str] | None = None, batch_size: int = 10_000,
+             variant: str | None = None, seed: int | None = None, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """Generate showers with a model directory into a CaloChallenge file, written chunk by chunk
+    and renamed into place only when complete.
+
+    Conditions: ``n`` showers with E_inc from the training law, or those of ``energies_from``
+    (E_inc and named parameters), with parameters from ``condition`` (``NAME=VALUE`` or
+    ``NAME=LOW:HIGH`` uniform).  ``variant``: ``teacher`` / ``student`` (default: student if
+    distilled).  Returns ``{"n", "seconds", "ms_per_shower", "out"}``.
+
+    Example:
+        >>> generate("model", "gen.h5", energies_from="held_out.h5", seed=4)   # doctest: +SKIP
+    """
+    from .io import ShowerWriter
+    from .models import load_model
+
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    model = load_model(model_dir, device=device)
+    what = generation_conditions(model, n=n, energies_from=energies_from, condition=condition, seed=seed)
+    total = len(what) if isinstance(what, Conditions) else int(what)
+    chunk = batch_size * max(1, math.ceil(10_000 / batch_size))
+    attrs = {"generator": model.kind, "model_dir": str(model_dir), "geometry": model.geometry.name,
+             "variant": variant or "default", "seed": "None" if seed is None else seed}
+    names = model.condition_spec.names or None
+    t0 = time.time()
+    with ShowerWriter(out, model.geometry.n_voxels, attrs=attrs, condition_names=names) as w:
+        for k, a in enumerate(range(0, total, chunk)):
+            m = min(chunk, total - a)
+            part = what[a:a + m] if isinstance(what, Conditions) else m
+            s = None if seed is None else seed * 100_003 + k
+            d = model.sample(part, batch_size, seed=s, device=device, progress=progress, variant=variant)
+            w.append(d.incident_energies, d.showers, d.conditions)
+    dt = time.time() - t0
+    return {"n": total, "seconds": dt, "ms_per_shower": 1e3 * dt / total, "out": str(out)}
+
+
+def evaluate(generated: str, reference: str, geometry: str, **kw: Any) -> dict:
+    """Compare generated showers with a Geant4 reference (CaloChallenge metrics, review sec. 8);
+    see :func:`caloflows.evaluation.evaluate` for the options.
+
+    Example:
+        >>> evaluate("generated.h5", "held_out.h5", "ds2-coarse", out="report")   # doctest: +SKIP
+    """
+    from .evaluation.api import evaluate as _evaluate
+
+    return _evaluate(generated, reference, geometry, **kw)
