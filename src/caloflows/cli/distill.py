@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's number of student epochs")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
+    p.add_argument("--force", action="store_true", help="replace an existing student")
     p.set_defaults(func=run)
 
 
@@ -27,6 +28,9 @@ def run(args) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
+    from ..outputs import check_student_free
+
+    check_student_free(args.model_dir, resume=args.resume, force=args.force)
     t0 = time.time()
     try:
         kind = read_model_config(args.model_dir)["kind"]

@@ -28,6 +28,7 @@ def register(sub) -> None:
     g.add_argument("--teacher", dest="variant", action="store_const", const="teacher", help="use the MAF teacher (slow)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input)")
     p.set_defaults(func=run, variant=None)
 
 
@@ -98,6 +99,9 @@ def run(args) -> int:
         raise UserError("--n must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    from ..outputs import check_output_file
+
+    check_output_file(args.out, [args.model_dir, args.energies], force=getattr(args, "force", False))
     try:
         spec = incident_energies_for(args)
         r = generate_to_file(args.model_dir, args.out, n=None if isinstance(spec, np.ndarray) else spec,

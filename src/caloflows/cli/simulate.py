@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="i/N", help="simulate only part i of N of the run")
     p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
 
@@ -52,7 +53,7 @@ def run(args) -> int:
         paths = simulate(
             args.geometry, args.particle, args.energy, args.n, args.out,
             seed=args.seed, shard=args.shard, jobs=args.jobs,
-            progress=False if args.no_progress else None,
+            progress=False if args.no_progress else None, force=args.force,
         )
     except (EnergySpecError, SimulationError) as exc:
         raise UserError(str(exc)) from None

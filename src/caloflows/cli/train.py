@@ -30,6 +30,8 @@ def register(sub) -> None:
         mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         mp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        mp.add_argument("--force", action="store_true",
+                        help="replace the model files of an existing --out (other files are kept)")
         mp.add_argument("--seed", type=int, help="seed of the data split, noise and initialisation")
         mp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override one setting, e.g. flow2_hidden=128 or flow2_train.batch_size=500 (repeatable)")
@@ -45,6 +47,15 @@ def run(args) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
+    from ..outputs import check_model_dir, clear_model_dir
+
+    check_model_dir(args.out, [args.data, *(getattr(args, "gather", None) or [])], resume=args.resume, force=args.force)
+    if not getattr(args, "gather", None):
+        from ..io import require_energy
+
+        require_energy(args.data)
+    if args.force and not args.resume:
+        clear_model_dir(args.out)
     t0 = time.time()
     try:
         summary = model_module(args.model).train_from_args(args)
