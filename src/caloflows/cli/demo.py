@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -77,31 +76,30 @@ def run(args) -> int:
     model = wd / "model"
     gen = wd / "generated_student.h5"
     report = wd / "report"
-    if args.force:
-        for p in (train, ref, gen):
-            p.unlink(missing_ok=True)
-        for d in (model, report):
-            shutil.rmtree(d, ignore_errors=True)
+    # --force redoes every step through the steps' own --force (which replaces only files the
+    # commands wrote: model files, a caloflows report), never by deleting directories here
+    force = ["--force"] if args.force else []
     jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
     dev = ["--device", args.device]
     log: list = []
     t0 = time.perf_counter()
-    sim = ["simulate", "--geometry", "ds2-coarse", "--particle", "e-", "--energy", cfg["energy"], *jobs]
+    sim = ["simulate", "--geometry", "ds2-coarse", "--particle", "e-", "--energy", cfg["energy"], *jobs, *force]
     _step("simulate training set", [*sim, "--n", str(cfg["n_train"]), "--seed", "1", "--out", str(train)],
-          train, False, log)
+          train, args.force, log)
     _step("simulate held-out reference", [*sim, "--n", str(cfg["n_reference"]), "--seed", "2", "--out", str(ref)],
-          ref, False, log)
-    resume = ["--resume"] if (model / "config.json").exists() else []  # an interrupted earlier run
+          ref, args.force, log)
+    # an interrupted earlier run is resumed; --force starts over
+    resume = ["--resume"] if (model / "config.json").exists() and not args.force else force
     _step("train teacher", ["train", "caloflow", *resume, "--data", str(train), "--geometry", "ds2-coarse", "--out",
                             str(model), "--preset", args.preset, *dev], model / "flow2_teacher.safetensors", args.force, log)
-    _step("distill student", ["distill", str(model), "--data", str(train), *dev], model / "flow2_student.safetensors",
+    _step("distill student", ["distill", str(model), "--data", str(train), *dev, *force], model / "flow2_student.safetensors",
           args.force, log)
-    _step("generate", ["generate", str(model), "--energies", str(ref), "--student", "--out", str(gen), *dev],
+    _step("generate", ["generate", str(model), "--energies", str(ref), "--student", "--out", str(gen), *dev, *force],
           gen, args.force, log)
     _step("evaluate", ["evaluate", str(gen), str(ref), "--geometry", "ds2-coarse", "--out", str(report),
                        "--metrics", cfg["metrics"], "--seeds", str(cfg["classifier_seeds"]),
                        "--epochs", str(cfg["classifier_epochs"]), "--classifier-floor", "--label",
-                       "CaloFlow student", *dev], report / "metrics.json", args.force, log)
+                       "CaloFlow student", *dev, *force], report / "metrics.json", args.force, log)
     total = time.perf_counter() - t0
     (wd / "demo_log.json").write_text(json.dumps({"preset": args.preset, "config": cfg, "steps": log,
                                                   "total_seconds": round(total, 1)}, indent=1))
