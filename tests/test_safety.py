@@ -412,3 +412,19 @@ def test_weight_checksums_and_permissions(ws, tmp_path, capsys):
     for s in m.glob("*.sha256"):
         s.unlink()
     assert main(["generate", str(m), "--n", "3", "--out", str(tmp_path / "g.h5")]) == 0
+
+
+def test_output_equal_to_input_through_links_is_refused(tmp_path):
+    from caloflows.errors import OutputError
+    from caloflows.outputs import check_output_file
+
+    src = tmp_path / "data.h5"
+    src.write_bytes(b"x")
+    os.link(src, tmp_path / "hard.h5")
+    os.symlink(src, tmp_path / "soft.h5")
+    for out in ("hard.h5", "soft.h5", "data.h5", "./sub/../data.h5"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(OutputError, match="input"):
+            check_output_file(tmp_path / out, [src], force=True)
+    assert check_output_file(tmp_path / "new.h5", [src]) == tmp_path / "new.h5"
+    assert src.read_bytes() == b"x"

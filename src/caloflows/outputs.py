@@ -61,8 +61,6 @@ __all__ = [
     "replace_dir",
 ]
 
-PathLike = "str | os.PathLike"
-
 #: marker file every report directory written by ``caloflows evaluate`` carries
 REPORT_MARKER = ".caloflows-report"
 #: the only entries a report directory holds (``--force`` replaces nothing else)

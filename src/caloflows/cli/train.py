@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from . import UserError
@@ -49,12 +50,15 @@ def run(args) -> int:
         raise UserError("--epochs must be at least 1")
     from ..outputs import check_model_dir, clear_model_dir
 
-    check_model_dir(args.out, [args.data, *(getattr(args, "gather", None) or [])], resume=args.resume, force=args.force)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks and clears --out
+    if main_rank:
+        check_model_dir(args.out, [args.data, *(getattr(args, "gather", None) or [])], resume=args.resume,
+                        force=args.force)
     if not getattr(args, "gather", None):
         from ..io import require_energy
 
         require_energy(args.data)
-    if args.force and not args.resume:
+    if main_rank and args.force and not args.resume:
         clear_model_dir(args.out)
     t0 = time.time()
     try:
