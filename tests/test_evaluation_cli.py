@@ -167,6 +167,7 @@ def test_failed_run_leaves_no_report_and_keeps_old(files, tmp_path, monkeypatch)
     out = tmp_path / "report"
     out.mkdir()
     (out / "metrics.json").write_text("{\"old\": true}")
+    (out / ".caloflows-report").write_text("{}")  # an earlier caloflows report (issue 10: only those are replaced)
     import caloflows.evaluation.plots as P
 
     def boom(*a, **k):
@@ -174,11 +175,11 @@ def test_failed_run_leaves_no_report_and_keeps_old(files, tmp_path, monkeypatch)
 
     monkeypatch.setattr(P, "plot_correlations", boom)
     with pytest.raises(RuntimeError, match="plotting failed"):
-        evaluate(files["gen"], files["ref"], metrics="corr", out=out)
+        evaluate(files["gen"], files["ref"], metrics="corr", out=out, force=True)
     assert json.loads((out / "metrics.json").read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
     monkeypatch.undo()
-    evaluate(files["gen"], files["ref"], metrics="corr", out=out, plots=False)  # replaces the old report
+    evaluate(files["gen"], files["ref"], metrics="corr", out=out, plots=False, force=True)  # replaces the old report
     assert "correlations" in json.loads((out / "metrics.json").read_text())
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 

@@ -186,7 +186,7 @@ def test_info_cli(tmp_path, capsys):
     assert "zero voxels" in out and "attr physics_list:" in out
     s = file_summary(p)
     assert s["zero_fraction"] == pytest.approx(np.mean(sh == 0))
-    assert cli_main(["info", str(p), "--geometry", "ds2"]) == 0
+    assert cli_main(["info", str(p), "--geometry", "ds2"]) == 1  # a mismatch fails the check (issue 10)
     assert "DOES NOT MATCH" in capsys.readouterr().out
     assert cli_main(["info", str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5: file not found" in capsys.readouterr().err

@@ -34,8 +34,10 @@ __all__ = ["simulate", "train", "distill", "generate", "evaluate", "generation_c
 
 
 def simulate(geometry: str | Sequence[str], particle: str, energy: str, n: int, out: str, *, seed: int = 1,
-             shard: str | None = None, jobs: int | None = None, progress: bool | None = None) -> list[str]:
-    """Simulate ``n`` Geant4 Par04 showers into ``out`` (see :func:`caloflows.simulation.simulate`).
+             shard: str | None = None, jobs: int | None = None, progress: bool | None = None,
+             force: bool = False) -> list[str]:
+    """Simulate ``n`` Geant4 Par04 showers into ``out`` (see :func:`caloflows.simulation.simulate`);
+    an existing ``out`` is refused unless ``force``.
 
     Example:
         >>> simulate("ds2-coarse", "e-", "pow2:1:16", 100, "train.h5", seed=1)   # doctest: +SKIP
@@ -45,26 +47,30 @@ def simulate(geometry: str | Sequence[str], particle: str, energy: str, n: int, 
 
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    return list(_simulate(geometry, particle, energy, n, out, seed=seed, shard=shard, jobs=jobs, progress=progress))
+    return list(_simulate(geometry, particle, energy, n, out, seed=seed, shard=shard, jobs=jobs, progress=progress,
+                          force=force))
 
 
 def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], *, geometry: str,
           preset: str = "quick", epochs: int | None = None, seed: int | None = None,
           overrides: Sequence[str] | None = None, device: str = "cpu", resume: bool = False,
-          progress: bool = True, options: Mapping[str, Any] | None = None) -> dict:
+          force: bool = False, progress: bool = True, options: Mapping[str, Any] | None = None) -> dict:
     """Train a generator of family ``kind`` (``caloflow``, ``l2lflows``, ``icaloflow``) on ``data``.
 
     The settings (preset, ``epochs`` for every network, ``seed`` for initialisation, split,
     shuffling and noise, ``overrides`` as ``KEY=VALUE``) are validated before any work; the
     model is conditioned on E_inc and on every named parameter in the file's ``conditions``.
+    An existing model directory ``out`` is refused unless ``resume`` (continue it) or ``force``
+    (replace only the files a model writes; :func:`caloflows.outputs.check_model_dir`).
     Under ``torchrun`` every process takes a share of each batch (DDP).  Returns a summary.
 
     Example:
         >>> train("caloflow", "train.h5", "model", geometry="ds2-coarse", seed=3)   # doctest: +SKIP
     """
     from .conditions import ConditionSpec
-    from .io import read_conditions
+    from .io import read_conditions, require_energy
     from .models import family
+    from .outputs import check_model_dir, clear_model_dir
     from .training.distributed import init_from_env
 
     fam = family(kind)
@@ -73,6 +79,13 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     if epochs is not None and epochs < 1:
         raise UsageError("--epochs must be at least 1")
     opts = dict(options or {})
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks and clears --out
+    if main_rank:
+        check_model_dir(out, [data, *(opts.get("gather") or [])], resume=resume, force=force)
+    if not opts.get("gather"):
+        require_energy(data)
+    if main_rank and force and not resume:
+        clear_model_dir(out)
     if opts.get("gather"):
         from .models.l2lflows import L2LFlows, format_layers, gather
 
@@ -120,17 +133,21 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 
 def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, epochs: int | None = None,
-            device: str = "cpu", resume: bool = False, progress: bool = True) -> dict:
+            device: str = "cpu", resume: bool = False, force: bool = False, progress: bool = True) -> dict:
     """Distill the fast IAF student(s) of a trained teacher model (CaloFlow II, arXiv:2110.11377).
+
+    An existing student is refused unless ``resume`` or ``force`` (replace it).
 
     Example:
         >>> distill("model", "train.h5", epochs=8)   # doctest: +SKIP
     """
     from .models import load_model
+    from .outputs import check_student_free
     from .training.distributed import init_from_env
 
     if epochs is not None and epochs < 1:
         raise UsageError("--epochs must be at least 1")
+    check_student_free(model_dir, resume=resume, force=force)
     model = load_model(model_dir)
     if "distill" not in model.stages:
         raise UsageError(f"{model_dir}: a {model.kind!r} model has no student to distill")
@@ -185,23 +202,28 @@ def generation_conditions(model: Any, *, n: int | None = None, energies_from: st
 def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int | None = None,
              energies_from: str | None = None, condition: Sequence[str] | None = None, batch_size: int = 10_000,
              variant: str | None = None, seed: int | None = None, device: str = "cpu",
-             progress: bool = True) -> dict:
+             force: bool = False, progress: bool = True) -> dict:
     """Generate showers with a model directory into a CaloChallenge file, written chunk by chunk
     and renamed into place only when complete.
 
     Conditions: ``n`` showers with E_inc from the training law, or those of ``energies_from``
     (E_inc and named parameters), with parameters from ``condition`` (``NAME=VALUE`` or
     ``NAME=LOW:HIGH`` uniform).  ``variant``: ``teacher`` / ``student`` (default: student if
-    distilled).  Returns ``{"n", "seconds", "ms_per_shower", "out"}``.
+    distilled).  An existing ``out`` is refused unless ``force``; an input never.
+    Returns ``{"n", "seconds", "ms_per_shower", "out"}``.
 
     Example:
         >>> generate("model", "gen.h5", energies_from="held_out.h5", seed=4)   # doctest: +SKIP
     """
     from .io import ShowerWriter
     from .models import load_model
+    from .outputs import check_output_file
 
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if n is not None and n < 1:
+        raise UsageError("--n must be at least 1")
+    check_output_file(out, [model_dir, energies_from], force=force)
     model = load_model(model_dir, device=device)
     what = generation_conditions(model, n=n, energies_from=energies_from, condition=condition, seed=seed)
     total = len(what) if isinstance(what, Conditions) else int(what)

@@ -51,6 +51,7 @@ __all__ = [
     "check_values",
     "check_layout",
     "open_file",
+    "require_energy",
 ]
 
 INCIDENT = "incident_energies"
@@ -242,6 +243,20 @@ def read_conditions(source: "ShowerData | str | os.PathLike") -> tuple[tuple[str
     return names, vals
 
 
+def require_energy(path: str | os.PathLike, chunk_size: int = 10_000) -> None:
+    """Raise :class:`ShowerFileError` if every shower of ``path`` is zero (nothing to train on).
+
+    Stops at the first chunk holding a non-zero voxel, so a normal file costs one chunk read.
+    Example: ``require_energy("train.h5")`` before ``caloflows train``.
+    """
+    n = 0
+    for c in iter_showers(path, chunk_size, validate=False):
+        if np.any(c.showers):
+            return
+        n += len(c)
+    raise ShowerFileError(f"{path}: all {n} showers are zero (no energy in any voxel); nothing to train on")
+
+
 def validate_file(path: str | os.PathLike, geometry=None, chunk_size: int = 10_000) -> dict:
     """Check a whole file (layout and values, chunk by chunk); return :func:`file_summary`."""
     for _ in iter_showers(path, chunk_size, geometry):
@@ -283,16 +298,26 @@ def file_summary(path: str | os.PathLike, geometry=None, chunk_size: int = 10_00
 # ------------------------------------------------------------------ writing
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ".tmp"):
-    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary is ``.<name>.cf<host>-<pid>-XXXX<suffix>`` (:func:`caloflows.outputs.temp_prefix`):
+    if the process is killed (SIGKILL) before the rename, the next checked write of ``path``
+    removes it (:func:`caloflows.outputs.clean_orphans`).  The final file gets mode 0666 & ~umask.
+    """
+    from .outputs import temp_prefix
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    # the name carries host and pid: the next run recognises a killed writer's leftovers
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual permissions
     try:
         yield tmp
+        # mkstemp makes 0600 and some writers (safetensors) create the file anew: give the
+        # final file the usual permissions (0666 under the umask) just before the rename
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -49,15 +49,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ..termination import EXIT_SIGTERM, Terminated, sigterm_raises
+
     try:
-        rc = args.func(args)
+        with sigterm_raises():  # SIGTERM (timeout, batch systems) cleans up like Ctrl-C
+            rc = args.func(args)
+            sys.stdout.flush()
     except CaloflowsError as exc:
         print(f"caloflows: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("caloflows: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("caloflows: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return int(EXIT_SIGTERM)
+    except BrokenPipeError:  # `caloflows info f.h5 | head`: the reader went away, not an error of ours
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as `yes | head` reports
     return int(rc or 0)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -89,27 +88,25 @@ def run(args: Any) -> int:
     model = wd / "model"
     gen = wd / "generated_student.h5"
     report = wd / "report"
-    if args.force:
-        for p in (train, ref, gen):
-            p.unlink(missing_ok=True)
-        for d in (model, report):
-            shutil.rmtree(d, ignore_errors=True)
+    # --force redoes every step through the steps' own force (which replaces only files the steps
+    # wrote: model files, a caloflows report), never by deleting directories here
+    force = bool(args.force)
     log: list = []
     t0 = time.perf_counter()
-    sim = {"geometry": "ds2-coarse", "particle": "e-", "energy": cfg["energy"], "jobs": args.jobs}
+    sim = {"geometry": "ds2-coarse", "particle": "e-", "energy": cfg["energy"], "jobs": args.jobs, "force": force}
     _step("simulate training set", lambda: api.simulate(n=cfg["n_train"], out=str(train), seed=1, **sim),
-          train.exists(), log)
+          train.exists() and not force, log)
     _step("simulate held-out reference", lambda: api.simulate(n=cfg["n_reference"], out=str(ref), seed=2, **sim),
-          ref.exists(), log)
-    resume = (model / "config.json").exists()  # an interrupted earlier run
+          ref.exists() and not force, log)
+    resume = (model / "config.json").exists() and not force  # an interrupted earlier run; --force starts over
     _step("train teacher", lambda: api.train("caloflow", str(train), str(model), geometry="ds2-coarse",
-                                             preset=args.preset, device=args.device, resume=resume),
-          _stage_done(model, "train"), log)
-    _step("distill student", lambda: api.distill(str(model), str(train), device=args.device,
-                                                 resume=(model / "checkpoints" / "flow2_student_last.pt").exists()),
-          _stage_done(model, "distill"), log)
+                                             preset=args.preset, device=args.device, resume=resume, force=force),
+          _stage_done(model, "train") and not force, log)
+    resume_student = (model / "checkpoints" / "flow2_student_last.pt").exists() and not force
+    _step("distill student", lambda: api.distill(str(model), str(train), device=args.device, resume=resume_student,
+                                                 force=force), _stage_done(model, "distill") and not force, log)
     _step("generate", lambda: api.generate(str(model), str(gen), energies_from=str(ref), variant="student",
-                                           device=args.device), gen.exists(), log)
+                                           device=args.device, force=force), gen.exists() and not force, log)
     result: dict = {}
 
     def evaluate() -> None:
@@ -118,9 +115,9 @@ def run(args: Any) -> int:
         result.update(api.evaluate(str(gen), str(ref), "ds2-coarse", out=str(report), metrics=cfg["metrics"],
                                    seeds=cfg["classifier_seeds"], device=args.device,
                                    classifier=ClassifierConfig(epochs=cfg["classifier_epochs"]),
-                                   label="CaloFlow student", classifier_floor=True))
+                                   label="CaloFlow student", classifier_floor=True, force=force))
 
-    _step("evaluate", evaluate, (report / "metrics.json").exists(), log)
+    _step("evaluate", evaluate, (report / "metrics.json").exists() and not force, log)
     if result:
         print("\n".join(summary_lines(result)))
     total = time.perf_counter() - t0

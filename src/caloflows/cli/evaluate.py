@@ -25,7 +25,9 @@ def register(sub) -> None:
     p.add_argument("reference", help="HDF5 file with reference (Geant4) showers")
     p.add_argument("--geometry", help="geometry name (ds1-photons, ds1-pions, ds2, ds3, ds2-coarse; "
                    "1-photons, 1-pions, 2, 3) or binning XML; default: from the files")
-    p.add_argument("--out", required=True, help="report directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="report directory to create (a new or empty directory)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is a caloflows report directory holding nothing else")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                    help=f"comma-separated subset of {','.join(ALL_METRICS)}; or all, fast, default "
                    f"(default: %(default)s)")
@@ -78,7 +80,8 @@ def summary_lines(r: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from ..evaluation.api import EvaluationError, EvaluationWarning, evaluate
+    from ..api import evaluate
+    from ..evaluation.api import EvaluationError, EvaluationWarning
     from ..evaluation.classifier import ClassifierConfig
     from ..evaluation.multiclass import MulticlassConfig
 
@@ -108,6 +111,7 @@ def run(args) -> int:
                 max_showers=args.max_showers,
                 plots=not args.no_plots,
                 classifier_floor=args.classifier_floor,
+                force=args.force,
             )
         except EvaluationError as exc:
             raise UserError(str(exc)) from None

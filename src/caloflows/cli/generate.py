@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     g.add_argument("--teacher", dest="variant", action="store_const", const="teacher", help="use the MAF teacher (slow)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input)")
     p.set_defaults(func=run, variant=None)
 
 
@@ -32,6 +33,7 @@ def run(args: Any) -> int:
     from ..api import generate
 
     r = generate(args.model_dir, args.out, n=args.n, energies_from=args.energies, condition=args.condition,
-                 batch_size=args.batch_size, variant=args.variant, seed=args.seed, device=args.device)
+                 batch_size=args.batch_size, variant=args.variant, seed=args.seed, device=args.device,
+                 force=args.force)
     print(f"generated {r['n']} showers in {r['seconds']:.1f} s ({r['ms_per_shower']:.3f} ms/shower) -> {args.out}")
     return 0

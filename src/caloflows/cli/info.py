@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..geometry import guess_geometry, load_geometry
 from ..io import file_summary
+
+
+#: marker in the text of a file whose voxel count differs from its (given or recorded) geometry
+MISMATCH = "DOES NOT MATCH"
 
 
 def register(sub) -> None:
@@ -49,7 +55,7 @@ def describe(path: str, geometry: str | None = None) -> str:
     elif g.n_voxels == s["n_voxels"]:
         lines.append(f"geometry:           {g.name} ({g.n_layers} layers) -- matches")
     else:
-        lines.append(f"geometry:           {g.name} expects {g.n_voxels} voxels -- DOES NOT MATCH")
+        lines.append(f"geometry:           {g.name} expects {g.n_voxels} voxels -- {MISMATCH}")
     e = s["incident_energies"]
     lines.append(f"incident energy:    {e.min() / 1e3:.4g} .. {e.max() / 1e3:.4g} GeV (median {np.median(e) / 1e3:.4g} GeV)")
     lines.extend(_text_histogram(e))
@@ -69,5 +75,9 @@ def describe(path: str, geometry: str | None = None) -> str:
 
 
 def run(args) -> int:
-    print(describe(args.file, args.geometry))
+    text = describe(args.file, args.geometry)
+    print(text)
+    if MISMATCH in text:  # a mismatch is a failed check: scripts see it in the exit status
+        print(f"caloflows: error: {args.file}: voxel count does not match the geometry", file=sys.stderr)
+        return 1
     return 0

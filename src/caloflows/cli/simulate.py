@@ -38,21 +38,21 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="i/N", help="simulate only part i of N of the run")
     p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..simulation import SimulationError, simulate
+    from ..api import simulate
+    from ..simulation import SimulationError
     from ..simulation.energies import EnergySpecError
 
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     t0 = time.time()
     try:
         paths = simulate(
             args.geometry, args.particle, args.energy, args.n, args.out,
             seed=args.seed, shard=args.shard, jobs=args.jobs,
-            progress=False if args.no_progress else None,
+            progress=False if args.no_progress else None, force=args.force,
         )
     except (EnergySpecError, SimulationError) as exc:
         raise UserError(str(exc)) from None

@@ -132,7 +132,31 @@ def _resolve_geometry(geometry, gen: ShowerData, ref: ShowerData, gname: str, rn
         raise EvaluationError(
             f"{gname} and {rname} have {vg} voxels per shower but geometry {g.name!r} has {g.n_voxels}"
         )
+    for d, n in ((gen, gname), (ref, rname)):
+        _check_particle_and_threshold(g, d.attrs, n, file_geoms.get(n))
     return g
+
+
+_PARTICLE_NAMES = {"e-": "electron", "electron": "electron", "11": "electron", "e+": "positron",
+                   "positron": "positron", "-11": "positron", "gamma": "photon", "photon": "photon",
+                   "22": "photon", "pi+": "pion", "pi-": "pion", "pion": "pion", "211": "pion", "-211": "pion"}
+
+
+def _check_particle_and_threshold(g: Geometry, attrs: Mapping, name: str, file_geo: Geometry | None) -> None:
+    """Refuse a geometry (e.g. a same-layout binning XML of another particle) whose particle or
+    voxel threshold contradicts what the file records: the threshold changes every feature."""
+    fp = _PARTICLE_NAMES.get(str(attrs.get("particle", "")).strip().lower())
+    gp = _PARTICLE_NAMES.get(str(g.particle or "").strip().lower())
+    if fp and gp and fp != gp:
+        raise EvaluationError(
+            f"{name}: file holds {attrs.get('particle')} showers but geometry {g.name!r} is for {g.particle} "
+            f"(voxel threshold {g.threshold_mev:.4g} MeV); use the binning of the file's particle"
+        )
+    if file_geo is not None and file_geo.same_layout(g) and not np.isclose(file_geo.threshold_mev, g.threshold_mev):
+        raise EvaluationError(
+            f"{name}: written for geometry {file_geo.name!r} (voxel threshold {file_geo.threshold_mev:.4g} MeV) but "
+            f"geometry {g.name!r} applies {g.threshold_mev:.4g} MeV; pass the file's geometry"
+        )
 
 
 def _compare_incident_energies(gen: np.ndarray, ref: np.ndarray, gname: str) -> str | None:
@@ -242,6 +266,7 @@ def evaluate(
     model_parameters: int | None = None,
     seed: int = 0,
     classifier_floor: bool = False,
+    force: bool = False,
 ) -> dict:
     """Evaluate ``generated`` against ``reference`` showers; return every number as a dict.
 
@@ -262,13 +287,27 @@ def evaluate(
         seed: seed of the reference split into halves and the subsampling.
         classifier_floor: also train every binary classifier on the two reference halves
             (the Geant4-vs-Geant4 AUC floor; doubles the classifier time).
+        force: replace an existing ``out`` that is a caloflows report (and holds nothing
+            else); without it an existing non-empty ``out`` is refused before any work
+            (:func:`caloflows.outputs.check_report_dir`).
     """
     t_start = time.perf_counter()
     metrics = parse_metrics(metrics)
     gname, rname = _name(generated, "generated"), _name(reference, "reference")
     label = label or (Path(gname).stem if isinstance(generated, (str, os.PathLike)) else "generated")
+    if out is not None:
+        from ..outputs import check_report_dir
+
+        paths = [x for x in (generated, reference, *(compare or {}).values()) if isinstance(x, (str, os.PathLike))]
+        check_report_dir(out, paths, force=force)
     gen = _load(generated, gname, max_showers)
     ref = _load(reference, rname, max_showers)
+    for d, n in ((gen, gname), (ref, rname)):
+        if len(d) < 2:
+            raise EvaluationError(f"{n}: {len(d)} shower(s); the evaluation needs at least 2 (the reference is "
+                                  f"split into two halves for the Geant4 floor)")
+        if not np.any(d.showers):
+            raise EvaluationError(f"{n}: every shower is zero (no energy in any voxel); nothing to evaluate")
     geo = _resolve_geometry(geometry, gen, ref, gname, rname)
     cls_wanted = [m for m in metrics if m in CLASSIFIER_METRICS or m == "multiclass"]
     for d, n in ((gen, gname), (ref, rname)):
@@ -413,7 +452,7 @@ def evaluate(
     if out is not None:
         from .report import ReportDirectory, write_html, write_metrics_json
 
-        with ReportDirectory(out) as tmp:
+        with ReportDirectory(out, force=force) as tmp:
             images: list[tuple[str, str]] = []
             if plots:
                 t = time.perf_counter()

@@ -24,32 +24,42 @@ __all__ = ["ReportDirectory", "to_jsonable", "write_metrics_json", "write_html"]
 class ReportDirectory:
     """Context manager: yields a temporary directory, renamed to ``out`` on success.
 
-    An existing ``out`` is replaced only after the new report is complete; on error the
-    temporary directory is removed and ``out`` is left untouched.
+    The temporary directory carries the report marker (:data:`caloflows.outputs.REPORT_MARKER`).
+    An existing ``out`` is replaced only if :func:`caloflows.outputs.check_report_dir` allows it
+    (``force`` and a caloflows report holding nothing else), and only after the new report is
+    complete; on error the temporary directory is removed and ``out`` is left untouched.
     """
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike, *, force: bool = False):
         self.out = Path(out)
+        self.force = force
 
     def __enter__(self) -> Path:
+        from ..outputs import REPORT_MARKER, check_report_dir, temp_prefix
+
+        check_report_dir(self.out, force=self.force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out.name), suffix=".tmp", dir=self.out.parent))
+        from .. import __version__
+
+        (self.tmp / REPORT_MARKER).write_text(json.dumps({"written_by": "caloflows evaluate",
+                                                          "caloflows_version": __version__}) + "\n")
         return self.tmp
 
     def __exit__(self, et, ev, tb) -> bool:
+        from ..outputs import replace_dir
+
         if et is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp creates 0700; a report is meant to be shared
-        old = None
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old", dir=self.out.parent))
-            os.replace(self.out, old / "report")
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            replace_dir(self.tmp, self.out, force=self.force)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return False
 
 

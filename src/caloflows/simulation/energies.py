@@ -11,6 +11,12 @@ Energy specifications (GeV on the command line, MeV inside):
   (shower k gets value k mod n: equal counts, like dataset 1's discrete energies);
 * ``E``            a fixed energy of E GeV;
 * ``E1,E2,...``    a list of discrete energies, used in turn.
+
+Every energy must lie in [:data:`MIN_ENERGY_GEV`, :data:`MAX_ENERGY_GEV`] = [1 MeV, 10 TeV]:
+the CaloChallenge datasets span 1 GeV - 1 TeV (ds2, ds3) and 256 MeV - 4 TeV (ds1); the
+45 readout layers (about 36 X0 of tungsten) stop containing showers well above 10 TeV and the
+Geant4 time grows linearly with energy (a 1e9 GeV request would run for ever), and below 1 MeV
+there is no shower to speak of.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 from ..errors import EnergySpecError
 
-__all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds"]
+__all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds", "MIN_ENERGY_GEV", "MAX_ENERGY_GEV"]
+
+#: lowest incident energy ``simulate`` accepts (GeV)
+MIN_ENERGY_GEV = 1e-3
+#: highest incident energy ``simulate`` accepts (GeV)
+MAX_ENERGY_GEV = 1e4
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ def _num(s: str, text: str) -> float:
         raise EnergySpecError(f"energy {text!r}: {s!r} is not a number") from None
     if not math.isfinite(v) or v <= 0:
         raise EnergySpecError(f"energy {text!r}: energies must be positive, got {s!r}")
+    if not MIN_ENERGY_GEV <= v <= MAX_ENERGY_GEV:
+        raise EnergySpecError(f"energy {text!r}: {s} GeV is outside the supported range "
+                              f"{MIN_ENERGY_GEV:g}-{MAX_ENERGY_GEV:g} GeV")
     return v
 
 
@@ -72,9 +86,10 @@ def parse_energy(text: str) -> EnergySpec:
         if hi == lo:
             return EnergySpec("discrete", lo, lo, (lo,), t)
         return EnergySpec("loguniform", lo, hi, (), t)
-    vals = tuple(_num(p, t) for p in t.split(",") if p.strip())
-    if not vals:
-        raise EnergySpecError(f"energy {text!r}: empty")
+    parts = t.split(",")
+    if not t or any(not p.strip() for p in parts):
+        raise EnergySpecError(f"energy {text!r}: empty entry; expected E or E1,E2,... (GeV)")
+    vals = tuple(_num(p, t) for p in parts)
     return EnergySpec("discrete", min(vals), max(vals), vals, t)
 
 

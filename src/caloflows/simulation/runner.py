@@ -24,6 +24,8 @@ import numpy as np
 
 from ..geometry import Geometry, geometry_from_dict, load_geometry
 from ..io import merge_files
+from ..outputs import check_output_files, clean_orphans, temp_tag
+from ..termination import sigterm_raises
 from .energies import EnergySpec, parse_energy, shower_energies_mev, shower_seeds
 from ..errors import SimulationError
 
@@ -92,6 +94,39 @@ class _Task:
     attrs: dict
     env: dict
     chunk: int = 64
+    parent_pid: int = 0
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the parent dies, even by SIGKILL (nothing could clean up then).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill the worker when its
+    parent thread exits.  Fallback (other systems, or a parent that died before the prctl): a
+    daemon thread that checks once a second that the parent pid is unchanged.
+    """
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if parent_pid and os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="caloflows-parent-watch", daemon=True).start()
 
 
 def _quiet_stdout() -> None:
@@ -101,6 +136,7 @@ def _quiet_stdout() -> None:
 
 
 def _worker_main(task: _Task, progress) -> None:  # runs in a spawned process
+    _die_with_parent(task.parent_pid)
     _quiet_stdout()
     os.environ.update(task.env)
     from ..io import ShowerWriter
@@ -143,6 +179,7 @@ def simulate(
     jobs: int | None = None,
     progress: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> list[str]:
     """Simulate Par04 showers and write one CaloChallenge file per geometry.
 
@@ -158,6 +195,13 @@ def simulate(
         jobs: local worker processes (default: all cores).
         progress: tqdm progress bar (default: only on a terminal).
         cache_dir: where approximate Geant4 tables are generated if official data are missing.
+        force: replace existing output files (an existing output is refused otherwise, before any
+            simulation; :func:`caloflows.outputs.check_output_file`).
+
+    Clean termination: SIGINT and SIGTERM end the workers and remove the temporary directory
+    (``.caloflows-sim-cf<host>-<pid>-XXXX`` next to the outputs); workers die with the parent even
+    if it is SIGKILLed, and the next run into the same directory removes such a leftover
+    directory (:func:`caloflows.outputs.clean_orphans`).
 
     Returns the paths written.  Workers are started with the ``spawn`` method, so a script
     calling this must guard its entry point with ``if __name__ == "__main__":``.
@@ -184,6 +228,7 @@ def simulate(
     if stop <= start:
         raise ValueError(f"shard {shard[0]}/{shard[1]} of {n} showers is empty")
     paths = output_paths(out, geoms)
+    check_output_files(paths, force=force)
     data = configure_geant4_data(cache_dir)
 
     idx = np.arange(start, stop, dtype=np.int64)
@@ -216,11 +261,21 @@ def simulate(
     }
 
     outdir = os.path.dirname(os.path.abspath(paths[0]))
-    os.makedirs(outdir, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix=".caloflows-sim-", dir=outdir)
+    clean_orphans(outdir)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = []
+    with sigterm_raises():
+        tmpdir = tempfile.mkdtemp(prefix=f".caloflows-sim-{temp_tag()}", dir=outdir)
+        _run_workers(ctx, q, procs, pieces, tmpdir, geoms, paths, particle, idx, energies, seeds, base_attrs, data,
+                     progress)
+    return paths
+
+
+def _run_workers(ctx, q, procs, pieces, tmpdir, geoms, paths, particle, idx, energies, seeds, base_attrs, data,
+                 progress) -> None:
+    """Start one spawned worker per piece, wait, merge their files into ``paths``; on any
+    exception (SimulationError, KeyboardInterrupt, Terminated) end the workers and remove ``tmpdir``."""
     try:
         tasks = []
         for w, piece in enumerate(pieces):
@@ -228,7 +283,7 @@ def simulate(
             tasks.append(wpaths)
             attrs = dict(base_attrs)
             t = _Task(w, particle, [g.to_dict() for g in geoms], idx[piece], energies[piece], seeds[piece],
-                      wpaths, attrs, dict(data.env))
+                      wpaths, attrs, dict(data.env), parent_pid=os.getpid())
             p = ctx.Process(target=_worker_main, args=(t, q), name=f"caloflows-sim-{w}", daemon=True)
             p.start()
             procs.append(p)
@@ -242,9 +297,12 @@ def simulate(
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        for p in procs:
             p.join(timeout=5)
+            if p.is_alive():  # pragma: no cover - a worker stuck in Geant4 ignoring SIGTERM
+                p.kill()
+                p.join(timeout=5)
         shutil.rmtree(tmpdir, ignore_errors=True)
-    return paths
 
 
 def _available_cores() -> int:

@@ -6,6 +6,8 @@ A model directory holds::
                          hyper-parameters, caloflows version
     constants.json       preprocessing constants (caloflows.preprocessing.to_json)
     *.safetensors        final weights, one file per network
+    *.safetensors.sha256 SHA-256 of each weight file (``sha256sum -c`` format), checked on load;
+                         a weight file without one (older models) loads unchecked
     checkpoints/*.pt     training state (weights, optimizer, scheduler, RNG, history) written
                          every epoch with torch.save of plain tensors / dicts and read back with
                          ``torch.load(weights_only=True)``
@@ -18,6 +20,7 @@ one-line message; so does a missing or corrupt weight file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,6 +42,7 @@ __all__ = [
     "read_model_config",
     "save_weights",
     "load_weights",
+    "verify_checksum",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -129,13 +133,52 @@ def read_model_config(
     return {**d, "geometry": g}
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """Write a state dict as safetensors, atomically."""
+    """Write a state dict as safetensors, atomically, with its SHA-256 in ``<path>.sha256``.
+
+    The old checksum file is removed first and the new one written after the rename, so a run
+    killed in between leaves a weight file without checksum (loaded unchecked), never a
+    mismatching pair.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    side = str(path) + CHECKSUM_SUFFIX
+    if os.path.exists(side):
+        os.unlink(side)
     with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        digest = _sha256(tmp)
+    with atomic_output(side) as tmp:
+        Path(tmp).write_text(f"{digest}  {os.path.basename(str(path))}\n")
+
+
+def verify_checksum(path: str | os.PathLike) -> bool | None:
+    """Check ``path`` against ``<path>.sha256``: True if equal, None if there is no checksum
+    file (models written before checksums existed); a mismatch raises :class:`ModelDirError`."""
+    side = str(path) + CHECKSUM_SUFFIX
+    if not os.path.exists(side):
+        return None
+    try:
+        want = Path(side).read_text().split()[0].lower()
+    except (OSError, IndexError) as exc:
+        raise ModelDirError(f"{side}: unreadable checksum file ({exc})") from None
+    got = _sha256(path)
+    if got != want:
+        raise ModelDirError(f"{path}: corrupt weight file (SHA-256 {got[:12]}... differs from the "
+                            f"{want[:12]}... recorded in {os.path.basename(side)} when it was written)")
+    return True
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -145,6 +188,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     path = str(path)
     if not os.path.exists(path):
         raise ModelDirError(f"{path}: weight file not found (model not trained yet?)")
+    if not os.access(path, os.R_OK):
+        raise ModelDirError(f"{path}: weight file not readable (permission denied)")
+    verify_checksum(path)
     try:
         return load_file(path, device=str(device))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types
