@@ -70,14 +70,14 @@ class Generator(abc.ABC):
         Config: its :class:`~caloflows.models.settings.ModelConfig` dataclass.
         stages: ``{stage: help}``; ``fit(stage=...)`` calls ``self._fit_<stage>``.
         variants: sampling variants (``("teacher", "student")``) or ``()``.
-        weight_files: network name -> file name in the model directory.
+        weight_files: network name -> (file name in the model directory, stage that trains it).
     """
 
     kind: ClassVar[str] = ""
     Config: ClassVar[type[Any]] = ModelConfig
     stages: ClassVar[dict[str, str]] = {"train": "train the model"}
     variants: ClassVar[tuple[str, ...]] = ()
-    weight_files: ClassVar[dict[str, str]] = {}
+    weight_files: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, geometry: Geometry | str, config: Any | None = None,
                  conditions: ConditionSpec | None = None) -> None:
@@ -159,8 +159,8 @@ class Generator(abc.ABC):
         return bool(nets) and all(self.trained.get(n, False) for n in nets)
 
     def stage_networks(self, stage: str) -> list[str]:
-        """Networks trained by ``stage`` (default: all for ``train``; override per family)."""
-        return list(self.networks()) if stage == "train" else []
+        """Networks trained by ``stage`` (from :attr:`weight_files`)."""
+        return [name for name, (_, st) in self.weight_files.items() if st == stage]
 
     # ------------------------------------------------------------------ training
     def fit(self, data: "ShowerData | str | os.PathLike[str]", out_dir: str | os.PathLike[str], *,
@@ -324,7 +324,7 @@ class Generator(abc.ABC):
         nets = self.networks()
         for name, trained in self.trained.items():
             if trained and name in nets:
-                save_weights(d / self.weight_files[name], nets[name].state_dict(), self.weight_metadata(name))
+                save_weights(d / self.weight_files[name][0], nets[name].state_dict(), self.weight_metadata(name))
         for name, sub in self.submodels().items():
             sub.save(d / name)
 
@@ -375,7 +375,7 @@ class Generator(abc.ABC):
         model._load_constants(directory, required=any(trained.values()))
         for name in model.networks():
             if trained.get(name):
-                model.load_network(directory / cls.weight_files[name], name)
+                model.load_network(directory / cls.weight_files[name][0], name)
                 model.trained[name] = True
         model._load_submodels(directory, device)
         return model.to(device)

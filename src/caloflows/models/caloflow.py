@@ -71,19 +71,18 @@ from ..io import ShowerData, read_showers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, sample_with_rejection
-from .settings import ModelConfig
+from .settings import FlowSettings
 
 __all__ = ["CaloFlow", "CaloFlowConfig"]
 
 
 @dataclass
-class CaloFlowConfig(ModelConfig):
-    """Hyper-parameters of CaloFlow (defaults: the paper's photon setup)."""
+class CaloFlowConfig(FlowSettings):
+    """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`FlowSettings`)."""
 
     TITLE: ClassVar[str] = "CaloFlow"
-    RANGES: ClassVar[dict] = {"flow1_noise_kev": (0, None, False), "flow2_noise_kev": (0, None, False),
-                              "alpha": (0, 0.1, True), "max_resample": (0, None, False), "seed": (0, None, False),
-                              "max_ratio": (0, None, True)}
+    RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "flow1_noise_kev": (0, None, False),
+                              "flow2_noise_kev": (0, None, False)}
 
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)
@@ -92,14 +91,9 @@ class CaloFlowConfig(ModelConfig):
     flow2_hidden: int = 378
     flow2_noise_kev: float = 1.0
     student_hidden: int = 736
-    bins: int = 8
-    bound: float = 5.0
-    alpha: float = 1e-6
     distill_intermediate: bool = True
     student_from_teacher: bool = True  # warm start (flows.init_student_from_teacher)
     max_ratio: float | None = None  # E_dep/E_inc bound; None: training-set maximum
-    max_resample: int = 20
-    seed: int = 0  # network initialisation
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=4e-5, max_lr=1e-3)))
     flow2_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=5e-5, max_lr=2e-3, schedule="cyclic")))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=175, base_lr=4e-5, max_lr=1e-3)))
@@ -145,8 +139,8 @@ class CaloFlow(Generator):
     Config = CaloFlowConfig
     stages = {"train": "flow-I and the flow-II MAF teacher", "distill": "the flow-II IAF student (distillation)"}
     variants = ("teacher", "student")
-    weight_files = {"flow1": "flow1.safetensors", "teacher": "flow2_teacher.safetensors",
-                    "student": "flow2_student.safetensors"}
+    weight_files = {"flow1": ("flow1.safetensors", "train"), "teacher": ("flow2_teacher.safetensors", "train"),
+                    "student": ("flow2_student.safetensors", "distill")}
     cfg: CaloFlowConfig
 
     def build(self) -> None:
@@ -165,9 +159,6 @@ class CaloFlow(Generator):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"flow1": self.flow1, "teacher": self.teacher, "student": self.student}
-
-    def stage_networks(self, stage: str) -> list[str]:
-        return {"train": ["flow1", "teacher"], "distill": ["student"]}.get(stage, [])
 
     def variant_ready(self, variant: str | None) -> bool:
         return self.trained["flow1"] and self.trained["student" if variant == "student" else "teacher"]

@@ -51,38 +51,25 @@ from ..training.loop import ArraySource, TrainConfig
 from .base import Generator
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
-from .settings import ModelConfig
+from .settings import LayerwiseSettings
 
 __all__ = ["ICaloFlow", "ICaloFlowConfig"]
 
 
 @dataclass
-class ICaloFlowConfig(ModelConfig):
-    """Hyper-parameters (defaults: review sec. 4.2, dataset 2)."""
+class ICaloFlowConfig(LayerwiseSettings):
+    """Hyper-parameters (defaults: review sec. 4.2, dataset 2; shared ones in :class:`LayerwiseSettings`)."""
 
     TITLE: ClassVar[str] = "iCaloFlow"
-    RANGES: ClassVar[dict] = {"noise_kev": (0, None, False), "alpha": (0, 0.1, True), "max_resample": (0, None, False),
-                              "seed": (0, None, False), "max_ratio": (0, None, True),
-                              "cache_mb": (0, None, False)}
-    CHOICES: ClassVar[dict] = {"postprocess": ("threshold", "renormalise")}
+    RANGES: ClassVar[dict] = {**LayerwiseSettings.RANGES, "noise_kev": (0, None, False)}
 
     edf_transforms: int = 6
-    edf_hidden: list = field(default_factory=lambda: [64])
     transforms: int = 8
     hidden: list = field(default_factory=lambda: [256, 256])
     student_hidden: list = field(default_factory=lambda: [384, 384])
-    bins: int = 8
-    bound: float = 5.0
-    alpha: float = 1e-6
     noise_kev: float = 1.0
-    max_ratio: float | None = 2.6
-    max_resample: int = 20
-    postprocess: str = "threshold"
     distill_intermediate: bool = True
     chunk_rows: int = 512
-    cache_mb: float = 1024.0
-    std_rows: int = 20_000
-    seed: int = 0
     edf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     teacher_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=512, base_lr=4e-5, max_lr=1e-3)))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=50, batch_size=512, base_lr=4e-5, max_lr=1e-3)))
@@ -113,9 +100,10 @@ class ICaloFlow(Generator):
     Config = ICaloFlowConfig
     stages = {"train": "flow-1 and the flow-2 / flow-3 MAF teachers", "distill": "the IAF students of flows 2 and 3"}
     variants = ("teacher", "student")
-    weight_files = {"energy": "flow1_energy.safetensors", "teacher2": "flow2_teacher.safetensors",
-                    "teacher3": "flow3_teacher.safetensors", "student2": "flow2_student.safetensors",
-                    "student3": "flow3_student.safetensors"}
+    weight_files = {"energy": ("flow1_energy.safetensors", "train"), "teacher2": ("flow2_teacher.safetensors", "train"),
+                    "teacher3": ("flow3_teacher.safetensors", "train"),
+                    "student2": ("flow2_student.safetensors", "distill"),
+                    "student3": ("flow3_student.safetensors", "distill")}
     cfg: ICaloFlowConfig
 
     def build(self) -> None:
@@ -143,9 +131,6 @@ class ICaloFlow(Generator):
 
     def networks(self) -> dict[str, nn.Module]:
         return self.nets
-
-    def stage_networks(self, stage: str) -> list[str]:
-        return {"train": ["energy", "teacher2", "teacher3"], "distill": ["student2", "student3"]}.get(stage, [])
 
     def variant_ready(self, variant: str | None) -> bool:
         w = "student" if variant == "student" else "teacher"

@@ -61,7 +61,7 @@ from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
 from .base import Generator
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
-from .settings import ModelConfig
+from .settings import LayerwiseSettings
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
 
@@ -90,33 +90,20 @@ def format_layers(layers: Sequence[int]) -> str:
 
 
 @dataclass
-class L2LFlowsConfig(ModelConfig):
-    """Hyper-parameters (defaults: L2LFlows table 4)."""
+class L2LFlowsConfig(LayerwiseSettings):
+    """Hyper-parameters (defaults: L2LFlows table 4; shared ones in :class:`LayerwiseSettings`)."""
 
     TITLE: ClassVar[str] = "L2LFlows"
-    RANGES: ClassVar[dict] = {"n_cond": (0, None, False), "voxel_noise_kev": (0, None, False), "alpha": (0, 0.1, True),
-                              "max_resample": (0, None, False), "seed": (0, None, False), "max_ratio": (0, None, True),
-                              "cache_mb": (0, None, False)}
-    CHOICES: ClassVar[dict] = {"postprocess": ("threshold", "renormalise")}
+    RANGES: ClassVar[dict] = {**LayerwiseSettings.RANGES, "n_cond": (0, None, False),
+                              "voxel_noise_kev": (0, None, False)}
 
     n_cond: int = 5
-    edf_transforms: int = 4
-    edf_hidden: list = field(default_factory=lambda: [64])
     cf_transforms: int = 4
     cf_hidden: list = field(default_factory=lambda: [128])
     embed_hidden: list = field(default_factory=lambda: [256, 128])
     embed_out: int = 64
-    bins: int = 8
-    bound: float = 5.0
-    alpha: float = 1e-6
     voxel_noise_kev: float = 1.0
-    max_ratio: float | None = 2.6
-    max_resample: int = 20
-    postprocess: str = "threshold"  # "threshold" (appendix B.3) or "renormalise" (CaloFlow)
-    std_rows: int = 20_000
     chunk_rows: int = 4096
-    cache_mb: float = 1024.0
-    seed: int = 0
     edf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=200, batch_size=256, base_lr=6e-6, max_lr=6e-5, val_fraction=0.1)))
     cf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=200, batch_size=1024, base_lr=6e-5, max_lr=6e-4, val_fraction=0.1)))
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import math
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 from ..errors import ConfigError
 
-__all__ = ["ModelConfig", "override_settings", "check_train_config"]
+__all__ = ["ModelConfig", "FlowSettings", "LayerwiseSettings", "override_settings", "check_train_config"]
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -182,6 +182,41 @@ class ModelConfig:
                         isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
                     raise _bad(key, v if not isinstance(v, tuple) else list(v),
                                "must be a non-empty list of positive integers, e.g. [128, 128]")
+
+
+@dataclass
+class FlowSettings(ModelConfig):
+    """Settings every flow family shares: the RQ splines (bins, bound; Durkan et al. 1906.04032),
+    the logit's alpha, the outlier redraws of flow-sampled layer energies, and the seed of the
+    network initialisation."""
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
+        "alpha": (0, 0.1, True), "max_resample": (0, None, False), "seed": (0, None, False),
+        "max_ratio": (0, None, True)}
+
+    bins: int = 8
+    bound: float = 5.0
+    alpha: float = 1e-6
+    max_resample: int = 20
+    seed: int = 0
+
+
+@dataclass
+class LayerwiseSettings(FlowSettings):
+    """Settings shared by the layer-by-layer families (L2LFlows, iCaloFlow): the energy
+    distribution flow (L2LFlows appendix B.1), its E_dep/E_inc bound, the per-layer
+    post-processing (B.3) and how training data are read (standardisation rows, streaming)."""
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
+        **FlowSettings.RANGES, "cache_mb": (0, None, False)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
+
+    edf_transforms: int = 4
+    edf_hidden: list = field(default_factory=lambda: [64])
+    max_ratio: float | None = 2.6
+    postprocess: str = "threshold"  # "threshold" (L2LFlows appendix B.3) or "renormalise" (CaloFlow)
+    std_rows: int = 20_000
+    cache_mb: float = 1024.0
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
