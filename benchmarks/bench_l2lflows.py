@@ -111,7 +111,7 @@ from caloflows.training.loop import TrainConfig
 tc = asdict(TrainConfig(epochs={epochs}, batch_size=256, base_lr=1e-4, max_lr=1e-3, val_fraction=0.1))
 cfg = ICaloFlowConfig(transforms=1, hidden=[32], student_hidden=[32], edf_train=tc, teacher_train=tc,
                       student_train=tc, chunk_rows=256, cache_mb=0.0, std_rows=2000)
-s = ICaloFlow('ds3', cfg).fit({str(path)!r}, {str(work / 'ds3_icaloflow')!r}, progress=False, stages=('teacher3',))
+s = ICaloFlow('ds3', cfg).fit({str(path)!r}, {str(work / 'ds3_icaloflow')!r}, progress=False, networks=('teacher3',))
 print('SEC', s['teacher3']['seconds_per_epoch'])
 """
     t = time.perf_counter()
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         s_ic = {k: _history(work / "icaloflow", k) for k in ("energy", "teacher2", "teacher3", "student2", "student3")}
     else:
         s_ic = ic.fit(train, work / "icaloflow", progress=False)
-        s_ic.update(ic.distill(train, work / "icaloflow", progress=False))
+        s_ic.update(ic.fit(train, work / "icaloflow", stage="distill", progress=False))
     res["icaloflow_train"] = {"seconds": time.perf_counter() - t, "stages": s_ic, "parameters": ic.parameter_counts()}
     print("iCaloFlow trained:", json.dumps({k: v.get("seconds") for k, v in s_ic.items()}), flush=True)
 
@@ -312,9 +312,10 @@ def fidelity(res: dict, work: Path, l2l, ic, test, a) -> None:
     from caloflows.io import ShowerData, write_showers
 
     gens = {}
-    for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"student": True})):
+    for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"variant": "student"})):
         t = time.perf_counter()
-        e, x = model.sample(test.incident_energies, batch_size=1000, seed=5, **kw)
+        out = model.sample(test.incident_energies, batch_size=1000, seed=5, **kw)
+        e, x = out.incident_energies, out.showers
         gens[name] = ShowerData(e, x)
         res.setdefault("generate_seconds", {})[name] = time.perf_counter() - t
         write_showers(work / f"generated_{name}.h5", e, x, attrs={"geometry": "ds2", "generator": name})
@@ -335,7 +336,7 @@ def speed(res: dict, l2l, ic, test, a, train: Path, work: Path) -> None:
                                                            progress=False)
     res["l2lflows_solo_layer20_seconds_per_epoch"] = s["layers"][20]["seconds_per_epoch"]
     print("solo layer 20:", res["l2lflows_solo_layer20_seconds_per_epoch"], "s/epoch", flush=True)
-    for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"student": True})):
+    for name, model, kw in (("l2lflows", l2l, {}), ("icaloflow_student", ic, {"variant": "student"})):
         res.setdefault("generation_ms_per_shower", {})[name] = [
             time_generation(model, test.incident_energies, b, a.min_seconds, **kw) for b in a.batches]
         print(name, json.dumps(res["generation_ms_per_shower"][name]), flush=True)
