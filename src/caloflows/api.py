@@ -97,7 +97,7 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     out = Path(out)
     existing = (out / "config.json").exists()
     if existing and (resume or kind == "l2lflows"):
-        model = G.load(out, geometry=g, **({"require_complete": False} if kind == "l2lflows" else {}))
+        model = G.load(out, geometry=g, **({"require_complete": False} if kind == "l2lflows" else {}))  # type: ignore[arg-type]
         cfg = model.cfg
         spec = model.condition_spec
     else:

@@ -180,7 +180,7 @@ class ColumnBlock:
     so that memory stays at one chunk plus the batch buffer.
     """
 
-    def __init__(self, cols: LayerColumns, c0: int, c1: int, cache_mb: float = 1024.0) -> None:
+    def __init__(self, cols: "LayerColumns | MemoryColumns", c0: int, c1: int, cache_mb: float = 1024.0) -> None:
         self.cols, self.c0, self.c1 = cols, c0, c1
         self.nbytes = cols.n * (c1 - c0) * 4
         self.cached: np.ndarray | None = None
@@ -333,7 +333,10 @@ class TrainingShowers:
 
     def rows(self, a: int, b: int) -> np.ndarray:
         """Voxels of showers ``[a, b)`` (float32)."""
-        return self.cached[a:b] if self.cached is not None else self.block.get(a, b)
+        if self.cached is not None:
+            return self.cached[a:b]
+        assert self.block is not None  # one of the two is given (checked in __init__)
+        return self.block.get(a, b)
 
     def _pairs(self, a: int, b: int) -> np.ndarray:
         L, n = self.geometry.n_layers, self.geometry.layer_sizes[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 #: sizes of the main job per preset
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"n_train": 3000, "n_reference": 2000, "energy": "pow2:1:16", "classifier_seeds": 1,
               "classifier_epochs": 30, "metrics": "hist,corr,fpd,kpd,prdc,cls-low,cls-logit,cls-high"},
     "full": {"n_train": 70000, "n_reference": 30000, "energy": "pow2:1:64", "classifier_seeds": 5,

@@ -56,9 +56,17 @@ from ..training.distributed import DistContext
 from ..training.loop import resolve_device
 from .settings import ModelConfig
 
-__all__ = ["Generator", "einc_summary", "einc_draw", "incident_energies", "sample_with_rejection"]
+__all__ = ["Generator", "einc_summary", "einc_draw", "incident_energies", "sample_with_rejection", "need"]
 
 G = TypeVar("G", bound="Generator")
+T = TypeVar("T")
+
+
+def need(value: T | None, what: str) -> T:
+    """``value``, or a ModelDirError saying that ``what`` does not exist yet (the model is not trained)."""
+    if value is None:
+        raise ModelDirError(f"{what} not available: the model is not trained yet")
+    return value
 CONSTANTS_FILE = "constants.json"
 
 

@@ -70,7 +70,7 @@ from ..geometry import Geometry
 from ..io import ShowerData, read_showers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
-from .base import Generator, einc_summary, sample_with_rejection
+from .base import Generator, einc_summary, need, sample_with_rejection
 from .settings import FlowSettings
 
 __all__ = ["CaloFlow", "CaloFlowConfig"]
@@ -151,9 +151,9 @@ class CaloFlow(Generator):
         self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, c.bound)
         self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, c.bound)
         self.logit = P.Logit(c.alpha)
-        self.unit: P.UnitSpaceEnergies | None = None
-        self.std1: P.Standardize | None = None
-        self.std2: P.Standardize | None = None
+        self._unit: P.UnitSpaceEnergies | None = None
+        self._std1: P.Standardize | None = None
+        self._std2: P.Standardize | None = None
         self.einc_dist: dict | None = None
         self._layer_index = torch.as_tensor(g.layer_index, dtype=torch.long)
 
@@ -164,8 +164,21 @@ class CaloFlow(Generator):
         return self.trained["flow1"] and self.trained["student" if variant == "student" else "teacher"]
 
     # ------------------------------------------------------------------ constants
+    @property
+    def unit(self) -> P.UnitSpaceEnergies:
+        """Recursive unit-space map of flow-I (eq. 1, rescaled by the training maximum of u_0)."""
+        return need(self._unit, "CaloFlow unit-space constants")
+
+    @property
+    def std1(self) -> P.Standardize:
+        return need(self._std1, "CaloFlow flow-I standardisation")
+
+    @property
+    def std2(self) -> P.Standardize:
+        return need(self._std2, "CaloFlow flow-II standardisation")
+
     def constants(self) -> dict | None:
-        if self.unit is None:
+        if self._unit is None:
             return None
         return {"logit": self.logit.to_dict(), "unit_space": self.unit.to_dict(),
                 "flow1_standardize": self.std1.to_dict(), "flow2_standardize": self.std2.to_dict(),
@@ -173,9 +186,9 @@ class CaloFlow(Generator):
 
     def set_constants(self, c: dict) -> None:
         self.logit = P.from_dict(c["logit"])
-        self.unit = P.from_dict(c["unit_space"])
-        self.std1 = P.from_dict(c["flow1_standardize"])
-        self.std2 = P.from_dict(c["flow2_standardize"])
+        self._unit = P.from_dict(c["unit_space"])
+        self._std1 = P.from_dict(c["flow1_standardize"])
+        self._std2 = P.from_dict(c["flow2_standardize"])
         self.einc_dist = c["incident_energies"]
 
     # ------------------------------------------------------------------ preprocessing (torch)
@@ -225,17 +238,17 @@ class CaloFlow(Generator):
         sel = rng.permutation(len(sh))[:max_rows]
         # u0_max: maximum of sum E / E_inc over the training set (noise included as in training)
         nz1 = self.cfg.flow1_noise_kev * P.KEV * np.asarray(self.geometry.layer_sizes).sum()
-        self.unit = P.UnitSpaceEnergies.fit(sh.sum(1, keepdims=True) + nz1, einc)
+        self._unit = P.UnitSpaceEnergies.fit(sh.sum(1, keepdims=True) + nz1, einc)
         sh_t = torch.as_tensor(sh[sel])
         e_t = torch.as_tensor(einc[sel])
         gen = torch.Generator().manual_seed(seed)
         x1 = self._noise(sh_t, self.cfg.flow1_noise_kev, gen)
         u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
-        self.std1 = P.Standardize.fit(self.logit.forward(u).numpy())
+        self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
         x2 = self._noise(sh_t, self.cfg.flow2_noise_kev, gen)
         E = self._layer_sums(x2)
         frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
-        self.std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
+        self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
         self.einc_dist = einc_summary(einc)
 
     # ------------------------------------------------------------------ training
@@ -267,7 +280,7 @@ class CaloFlow(Generator):
         """Train flow-I and the flow-II teacher, saving to ``out_dir`` after each."""
         data, params = self._training_arrays(data)
         self.to(ctx.device(device))
-        if self.unit is None or not resume:
+        if self._unit is None or not resume:
             self.fit_constants(data, seed=int(self.cfg.flow1_train.get("seed", 0)))
         if ctx.is_main:
             self.save(out_dir)

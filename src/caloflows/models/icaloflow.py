@@ -48,7 +48,7 @@ from ..layerdata import TrainingShowers
 from ..postprocess import threshold_renormalise
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
-from .base import Generator
+from .base import Generator, need
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
 from .settings import LayerwiseSettings
@@ -117,17 +117,19 @@ class ICaloFlow(Generator):
         self.n = n
         self.energy_flow = EnergyFlow(L, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.bound, seed=c.seed,
                                       n_params=k)
-        kw = dict(embed=False, transforms=c.transforms, bins=c.bins, bound=c.bound)
         self.ctx2, self.ctx3 = 2 + k, n + 3 + (L - 1) + k
-        self.nets: dict[str, nn.Module] = {
-            "energy": self.energy_flow,
-            "teacher2": ConditionalFlow(n, self.ctx2, hidden=c.hidden, **kw),
-            "teacher3": ConditionalFlow(n, self.ctx3, hidden=c.hidden, **kw),
-            "student2": ConditionalFlow(n, self.ctx2, hidden=c.student_hidden, inverse=True, **kw),
-            "student3": ConditionalFlow(n, self.ctx3, hidden=c.student_hidden, inverse=True, **kw),
+
+        def flow(context: int, hidden: list, inverse: bool) -> ConditionalFlow:
+            return ConditionalFlow(n, context, embed=False, transforms=c.transforms, hidden=hidden, bins=c.bins,
+                                   bound=c.bound, inverse=inverse)
+
+        self.flows: dict[str, ConditionalFlow] = {
+            "teacher2": flow(self.ctx2, c.hidden, False), "teacher3": flow(self.ctx3, c.hidden, False),
+            "student2": flow(self.ctx2, c.student_hidden, True), "student3": flow(self.ctx3, c.student_hidden, True),
         }
-        self.consts: dict | None = None
-        self.energy_consts: EnergyConstants | None = None
+        self.nets: dict[str, nn.Module] = {"energy": self.energy_flow, **self.flows}
+        self._consts: dict | None = None
+        self._energy_consts: EnergyConstants | None = None
 
     def networks(self) -> dict[str, nn.Module]:
         return self.nets
@@ -137,11 +139,21 @@ class ICaloFlow(Generator):
         return self.trained["energy"] and self.trained[f"{w}2"] and self.trained[f"{w}3"]
 
     def constants(self) -> dict | None:
-        return self.consts
+        return self._consts
+
+    @property
+    def consts(self) -> dict:
+        """The preprocessing constants (``constants.json``)."""
+        return need(self._consts, f"{self.kind} preprocessing constants")
+
+    @property
+    def energy_consts(self) -> EnergyConstants:
+        """Constants of the energy distribution flow (appendix B.1)."""
+        return need(self._energy_consts, f"{self.kind} energy-flow constants")
 
     def set_constants(self, c: dict) -> None:
-        self.consts = c
-        self.energy_consts = EnergyConstants.from_dict(c["energy"])
+        self._consts = c
+        self._energy_consts = EnergyConstants.from_dict(c["energy"])
 
     # ------------------------------------------------------------------ preprocessing
     def fit_constants(self, data: "ShowerData | TrainingShowers") -> None:
@@ -174,10 +186,10 @@ class ICaloFlow(Generator):
         m0, m = acc[0] / cnt[0], acc[2] / cnt[1]
         s0 = np.sqrt(np.maximum(acc[1] / cnt[0] - m0**2, 0.0))
         s1 = np.sqrt(np.maximum(acc[3] / cnt[1] - m**2, 0.0))
-        self.consts = {"energy": energy.to_dict(), "incident_energies": einc_summary(t.einc),
+        self._consts = {"energy": energy.to_dict(), "incident_energies": einc_summary(t.einc),
                        "mean0": m0.tolist(), "std0": np.maximum(s0, 1e-3).tolist(),
                        "mean": m.tolist(), "std": np.maximum(s1, 1e-3).tolist()}
-        self.energy_consts = energy
+        self._energy_consts = energy
 
     def _ms(self, first: bool, like: Tensor) -> tuple[Tensor, Tensor]:
         k = ("mean0", "std0") if first else ("mean", "std")
@@ -277,23 +289,23 @@ class ICaloFlow(Generator):
         """Train flow-1 and the flow-2 / flow-3 teachers (``networks``) into ``out_dir`` (a file is
         streamed if large)."""
         t = self.training_showers(data)
-        if self.consts is None or not resume:
+        if self._consts is None or not resume:
             self.fit_constants(t)
         self.to(ctx.device(device))
         if ctx.is_main:
             self.save(out_dir)
         L, tc = self.geometry.n_layers, self.cfg.teacher_train
-        kw = dict(progress=progress, resume=resume)
         summary = {}
         for name in networks:
             if name == "energy":
                 summary[name] = self.train_network(name, self.energy_flow, ArraySource(np.zeros((t.n, 0), np.float32)),
-                                                   self._energy_inputs(t), out_dir, self.cfg.edf_train, ctx, norm=L, **kw)
+                                                   self._energy_inputs(t), out_dir, self.cfg.edf_train, ctx, norm=L,
+                                                   progress=progress, resume=resume)
             elif name in ("teacher2", "teacher3"):
                 which = int(name[-1])
                 summary[name] = self.train_network(name, self.nets[name], t.source(which),
                                                    self._data_inputs(t, which, False), out_dir, tc, ctx, norm=self.n,
-                                                   **kw)
+                                                   progress=progress, resume=resume)
             else:
                 raise UsageError(f"unknown iCaloFlow network {name!r} (energy, teacher2, teacher3)")
         return summary
@@ -310,7 +322,7 @@ class ICaloFlow(Generator):
             self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
         summary = {}
         for which in (2, 3):
-            teacher, student = self.nets[f"teacher{which}"], self.nets[f"student{which}"]
+            teacher, student = self.flows[f"teacher{which}"], self.flows[f"student{which}"]
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
@@ -326,7 +338,7 @@ class ICaloFlow(Generator):
 
     # ------------------------------------------------------------------ sampling
     def _flow(self, which: int, student: bool) -> ConditionalFlow:
-        return self.nets[f"{'student' if student else 'teacher'}{which}"]
+        return self.flows[f"{'student' if student else 'teacher'}{which}"]
 
     def _draw(self, flow: ConditionalFlow, c: Tensor, use64: bool, gen) -> Tensor:
         if use64:

@@ -58,7 +58,7 @@ from ..postprocess import threshold_renormalise
 from ..training.checkpoint import read_json, read_model_config, save_weights, write_json, write_model_config
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
-from .base import Generator
+from .base import Generator, need
 from .embedding import ConditionalFlow
 from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
 from .settings import LayerwiseSettings
@@ -218,8 +218,8 @@ class L2LFlows(Generator):
         small = [i for i, n in enumerate(g.layer_sizes) if n < 2]
         if small:
             raise UsageError(f"L2LFlows needs at least 2 voxels per layer; layers {small} have fewer")
-        self.consts: dict | None = None
-        self.energy_consts: EnergyConstants | None = None
+        self._consts: dict | None = None
+        self._energy_consts: EnergyConstants | None = None
         self.energy_flow: EnergyFlow | None = None
         self.causal: dict[int, ConditionalFlow] = {}
 
@@ -240,7 +240,17 @@ class L2LFlows(Generator):
         return out
 
     def constants(self) -> dict | None:
-        return self.consts
+        return self._consts
+
+    @property
+    def consts(self) -> dict:
+        """The preprocessing constants (``constants.json``)."""
+        return need(self._consts, f"{self.kind} preprocessing constants")
+
+    @property
+    def energy_consts(self) -> EnergyConstants:
+        """Constants of the energy distribution flow (appendix B.1)."""
+        return need(self._energy_consts, f"{self.kind} energy-flow constants")
 
     # ------------------------------------------------------------------ networks
     def build_energy_flow(self) -> EnergyFlow:
@@ -263,18 +273,18 @@ class L2LFlows(Generator):
 
     # ------------------------------------------------------------------ constants
     def set_constants(self, consts: dict) -> None:
-        self.consts = dict(consts)
-        self.consts["sha"] = constants_sha(consts)
-        self.energy_consts = EnergyConstants.from_dict(consts["energy"])
+        self._consts = {**consts, "sha": constants_sha(consts)}
+        self._energy_consts = EnergyConstants.from_dict(consts["energy"])
         g = self.geometry
         self._vmax_col = np.asarray(consts["voxel_max"], dtype=np.float64)[g.layer_index]
         self._mean = np.asarray(consts["voxel_mean"], dtype=np.float64)
         self._std = np.asarray(consts["voxel_std"], dtype=np.float64)
 
     def _cols(self, c0: int, c1: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        kw = {"dtype": like.dtype, "device": like.device}
-        return (torch.as_tensor(self._vmax_col[c0:c1], **kw), torch.as_tensor(self._mean[c0:c1], **kw),
-                torch.as_tensor(self._std[c0:c1], **kw))
+        def col(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(a[c0:c1], dtype=like.dtype, device=like.device)
+
+        return col(self._vmax_col), col(self._mean), col(self._std)
 
     def voxels_forward(self, x: Tensor, c0: int, c1: int) -> Tensor:
         """B.4 + standardisation for columns ``[c0, c1)``: ``(l_alpha(x / max) - mean) / std``."""
@@ -373,8 +383,7 @@ class L2LFlows(Generator):
         summary: dict = {"layers": {}, "streaming": {}}
         if energy:
             self.energy_flow = self.build_energy_flow().to(self.device)
-            src = ArraySource(np.zeros((cols.n, 0), np.float32))
-            r = fit_flow(self.energy_flow, src, self._energy_inputs(stats, par_all), "energy_flow", out_dir,
+            r = fit_flow(self.energy_flow, ArraySource(np.zeros((cols.n, 0), np.float32)), self._energy_inputs(stats, par_all), "energy_flow", out_dir,
                          TrainConfig(**self.cfg.edf_train), ctx=ctx, device=self.device, norm=g.n_layers,
                          progress=progress, resume=resume)
             if ctx.is_main:
@@ -386,8 +395,7 @@ class L2LFlows(Generator):
             flow = self.build_causal(i).to(self.device)
             inputs, c0, c1 = self._causal_inputs(i, stats, par_all)
             block = ColumnBlock(cols, c0, c1, cache_mb=self.cfg.cache_mb)
-            src = StreamSource(cols.n, cols.chunk_rows, block.get)
-            r = fit_flow(flow, src, inputs, f"causal_layer_{i:03d}", out_dir, TrainConfig(**self.cfg.cf_train),
+            r = fit_flow(flow, StreamSource(cols.n, cols.chunk_rows, block.get), inputs, f"causal_layer_{i:03d}", out_dir, TrainConfig(**self.cfg.cf_train),
                          ctx=ctx, device=self.device, norm=g.layer_sizes[i], progress=progress, resume=resume)
             self.causal[i] = flow
             if ctx.is_main:
@@ -453,8 +461,8 @@ class L2LFlows(Generator):
 
     def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
         """``E_inc -> energy flow -> causal flows 0..L-1 -> B.3 post-processing`` for one batch."""
-        E = self.energy_flow.sample_energies(einc, self.energy_consts, self.cfg.max_ratio, self.cfg.max_resample,
-                                             generator, params)
+        ef = need(self.energy_flow, "the L2LFlows energy flow")
+        E = ef.sample_energies(einc, self.energy_consts, self.cfg.max_ratio, self.cfg.max_resample, generator, params)
         return self.sample_layers(E, einc, params, generator)
 
     def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
@@ -464,8 +472,9 @@ class L2LFlows(Generator):
         E = torch.as_tensor(g.layer_energies(g.apply_threshold(s.cpu().numpy())), device=self.device)
         E = E + ec.noise_mean_kev * P.KEV
         y_all = self.voxels_forward(s + 0.5 * self.cfg.voxel_noise_kev * P.KEV, 0, g.n_voxels)
-        with F.double_precision(self.energy_flow, *self.causal.values()):
-            lp = self.energy_flow(ec.forward(E), EnergyFlow.context(ec, e, params))
+        ef = need(self.energy_flow, "the L2LFlows energy flow")
+        with F.double_precision(ef, *self.causal.values()):
+            lp = ef(ec.forward(E), EnergyFlow.context(ec, e, params))
             for i in range(g.n_layers):
                 ctx = context_layers(i, self.cfg.n_cond)
                 c0 = int(g.layer_offsets[ctx[0] if ctx else i])
@@ -479,7 +488,7 @@ class L2LFlows(Generator):
         """Write config, constants and every trained flow to ``directory``."""
         d = Path(directory)
         write_model_config(d, KIND, self.geometry, self.config_record())
-        if self.consts is None:
+        if self._consts is None:
             return
         write_json(d / CONSTANTS_FILE, self.consts)
         meta = {"kind": KIND, "constants_sha": self.consts["sha"]}
