@@ -27,15 +27,15 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
-from .geometry import Geometry, load_geometry
 from .errors import ShowerFileError, UsageError
+from .geometry import Geometry, load_geometry
 
 __all__ = [
     "ShowerData",
@@ -372,23 +372,22 @@ def write_showers(
         names = list(condition_names or [f"c{i}" for i in range(conditions.shape[1])])
         if len(names) != conditions.shape[1]:
             raise ShowerFileError(f"{path}: {len(names)} condition names for {conditions.shape[1]} columns")
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            kw = {"compression": compression} if compression else {}
-            chunk_rows = max(1, min(len(inc), 2**20 // max(1, showers.shape[1] * showers.itemsize)))
-            f.create_dataset(INCIDENT, data=inc.reshape(-1, 1), **kw)
-            f.create_dataset(
-                SHOWERS, data=showers, chunks=(chunk_rows, showers.shape[1]) if len(inc) else None, **kw
-            )
-            if conditions is not None:
-                d = f.create_dataset(CONDITIONS, data=conditions, **kw)
-                d.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
-            all_attrs = dict(attrs or {})
-            if g is not None:
-                all_attrs.setdefault("geometry", g.name)
-            all_attrs.setdefault("caloflows_version", _version())
-            for k, v in all_attrs.items():
-                f.attrs[k] = _attr_value(v)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        kw = {"compression": compression} if compression else {}
+        chunk_rows = max(1, min(len(inc), 2**20 // max(1, showers.shape[1] * showers.itemsize)))
+        f.create_dataset(INCIDENT, data=inc.reshape(-1, 1), **kw)
+        f.create_dataset(
+            SHOWERS, data=showers, chunks=(chunk_rows, showers.shape[1]) if len(inc) else None, **kw
+        )
+        if conditions is not None:
+            d = f.create_dataset(CONDITIONS, data=conditions, **kw)
+            d.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
+        all_attrs = dict(attrs or {})
+        if g is not None:
+            all_attrs.setdefault("geometry", g.name)
+        all_attrs.setdefault("caloflows_version", _version())
+        for k, v in all_attrs.items():
+            f.attrs[k] = _attr_value(v)
 
 
 class ShowerWriter:
@@ -448,10 +447,8 @@ class ShowerWriter:
         try:
             self._f.close()
         finally:
-            try:
+            with contextlib.suppress(BaseException):  # the original error is what matters
                 self._ctx.__exit__(*(exc_info if exc_info[0] else (RuntimeError, RuntimeError("aborted"), None)))
-            except BaseException:
-                pass
 
     def __enter__(self):
         return self

@@ -22,8 +22,9 @@ ds3 file (40500 voxels) is never held in memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np

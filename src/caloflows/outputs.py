@@ -38,9 +38,9 @@ import shutil
 import socket
 import stat
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from .errors import OutputError
 
@@ -124,9 +124,8 @@ def clean_orphans(directory: "str | os.PathLike", names: Iterable[str] | None = 
         if not n.startswith("."):
             continue
         sim = n.startswith(".caloflows-sim-")
-        if not sim:
-            if wanted is not None and not any(n.startswith(f".{w}.cf") for w in wanted):
-                continue
+        if not sim and wanted is not None and not any(n.startswith(f".{w}.cf") for w in wanted):
+            continue
         m = _TAG_RE.search(n)
         if m is None:
             if sim:

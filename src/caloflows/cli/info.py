@@ -9,7 +9,6 @@ import numpy as np
 from ..geometry import guess_geometry, load_geometry
 from ..io import file_summary
 
-
 #: marker in the text of a file whose voxel count differs from its (given or recorded) geometry
 MISMATCH = "DOES NOT MATCH"
 

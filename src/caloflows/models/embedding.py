@@ -8,7 +8,7 @@ trained jointly with the flow; flow 0 (context ``E_0, E_inc`` only) has no embed
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import math
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
 
@@ -177,11 +178,11 @@ class ModelConfig:
             elif base in (int, float):
                 lo, hi, lo_open = self.RANGES.get(key, (1, None, False) if base is int else (0, None, True))
                 _check_number(key, v, base, lo, hi, none_ok, lo_open)
-            elif base in (list, tuple) or typing.get_origin(base) in (list, tuple):
-                if not isinstance(v, (list, tuple)) or not v or not all(
-                        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
-                    raise _bad(key, v if not isinstance(v, tuple) else list(v),
-                               "must be a non-empty list of positive integers, e.g. [128, 128]")
+            elif (base in (list, tuple) or typing.get_origin(base) in (list, tuple)) and (
+                    not isinstance(v, (list, tuple)) or not v
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)):
+                raise _bad(key, v if not isinstance(v, tuple) else list(v),
+                           "must be a non-empty list of positive integers, e.g. [128, 128]")
 
 
 @dataclass

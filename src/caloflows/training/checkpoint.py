@@ -23,14 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from ..errors import ModelDirError
 from ..geometry import Geometry, geometry_from_dict
 from ..io import atomic_output
-from ..errors import ModelDirError
 
 __all__ = [
     "MODEL_FORMAT",
@@ -57,10 +58,9 @@ CONFIG_FILE = "config.json"
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically."""
-    with atomic_output(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

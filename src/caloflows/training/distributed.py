@@ -12,8 +12,6 @@ of the mean loss over the global batch, so N processes follow the same trajector
 
 from __future__ import annotations
 
-from ..errors import UsageError
-
 import datetime
 import os
 from dataclasses import dataclass
@@ -21,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..errors import UsageError
 
 __all__ = ["DistContext", "init_from_env", "single_process", "shard_bounds"]
 
