@@ -319,6 +319,10 @@ class Generator(abc.ABC):
         return {self.kind: self.cfg.to_dict(), "trained": dict(self.trained),
                 "conditions": self.condition_spec.to_dict()}
 
+    def weight_file(self, name: str) -> str:
+        """File of network ``name`` in the model directory (default: ``NAME.safetensors``)."""
+        return self.weight_files[name][0] if name in self.weight_files else f"{name}.safetensors"
+
     def weight_metadata(self, name: str) -> dict[str, str]:
         """Metadata stored in weight file ``name`` (families add e.g. a constants hash)."""
         return {"kind": self.kind, "network": name}
@@ -330,10 +334,9 @@ class Generator(abc.ABC):
         consts = self.constants()
         if consts is not None:
             write_json(d / CONSTANTS_FILE, consts)
-        nets = self.networks()
-        for name, trained in self.trained.items():
-            if trained and name in nets:
-                save_weights(d / self.weight_files[name][0], nets[name].state_dict(), self.weight_metadata(name))
+        for name, net in self.networks().items():
+            if self.trained.get(name, True):  # networks not tracked in ``trained`` exist only once trained
+                save_weights(d / self.weight_file(name), net.state_dict(), self.weight_metadata(name))
         for name, sub in self.submodels().items():
             sub.save(d / name)
 
@@ -384,7 +387,7 @@ class Generator(abc.ABC):
         model._load_constants(directory, required=any(trained.values()))
         for name in model.networks():
             if trained.get(name):
-                model.load_network(directory / cls.weight_files[name][0], name)
+                model.load_network(directory / model.weight_file(name), name)
                 model.trained[name] = True
         model._load_submodels(directory, device)
         return model.to(device)

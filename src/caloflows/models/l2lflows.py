@@ -188,16 +188,6 @@ def _read_meta(path: Path) -> dict:
         raise ModelDirError(f"{path}: corrupt or unreadable weight file ({type(exc).__name__}: {exc})") from None
 
 
-def _load_state(path: Path, module: torch.nn.Module) -> None:
-    from ..training.checkpoint import load_weights
-
-    sd = load_weights(path)
-    try:
-        module.load_state_dict(sd)
-    except RuntimeError as exc:
-        raise ModelDirError(f"{path}: weights do not fit the configured network ({str(exc).splitlines()[0]})") from None
-
-
 # ---------------------------------------------------------------------------- the model
 class L2LFlows(Generator):
     """L2LFlows generator for a geometry: energy flow + one causal flow per layer.
@@ -388,8 +378,7 @@ class L2LFlows(Generator):
                          TrainConfig(**self.cfg.edf_train), ctx=ctx, device=self.device, norm=g.n_layers,
                          progress=progress, resume=resume)
             if ctx.is_main:
-                save_weights(out_dir / ENERGY_FILE, self.energy_flow.state_dict(),
-                             {"kind": KIND, "network": "energy_flow", "constants_sha": self.consts["sha"]})
+                save_weights(out_dir / ENERGY_FILE, self.energy_flow.state_dict(), self.weight_metadata("energy_flow"))
             summary["energy_flow"] = {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds,
                                       "seconds_per_epoch": float(np.mean(r.history["seconds"])) if r.history["seconds"] else None}
         for i in layer_list:
@@ -400,9 +389,7 @@ class L2LFlows(Generator):
                          ctx=ctx, device=self.device, norm=g.layer_sizes[i], progress=progress, resume=resume)
             self.causal[i] = flow
             if ctx.is_main:
-                save_weights(out_dir / layer_file(i), flow.state_dict(),
-                             {"kind": KIND, "network": f"causal_layer_{i}", "layer": str(i),
-                              "constants_sha": self.consts["sha"]})
+                save_weights(out_dir / layer_file(i), flow.state_dict(), self.weight_metadata(f"causal_layer_{i:03d}"))
             summary["layers"][i] = {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds,
                                     "seconds_per_epoch": float(np.mean(r.history["seconds"])) if r.history["seconds"] else None}
             summary["streaming"][i] = block.streaming
@@ -485,18 +472,12 @@ class L2LFlows(Generator):
         return lp
 
     # ------------------------------------------------------------------ files
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write config, constants and every trained flow to ``directory``."""
-        d = Path(directory)
-        write_model_config(d, KIND, self.geometry, self.config_record())
-        if self._consts is None:
-            return
-        write_json(d / CONSTANTS_FILE, self.consts)
-        meta = {"kind": KIND, "constants_sha": self.consts["sha"]}
-        if self.energy_flow is not None:
-            save_weights(d / ENERGY_FILE, self.energy_flow.state_dict(), {**meta, "network": "energy_flow"})
-        for i, m in self.causal.items():
-            save_weights(d / layer_file(i), m.state_dict(), {**meta, "network": f"causal_layer_{i}", "layer": str(i)})
+    def weight_metadata(self, name: str) -> dict[str, str]:
+        """Every weight file records the hash of the constants it was trained with (and its layer)."""
+        meta = {**super().weight_metadata(name), "constants_sha": self.consts["sha"]}
+        if name.startswith("causal_layer_"):
+            meta["layer"] = str(int(name[len("causal_layer_"):]))
+        return meta
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu", geometry: Geometry | str | None = None,
@@ -506,15 +487,8 @@ class L2LFlows(Generator):
         g = load_geometry(geometry) if geometry is not None else None
         model = cls._from_record(directory, read_model_config(directory, kind=KIND, geometry=g))
         cpath = directory / CONSTANTS_FILE
-        if not cpath.exists():
-            if require_complete:
-                raise ModelDirError(f"{directory}: no trained flows ({CONSTANTS_FILE} missing)")
+        if not model._load_constants(directory, required=require_complete):
             return model.to(device)
-        c = read_json(cpath, "preprocessing constants")
-        try:
-            model.set_constants({k: v for k, v in c.items() if k != "sha"})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelDirError(f"{cpath}: malformed preprocessing constants ({exc})") from None
         sha = model.consts["sha"]
 
         def check(path: Path) -> None:
@@ -526,14 +500,13 @@ class L2LFlows(Generator):
         if (directory / ENERGY_FILE).exists():
             check(directory / ENERGY_FILE)
             model.energy_flow = model.build_energy_flow()
-            _load_state(directory / ENERGY_FILE, model.energy_flow)
+            model.load_network(directory / ENERGY_FILE, "energy_flow")
         for i in range(model.geometry.n_layers):
             p = directory / layer_file(i)
             if p.exists():
                 check(p)
-                flow = model.build_causal(i)
-                _load_state(p, flow)
-                model.causal[i] = flow
+                model.causal[i] = model.build_causal(i)
+                model.load_network(p, f"causal_layer_{i:03d}")
         if require_complete:
             try:
                 model._check_complete()
