@@ -214,7 +214,7 @@ def crop_window(images: np.ndarray, rows: int = WINDOW_ROWS, cols: int = WINDOW_
     >>> img = np.zeros((24, 24)); img[20, 3] = 5.0
     >>> w, o = crop_window(img)
     >>> w.shape, o.tolist(), float(w.sum())
-    ((1, 16, 8), [[8, 0]], 5.0)
+    ((1, 16, 8), [[5, 0]], 5.0)
     """
     src = np.asarray(images)
     if src.ndim == 2:
