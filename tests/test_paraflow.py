@@ -346,3 +346,28 @@ def test_converted_showers_are_wider_along_the_bending_direction(g4_cache):
     assert np.median(sy[conv] / sx[conv]) > 1.5
     assert np.median(sy[~conv] / sx[~conv]) < 1.3
     assert shower_width(crop_window(r.images)[0])[conv].mean() > shower_width(crop_window(r.images)[0])[~conv].mean()
+
+
+@pytest.mark.geant4
+@pytest.mark.slow
+def test_approximate_tables_cover_pbwo4_and_iron(tmp_path):
+    """Without official data, tables are generated for every element of the detector (O, Fe, W, Pb)."""
+    import os
+
+    from caloflows.simulation.g4data import APPROX_VERSION, configure_geant4_data
+    from caloflows.simulation.paraflow import PARAFLOW_Z
+
+    saved = {k: os.environ.get(k) for k in ("G4LEDATA", "G4LEVELGAMMADATA", "G4ENSDFSTATEDATA", "GEANT4_DATA_DIR")}
+    try:
+        cfg = configure_geant4_data(tmp_path, elements=PARAFLOW_Z, force_approximate=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert cfg.tables == "approximate"
+    le = tmp_path / APPROX_VERSION / "G4EMLOW"
+    for z in (8, 26, 74, 82):
+        assert (le / "brem_SB" / f"br{z}").stat().st_size > 1000
+        assert (le / "epics2017" / "phot" / f"pe-cs-{z}.dat").exists()
