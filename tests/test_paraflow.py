@@ -390,3 +390,22 @@ def test_evaluate_runs_on_grid_geometry_files(tmp_path):
     assert (tmp_path / "rep" / "average_showers.png").stat().st_size > 1000
     text = json.dumps(res, default=str)
     assert "EC_eta" in text and "voxel" in text
+
+
+def test_high_level_features_on_the_grid():
+    """CaloChallenge features of a grid geometry: eta = x, phi = y in crystal widths around the
+    window centre, r = distance from it (hand-computed for two crystals)."""
+    from caloflows.evaluation.features import compute_features
+
+    g = load_geometry("paraflow-8x16")
+    x = np.zeros((1, 128), np.float32)
+    x[0, 8 * 8 + 4] = 30.0  # row 8, column 4: x = 0.5, y = 0.5
+    x[0, 2 * 8 + 0] = 10.0  # row 2, column 0: x = -3.5, y = -5.5
+    f = compute_features(x, np.array([100.0]), g)
+    assert f.e_layers[0, 0] == 40.0
+    assert f.ec_eta[0, 0] == pytest.approx((30 * 0.5 - 10 * 3.5) / 40)
+    assert f.ec_phi[0, 0] == pytest.approx((30 * 0.5 - 10 * 5.5) / 40)
+    r1, r2 = math.hypot(0.5, 0.5), math.hypot(3.5, 5.5)
+    assert f.ec_r[0, 0] == pytest.approx((30 * r1 + 10 * r2) / 40)
+    assert f.width_eta[0, 0] == pytest.approx(math.sqrt((30 * 0.25 + 10 * 12.25) / 40 - ((30 * 0.5 - 35) / 40) ** 2))
+    assert f.sparsity[0, 0] == pytest.approx(1 - 2 / 128)
