@@ -316,15 +316,22 @@ def test_conversion_fraction_follows_seven_ninths_law(g4_cache):
 
     n = 400
     e = shower_energies_mev(parse_energy("U:20:100"), 0, np.arange(n))
-    for d in (0.5, 1.5):
-        r = simulate_paraflow_raw(e, np.tile([d, 70.0], (n, 1)), calorimeter=False, seed=int(d * 10))
+    for d, b in ((0.5, 55.0), (1.5, 85.0)):  # the worker starts with a (1 X0, 70 cm) plate
+        r = simulate_paraflow_raw(e, np.tile([d, b], (n, 1)), calorimeter=False, seed=int(d * 10))
         conv = np.isfinite(r.conversion_z_mm)
         f, p = conv.mean(), float(conversion_probability(d))
         sigma = math.sqrt(p * (1 - p) / n)
         assert abs(f - p) < 3 * sigma + 0.03 * p, (d, f, p)
-        # conversions lie inside the plate (centre -700 mm, half-thickness d X0 / 2)
+        # conversions lie inside the re-dimensioned plate (centre -b, half-thickness d X0 / 2)
         z = r.conversion_z_mm[conv]
-        assert np.all(np.abs(z + 700.0) <= 0.5 * d * X0_FE_CM * 10 + 1e-6)
+        assert np.all(np.abs(z + 10 * b) <= 0.5 * d * X0_FE_CM * 10 + 1e-6)
+        assert np.ptp(z) > 0.8 * d * X0_FE_CM * 10  # spread over the whole thickness
+    # plates changing from shower to shower inside one worker
+    conds = np.array([[0.5, 52.0], [1.5, 88.0]] * 100)
+    r = simulate_paraflow_raw(e[:200], conds, calorimeter=False, seed=3)
+    conv = np.isfinite(r.conversion_z_mm)
+    assert np.all(np.abs(r.conversion_z_mm[conv] + 10 * conds[conv, 1]) <= 0.5 * conds[conv, 0] * X0_FE_CM * 10 + 1e-6)
+    assert conv[1::2].mean() > conv[0::2].mean() + 0.15
 
 
 @pytest.mark.geant4
