@@ -144,4 +144,4 @@ def test_roundtrip_dict_and_errors(tmp_path):
     bad.write_text("<Bins><Bin><Layer id='0' r_edges='0,x' n_bin_alpha='1'/></Bin></Bins>")
     with pytest.raises(GeometryError, match="bad.xml: malformed"):
         load_geometry(str(bad))
-    assert set(available_geometries()) == {"ds1-photons", "ds1-pions", "ds2", "ds3", "ds2-coarse"}
+    assert set(available_geometries()) == {"ds1-photons", "ds1-pions", "ds2", "ds3", "ds2-coarse", "paraflow-8x16", "paraflow-24x24"}

@@ -34,22 +34,40 @@ from .geometry import load_geometry
 __all__ = ["simulate", "train", "distill", "generate", "evaluate", "generation_conditions"]
 
 
-def simulate(geometry: str | Sequence[str], particle: str, energy: str, n: int, out: str, *, seed: int = 1,
-             shard: str | None = None, jobs: int | None = None, progress: bool | None = None,
-             force: bool = False) -> list[str]:
-    """Simulate ``n`` Geant4 Par04 showers into ``out`` (see :func:`caloflows.simulation.simulate`);
-    an existing ``out`` is refused unless ``force``.
+def simulate(geometry: str | Sequence[str] | None, particle: str | None, energy: str | None, n: int, out: str, *,
+             seed: int = 1, shard: str | None = None, jobs: int | None = None, progress: bool | None = None,
+             force: bool = False, detector: str = "par04", conditions: Sequence[str] | None = None,
+             store: str = "window") -> list[str]:
+    """Simulate ``n`` Geant4 showers into ``out``; an existing ``out`` is refused unless ``force``.
+
+    ``detector="par04"`` (default): the CaloChallenge W/Si calorimeter voxelised into ``geometry``
+    (default ``ds2``; :func:`caloflows.simulation.simulate`).  ``detector="paraflow"``: 24 x 24
+    PbWO4 crystals behind an iron plate of thickness ``d`` at distance ``b`` (``conditions``,
+    e.g. ``["d=0.5:1.5", "b=50:90"]``), written as the 8 x 16 window
+    (:func:`caloflows.simulation.paraflow.simulate_paraflow`, ``paraflow.txt`` sec. 2).
 
     Example:
         >>> simulate("ds2-coarse", "e-", "pow2:1:16", 100, "train.h5", seed=1)   # doctest: +SKIP
         ['train.h5']
+        >>> simulate(None, None, None, 100, "pf.h5", detector="paraflow", conditions=["d=1", "b=70"])  # doctest: +SKIP
     """
-    from .simulation import simulate as _simulate
-
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    return list(_simulate(geometry, particle, energy, n, out, seed=seed, shard=shard, jobs=jobs, progress=progress,
-                          force=force))
+    if detector == "paraflow":
+        from .simulation.paraflow import simulate_paraflow
+
+        if geometry is not None:
+            raise UsageError("--geometry: the paraflow detector always writes geometry paraflow-8x16")
+        return simulate_paraflow(energy or "U:20:100", n, out, conditions=conditions, particle=particle or "gamma",
+                                 store=store, seed=seed, shard=shard, jobs=jobs, progress=progress, force=force)
+    if detector != "par04":
+        raise UsageError(f"--detector {detector!r}: use par04 or paraflow")
+    if conditions or store != "window":
+        raise UsageError("--condition and --store apply to --detector paraflow only")
+    from .simulation import simulate as _simulate
+
+    return list(_simulate(geometry or "ds2", particle or "e-", energy or "1:100", n, out, seed=seed, shard=shard,
+                          jobs=jobs, progress=progress, force=force))
 
 
 def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], *, geometry: str,

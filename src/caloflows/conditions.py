@@ -5,8 +5,9 @@ detector parameters (ParaFlow, ``paraflow.txt``: the thickness ``d`` and distanc
 upstream iron plate).  :class:`Conditions` carries the values for a set of showers (they
 travel with the showers in :class:`~caloflows.io.ShowerData` and in the HDF5 ``conditions``
 dataset); :class:`ConditionSpec` is what a trained model remembers of them: their names and
-training ranges.  Networks see each parameter mapped linearly from its training range to
-``[-1, 1]`` (ParaFlow eq. 1, :meth:`ConditionSpec.features`).
+training ranges.  Networks see each parameter mapped from its training range to ``[-1, 1]``
+(:meth:`ConditionSpec.features`): linearly by default, or logarithmically as in ParaFlow
+eq. 1 (:func:`scale_condition`; ``paraflow.txt`` sec. 3, ``scaling="log"``).
 
 Example:
     >>> import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from .errors import ConditionsError
 
 __all__ = ["Conditions", "ConditionSpec", "ConditionsWarning", "parse_condition_args", "to_unit_interval",
-           "from_unit_interval"]
+           "from_unit_interval", "scale_condition", "unscale_condition"]
 
 
 class ConditionsWarning(UserWarning):
@@ -37,13 +38,44 @@ class ConditionsWarning(UserWarning):
 
 
 def to_unit_interval(x: Any, low: Any, high: Any) -> Any:
-    """ParaFlow eq. 1: map ``[low, high]`` linearly onto ``[-1, 1]`` (works on numpy and torch)."""
+    """Map ``[low, high]`` linearly onto ``[-1, 1]`` (works on numpy and torch)."""
     return 2.0 * (x - low) / (high - low) - 1.0
 
 
 def from_unit_interval(y: Any, low: Any, high: Any) -> Any:
     """Inverse of :func:`to_unit_interval`."""
     return low + (y + 1.0) * 0.5 * (high - low)
+
+
+def _check_range(lo: float, hi: float) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        raise ConditionsError(f"condition range [{lo}, {hi}]: need a finite range with max > min")
+
+
+def scale_condition(c: Any, c_min: float, c_max: float) -> np.ndarray:
+    """ParaFlow eq. 1: ``c -> 2 log(c - (c_min - 1)) / log(c_max - (c_min - 1)) - 1``, so that
+    ``c_min -> -1`` and ``c_max -> +1``, logarithmically in between.
+
+    The "+1" offset is in the unit the condition is given in (the paper does not state them;
+    caloflows uses the units of the shower files: MeV for E_inc, X0 for d, cm for b).  Values
+    outside the range map outside [-1, 1] (extrapolation) as long as ``c > c_min - 1``.
+
+    >>> [round(float(x), 4) for x in scale_condition([0.5, 1.0, 1.5], 0.5, 1.5)]
+    [-1.0, 0.1699, 1.0]
+    """
+    _check_range(c_min, c_max)
+    c = np.asarray(c, dtype=np.float64)
+    arg = c - (c_min - 1.0)
+    if np.any(arg <= 0):
+        raise ConditionsError(f"condition values must exceed c_min - 1 = {c_min - 1.0:g} for eq. 1")
+    return 2.0 * np.log(arg) / np.log(c_max - (c_min - 1.0)) - 1.0
+
+
+def unscale_condition(t: Any, c_min: float, c_max: float) -> np.ndarray:
+    """Inverse of :func:`scale_condition`: ``c = exp((t + 1)/2 log(c_max - c_min + 1)) + c_min - 1``."""
+    _check_range(c_min, c_max)
+    t = np.asarray(t, dtype=np.float64)
+    return np.exp(0.5 * (t + 1.0) * np.log(c_max - (c_min - 1.0))) + (c_min - 1.0)
 
 
 @dataclass(frozen=True)
@@ -114,31 +146,36 @@ class ConditionSpec:
     names: tuple[str, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
+    #: ``linear`` (default) or ``log`` (ParaFlow eq. 1, :func:`scale_condition`)
+    scaling: str = "linear"
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
             raise ConditionsError("condition spec: names, low and high must have equal lengths")
+        if self.scaling not in ("linear", "log"):
+            raise ConditionsError(f"condition spec: scaling must be 'linear' or 'log', got {self.scaling!r}")
 
     def __len__(self) -> int:
         return len(self.names)
 
     @classmethod
-    def fit(cls, conditions: Conditions) -> "ConditionSpec":
+    def fit(cls, conditions: Conditions, scaling: str = "linear") -> "ConditionSpec":
         """Names and training ranges (min, max) of ``conditions``; a constant parameter gets a unit-wide range."""
         lo = conditions.values.min(0) if len(conditions.names) else np.zeros(0)
         hi = conditions.values.max(0) if len(conditions.names) else np.zeros(0)
         hi = np.where(hi > lo, hi, lo + 1.0)
-        return cls(conditions.names, tuple(float(x) for x in lo), tuple(float(x) for x in hi))
+        return cls(conditions.names, tuple(float(x) for x in lo), tuple(float(x) for x in hi), scaling)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "low": list(self.low), "high": list(self.high)}
+        return {"names": list(self.names), "low": list(self.low), "high": list(self.high), "scaling": self.scaling}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "ConditionSpec":
         if not d:
             return cls()
         try:
-            return cls(tuple(d["names"]), tuple(float(x) for x in d["low"]), tuple(float(x) for x in d["high"]))
+            return cls(tuple(d["names"]), tuple(float(x) for x in d["low"]), tuple(float(x) for x in d["high"]),
+                       str(d.get("scaling", "linear")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConditionsError(f"malformed condition spec {dict(d)!r} ({exc})") from None
 
@@ -166,14 +203,18 @@ class ConditionSpec:
         return Conditions(conditions.incident_energies, v, self.names)
 
     def features(self, values: Any) -> Any:
-        """Network inputs: every parameter mapped from its training range to [-1, 1] (ParaFlow eq. 1)."""
+        """Network inputs: every parameter mapped from its training range to [-1, 1], linearly or
+        (``scaling="log"``) by ParaFlow eq. 1."""
         if not self.names:
             return values
         if hasattr(values, "new_tensor"):  # torch
-            lo, hi = values.new_tensor(self.low), values.new_tensor(self.high)
-        else:
-            lo, hi = np.asarray(self.low), np.asarray(self.high)
-        return to_unit_interval(values, lo, hi)
+            if self.scaling == "log":
+                return values.new_tensor(self.features(values.detach().cpu().numpy()))
+            return to_unit_interval(values, values.new_tensor(self.low), values.new_tensor(self.high))
+        v = np.asarray(values, dtype=np.float64)
+        if self.scaling == "log":
+            return np.column_stack([scale_condition(v[:, k], self.low[k], self.high[k]) for k in range(len(self.names))])
+        return to_unit_interval(v, np.asarray(self.low), np.asarray(self.high))
 
 
 def parse_condition_args(items: Sequence[str] | None) -> dict[str, tuple[float, float]]:

@@ -50,6 +50,8 @@ __all__ = [
 
 #: Readout threshold of datasets 2 and 3: 0.5 keV in silicon scaled by 1/0.033 (review sec. 2.2).
 PAR04_THRESHOLD_MEV = 0.5e-3 / 0.033
+#: Geometry kinds: CaloChallenge cylinders (r, alpha bins) or a rectangular crystal grid.
+GEOMETRY_KINDS = ("cylindrical", "grid")
 #: Voxel threshold applied to dataset 1 in the CaloChallenge evaluation (review sec. 2.1).
 DS1_THRESHOLD_MEV = 1.0
 
@@ -58,7 +60,13 @@ DS1_THRESHOLD_MEV = 1.0
 
 @dataclass(frozen=True)
 class Layer:
-    """One calorimeter layer: radial bin edges (mm) and number of angular bins."""
+    """One calorimeter layer: radial bin edges (mm) and number of angular bins.
+
+    In a ``grid`` geometry (:attr:`Geometry.kind`) the same two fields describe a
+    rectangular crystal matrix: ``r_edges`` are the column edges along x and ``n_alpha``
+    is the number of rows along y, both in crystal widths with the window centre at 0, so
+    the flat index is ``row * n_columns + column`` (an image ``(n_rows, n_columns)``).
+    """
 
     id: int
     r_edges: tuple[float, ...]
@@ -85,7 +93,7 @@ class Layer:
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
-    """A CaloChallenge voxel geometry.
+    """A CaloChallenge voxel geometry, or a rectangular crystal grid (``kind="grid"``).
 
     Attributes:
         name: catalogue name (``ds2``) or the XML path it was read from.
@@ -93,6 +101,10 @@ class Geometry:
         threshold_mev: per-voxel readout threshold applied before any feature.
         particle: particle name from the binning file, if given.
         layer_thickness_mm: depth of one readout layer (Par04 geometries), else None.
+        kind: ``"cylindrical"`` (CaloChallenge) or ``"grid"`` (ParaFlow crystal matrix,
+            ``paraflow.txt`` sec. 3: e.g. ``paraflow-8x16``, 8 columns along x by 16 rows
+            along y; positions in crystal widths).
+        cell_mm: crystal width in mm (grid geometries).
     """
 
     name: str
@@ -102,10 +114,42 @@ class Geometry:
     layer_thickness_mm: float | None = None
     source: str = ""
     aliases: tuple[str, ...] = field(default=())
+    kind: str = "cylindrical"
+    cell_mm: float | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise GeometryError(f"geometry {self.name!r} has no layer with voxels")
+        if self.kind not in GEOMETRY_KINDS:
+            raise GeometryError(f"geometry {self.name!r}: kind {self.kind!r} is not one of {', '.join(GEOMETRY_KINDS)}")
+
+    @property
+    def is_grid(self) -> bool:
+        """True for a rectangular crystal grid (ParaFlow), False for CaloChallenge cylinders."""
+        return self.kind == "grid"
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(rows along y, columns along x) of a one-layer grid geometry."""
+        if not self.is_grid or self.n_layers != 1:
+            raise GeometryError(f"geometry {self.name!r} is not a one-layer crystal grid")
+        return self.layers[0].n_alpha, self.layers[0].n_r
+
+    @cached_property
+    def x_centers(self) -> np.ndarray:
+        """Grid geometries: column centre of every flat voxel (crystal widths, window centre 0)."""
+        self._need_grid()
+        return np.concatenate([np.tile(l.r_centers, l.n_alpha) for l in self.layers])
+
+    @cached_property
+    def y_centers(self) -> np.ndarray:
+        """Grid geometries: row centre of every flat voxel (crystal widths, window centre 0)."""
+        self._need_grid()
+        return np.concatenate([np.repeat(np.arange(l.n_alpha) + 0.5 - 0.5 * l.n_alpha, l.n_r) for l in self.layers])
+
+    def _need_grid(self) -> None:
+        if not self.is_grid:
+            raise GeometryError(f"geometry {self.name!r} is cylindrical: it has no x/y crystal centres")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -143,22 +187,31 @@ class Geometry:
 
     @cached_property
     def r_centers(self) -> np.ndarray:
-        """Radial centre (mm) of every flat voxel."""
+        """Radial centre (mm) of every flat voxel (grid: distance of the crystal centre from
+        the window centre, crystal widths)."""
+        if self.is_grid:
+            return np.hypot(self.x_centers, self.y_centers)
         return np.concatenate([np.tile(l.r_centers, l.n_alpha) for l in self.layers])
 
     @cached_property
     def alpha_centers(self) -> np.ndarray:
-        """Angular centre (rad, in [-pi, pi]) of every flat voxel."""
+        """Angular centre (rad, in [-pi, pi]) of every flat voxel (grid: atan2(y, x))."""
+        if self.is_grid:
+            return np.arctan2(self.y_centers, self.x_centers)
         return np.concatenate([np.repeat(l.alpha_centers, l.n_r) for l in self.layers])
 
     @cached_property
     def eta_centers(self) -> np.ndarray:
-        """eta = r cos(alpha) of every flat voxel (review sec. 8.1)."""
+        """eta = r cos(alpha) of every flat voxel (review sec. 8.1); grid: x."""
+        if self.is_grid:
+            return self.x_centers.copy()
         return self.r_centers * np.cos(self.alpha_centers)
 
     @cached_property
     def phi_centers(self) -> np.ndarray:
-        """phi = r sin(alpha) of every flat voxel (review sec. 8.1)."""
+        """phi = r sin(alpha) of every flat voxel (review sec. 8.1); grid: y."""
+        if self.is_grid:
+            return self.y_centers.copy()
         return self.r_centers * np.sin(self.alpha_centers)
 
     @property
@@ -236,7 +289,9 @@ class Geometry:
 
     # --------------------------------------------------------------- serialise
     def to_dict(self) -> dict:
+        extra = {"kind": self.kind, "cell_mm": self.cell_mm} if self.is_grid else {}
         return {
+            **extra,
             "name": self.name,
             "threshold_mev": self.threshold_mev,
             "particle": self.particle,
@@ -247,7 +302,9 @@ class Geometry:
 
     def same_layout(self, other: "Geometry") -> bool:
         """True if both geometries have identical voxel layouts (names may differ)."""
-        return [(l.r_edges, l.n_alpha) for l in self.layers] == [(l.r_edges, l.n_alpha) for l in other.layers]
+        return self.kind == other.kind and (
+            [(l.r_edges, l.n_alpha) for l in self.layers] == [(l.r_edges, l.n_alpha) for l in other.layers]
+        )
 
     def __repr__(self) -> str:
         return f"Geometry({self.name!r}, layers={self.n_layers}, voxels={self.n_voxels})"
@@ -278,7 +335,18 @@ def _catalogue_dir():
     return resources.files("caloflows") / "data" / "geometries"
 
 
+def _grid_layer(l: dict) -> dict:
+    """``{"id", "n_x", "n_y"}`` of a grid geometry -> the Layer fields (see :class:`Layer`)."""
+    n_x, n_y = int(l["n_x"]), int(l["n_y"])
+    if n_x < 1 or n_y < 1:
+        raise GeometryError(f"grid layer {l}: n_x and n_y must be positive")
+    return {"id": int(l.get("id", 0)), "r_edges": [i - 0.5 * n_x for i in range(n_x + 1)], "n_alpha": n_y}
+
+
 def _from_dict(d: dict, name: str | None = None) -> Geometry:
+    kind = d.get("kind", "cylindrical")
+    if kind == "grid":
+        d = {**d, "layers": [_grid_layer(l) if "n_x" in l else l for l in d["layers"]]}
     layers = tuple(
         Layer(id=int(l["id"]), r_edges=tuple(float(x) for x in l["r_edges"]), n_alpha=int(l["n_alpha"]))
         for l in d["layers"]
@@ -292,6 +360,8 @@ def _from_dict(d: dict, name: str | None = None) -> Geometry:
         layer_thickness_mm=d.get("layer_thickness_mm"),
         source=d.get("source", ""),
         aliases=tuple(d.get("aliases", ())),
+        kind=kind,
+        cell_mm=None if d.get("cell_mm") is None else float(d["cell_mm"]),
     )
 
 
@@ -355,7 +425,7 @@ def parse_binning_xml(path: str | os.PathLike) -> Geometry:
 
 
 def load_geometry(spec: "str | os.PathLike | Geometry") -> Geometry:
-    """A catalogue name (``ds1-photons``, ``ds1-pions``, ``ds2``, ``ds3``, ``ds2-coarse``),
+    """A catalogue name (``ds1-photons``, ``ds1-pions``, ``ds2``, ``ds3``, ``ds2-coarse``, ``paraflow-8x16``),
     a CaloChallenge alias (``1-photons``, ``1-pions``, ``2``, ``3``) or a binning XML path."""
     if isinstance(spec, Geometry):
         return spec

@@ -4,8 +4,12 @@ Format (review sec. 2): ``incident_energies`` with shape (N, 1) and ``showers`` 
 shape (N, n_voxels), energies in MeV, written with h5py and gzip compression.
 caloflows adds, optionally:
 
-* ``conditions`` (N, K) with attribute ``names``: extra per-shower conditions, e.g. the
-  detector parameters ParaFlow conditions on (``paraflow.txt``);
+* ``conditions`` (N, K) with attribute ``names`` (and optionally ``units``): extra
+  per-shower conditions, e.g. the detector parameters ParaFlow conditions on
+  (``paraflow.txt``);
+* further per-shower datasets (first dimension N), e.g. ParaFlow's full 24 x 24 image
+  ``showers_full``: written by :class:`ShowerWriter` (``extra=``) and carried over by
+  :func:`merge_files`;
 * file attributes (``attrs``) recording provenance: geometry, generator, physics list,
   Geant4 data tables used, seeds.
 
@@ -77,6 +81,7 @@ class ShowerData:
     conditions: np.ndarray | None = None
     condition_names: tuple[str, ...] = ()
     attrs: dict = field(default_factory=dict)
+    condition_units: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.incident_energies)
@@ -88,6 +93,7 @@ class ShowerData:
             None if self.conditions is None else self.conditions[idx],
             self.condition_names,
             dict(self.attrs),
+            self.condition_units,
         )
 
 
@@ -174,14 +180,15 @@ def _read_block(path, f, start, stop, validate) -> ShowerData:
     showers = np.asarray(f[SHOWERS][start:stop])
     if showers.dtype != np.float32 and showers.dtype != np.float64:
         showers = showers.astype(np.float32)
-    cond, names = None, ()
+    cond, names, units = None, (), ()
     if CONDITIONS in f:
         cond = np.asarray(f[CONDITIONS][start:stop], dtype=np.float64)
         names = tuple(_decode(n) for n in f[CONDITIONS].attrs.get("names", []))
+        units = tuple(_decode(n) for n in f[CONDITIONS].attrs.get("units", []))
     if validate:
         _check_values(path, inc, showers, offset=start)
     attrs = {k: _decode(v) for k, v in f.attrs.items()}
-    return ShowerData(inc, showers, cond, names, attrs)
+    return ShowerData(inc, showers, cond, names, attrs, units)
 
 
 # ------------------------------------------------------------------ reading
@@ -398,8 +405,11 @@ class ShowerWriter:
     """
 
     def __init__(self, path, n_voxels: int, *, condition_names: Sequence[str] | None = None,
-                 attrs: Mapping | None = None, compression: str | None = "gzip", dtype=np.float32):
+                 attrs: Mapping | None = None, compression: str | None = "gzip", dtype=np.float32,
+                 condition_units: Sequence[str] | None = None):
         self.path = str(path)
+        self._kw = {"compression": compression} if compression else {}
+        self._extra: dict = {}
         self._ctx = atomic_output(self.path)
         self._tmp = self._ctx.__enter__()
         self._f = h5py.File(self._tmp, "w")
@@ -414,17 +424,36 @@ class ShowerWriter:
             self._cond = self._f.create_dataset(CONDITIONS, shape=(0, len(condition_names)),
                                                 maxshape=(None, len(condition_names)), dtype=np.float64, **kw)
             self._cond.attrs["names"] = np.array(list(condition_names), dtype=h5py.string_dtype())
+            if condition_units:
+                if len(condition_units) != len(condition_names):
+                    raise ShowerFileError(f"{self.path}: {len(condition_units)} units for {len(condition_names)} conditions")
+                self._cond.attrs["units"] = np.array(list(condition_units), dtype=h5py.string_dtype())
         a = dict(attrs or {})
         a.setdefault("caloflows_version", _version())
         for k, v in a.items():
             self._f.attrs[k] = _attr_value(v)
         self.n = 0
 
-    def append(self, incident_energies, showers, conditions=None) -> None:
+    def append(self, incident_energies, showers, conditions=None, extra: Mapping | None = None) -> None:
+        """Append a chunk; ``extra`` maps further per-shower dataset names to arrays (k, ...)
+        (the same names in every chunk)."""
         inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1, 1)
         showers = np.asarray(showers)
         _check_values(self.path, inc.ravel(), showers, offset=self.n)
         k = len(inc)
+        extra = dict(extra or {})
+        if self.n and set(extra) != set(self._extra):
+            raise ShowerFileError(f"{self.path}: extra datasets {sorted(extra)} differ from the first chunk's {sorted(self._extra)}")
+        for name, arr in extra.items():
+            arr = np.asarray(arr)
+            if name in (INCIDENT, SHOWERS, CONDITIONS) or len(arr) != k:
+                raise ShowerFileError(f"{self.path}: extra dataset {name!r} needs a new name and {k} rows")
+            if name not in self._extra:
+                self._extra[name] = self._f.create_dataset(name, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]),
+                                                           dtype=arr.dtype, **self._kw)
+            d = self._extra[name]
+            d.resize(self.n + k, axis=0)
+            d[self.n:] = arr
         self._inc.resize(self.n + k, axis=0)
         self._inc[self.n:] = inc
         self._sh.resize(self.n + k, axis=0)
@@ -466,8 +495,9 @@ def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geom
     """Concatenate shower files (e.g. simulation shards) in the given order into ``out``.
 
     All inputs must have the same voxel count and the same condition names.  Attributes of
-    the first file are kept (plus ``merged_from``) unless overridden by ``attrs``.
-    Returns the number of showers written.
+    the first file are kept (plus ``merged_from``) unless overridden by ``attrs``; condition
+    units and further per-shower datasets (first dimension N, e.g. ``showers_full``) present
+    in every input are carried over.  Returns the number of showers written.
     """
     paths = [str(p) for p in paths]
     if not paths:
@@ -478,17 +508,27 @@ def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geom
         with _open(p) as f:
             n, v = _check_layout(p, f, g)
             names = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("names", [])) if CONDITIONS in f else ()
+            units = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("units", [])) if CONDITIONS in f else ()
             a = {k: _decode(x) for k, x in f.attrs.items()}
+            ex = {k: f[k].shape[1:] for k in f.keys()
+                  if k not in (INCIDENT, SHOWERS, CONDITIONS) and isinstance(f[k], h5py.Dataset) and f[k].ndim >= 1
+                  and f[k].shape[0] == n}
+        extras = ex if first is None else {k: s for k, s in extras.items() if ex.get(k) == s}
         if first is None:
-            first = (v, names, a)
+            first = (v, names, a, units)
         elif (v, names) != first[:2]:
             raise ShowerFileError(f"{p}: {v} voxels / conditions {names} differ from {paths[0]} ({first[0]} / {first[1]})")
-    v, names, a0 = first
+    v, names, a0, units = first
     merged_attrs = {**a0, "merged_from": [os.path.basename(p) for p in paths], **(attrs or {})}
-    with ShowerWriter(out, v, condition_names=names or None, attrs=merged_attrs) as w:
+    with ShowerWriter(out, v, condition_names=names or None, attrs=merged_attrs, condition_units=units or None) as w:
         for p in paths:
-            for c in iter_showers(p, chunk_size, g):
-                w.append(c.incident_energies, c.showers, c.conditions)
+            with _open(p) as f:
+                pos = 0
+                for c in iter_showers(p, chunk_size, g):
+                    k = len(c)
+                    w.append(c.incident_energies, c.showers, c.conditions,
+                             extra={e: f[e][pos:pos + k] for e in extras})
+                    pos += k
         return w.n
 
 

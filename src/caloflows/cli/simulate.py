@@ -3,6 +3,8 @@
     caloflows simulate --geometry ds2 --particle e- --energy 1:100 --n 200 --out x.h5
     caloflows simulate --geometry ds2,ds2-coarse --energy pow2:1:64 --n 700 --out run_{geometry}.h5
     caloflows simulate ... --seed 7 --shard 3/10     # one of 10 batch jobs; merge with `caloflows merge`
+    caloflows simulate --detector paraflow --n 1000 --out pf.h5   # photons, U:20:100, d=0.5:1.5, b=50:90
+    caloflows simulate --detector paraflow --condition d=1.0 --condition b=70 --store full --n 100 --out x.h5
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ def register(sub) -> None:
             "$CALOFLOWS_G4DATA_CACHE (default ~/.cache/caloflows/g4data); files record which were used."
         ),
     )
-    p.add_argument("--geometry", default="ds2",
-                   help="ds2, ds3, ds2-coarse, or several separated by commas (same showers in each; default ds2)")
-    p.add_argument("--particle", default="e-", choices=["e-", "e+", "gamma"], help="primary particle (default e-)")
-    p.add_argument("--energy", default="1:100",
-                   help="GeV: A:B log-uniform, pow2:A:B powers of two in turn (dataset-1 style), "
-                        "E fixed, or E1,E2,... in turn (default 1:100)")
+    p.add_argument("--detector", default="par04", choices=["par04", "paraflow"],
+                   help="par04: W/Si CaloChallenge calorimeter (default); paraflow: 24 x 24 PbWO4 crystals behind an "
+                        "iron plate in a 4 T field (paraflow.txt), written as the 8 x 16 window (geometry paraflow-8x16)")
+    p.add_argument("--geometry", default=None,
+                   help="par04: ds2, ds3, ds2-coarse, or several separated by commas (same showers in each; default ds2)")
+    p.add_argument("--particle", default=None, choices=["e-", "e+", "gamma"],
+                   help="primary particle (default e- for par04, gamma for paraflow)")
+    p.add_argument("--energy", default=None,
+                   help="GeV: A:B log-uniform, U:A:B uniform, pow2:A:B powers of two in turn (dataset-1 style), "
+                        "E fixed, or E1,E2,... in turn (default 1:100 for par04, U:20:100 for paraflow)")
+    p.add_argument("--condition", action="append", default=None, metavar="NAME=A:B",
+                   help="paraflow: plate thickness d (X0) and distance b (cm), uniform A:B per shower or a fixed "
+                        "value; repeat for each (default d=0.5:1.5, b=50:90)")
+    p.add_argument("--store", default="window", choices=["window", "full"],
+                   help="paraflow: 'full' also keeps the 24 x 24 matrix as dataset showers_full (default window)")
     p.add_argument("--n", type=int, required=True, help="number of showers of the whole run (all shards)")
     p.add_argument("--out", required=True,
                    help="output HDF5 file; with several geometries '{geometry}' in it is replaced by the "
@@ -53,6 +64,7 @@ def run(args) -> int:
             args.geometry, args.particle, args.energy, args.n, args.out,
             seed=args.seed, shard=args.shard, jobs=args.jobs,
             progress=False if args.no_progress else None, force=args.force,
+            detector=args.detector, conditions=args.condition, store=args.store,
         )
     except (EnergySpecError, SimulationError) as exc:
         raise UserError(str(exc)) from None

@@ -64,9 +64,17 @@ def _log_edges(lo: float, hi: float, n_edges: int) -> np.ndarray:
     return np.geomspace(lo, hi, n_edges)
 
 
+#: lower end of the log bins of a geometry without threshold (ParaFlow: no noise, no digitisation)
+NO_THRESHOLD_FLOOR_MEV = 1e-3
+
+
+def _floor(geometry: Geometry) -> float:
+    return geometry.threshold_mev if geometry.threshold_mev > 0 else NO_THRESHOLD_FLOOR_MEV
+
+
 def voxel_bins(ref_voxels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """49 log bins from the threshold to the largest reference voxel (CONVENTIONS)."""
-    t = geometry.threshold_mev
+    """49 log bins from the threshold (1 keV without one) to the largest reference voxel (CONVENTIONS)."""
+    t = _floor(geometry)
     return _log_edges(t, float(np.max(ref_voxels)) if np.size(ref_voxels) else t, 50)
 
 
@@ -80,7 +88,11 @@ def feature_bins(name: str, ref_values: np.ndarray, geometry: Geometry) -> tuple
     if kind == "E_ratio":
         return np.linspace(0.5, 1.5, 101), False
     if kind == "E_layer":
-        return _log_edges(geometry.threshold_mev, float(ref_values.max(initial=0.0)), 40), True
+        return _log_edges(_floor(geometry), float(ref_values.max(initial=0.0)), 40), True
+    if geometry.is_grid and kind in ("EC_eta", "EC_phi", "width_eta", "width_phi"):
+        # crystal grid: positions in crystal widths, up to the window's half extent
+        lim = float(max(np.abs(geometry.eta_centers).max(), np.abs(geometry.phi_centers).max())) + 0.5
+        return (np.linspace(-lim, lim, 101) if kind.startswith("EC") else np.linspace(0.0, lim, 101)), False
     if kind in ("EC_eta", "EC_phi"):
         lim = 500.0 if big else (100.0 if ds1 else 30.0)
         return np.linspace(-lim, lim, 101), False

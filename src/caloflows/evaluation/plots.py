@@ -215,7 +215,10 @@ def plot_correlations(corr: dict, layer_ids: list[int], path: str) -> str:
 def plot_average_showers(
     geometry: Geometry, mean_gen: np.ndarray, mean_ref: np.ndarray, path: str, max_cols: int = 9
 ) -> str:
-    """Average shower per layer (polar r-alpha images, log colour scale), generated above reference."""
+    """Average shower per layer (polar r-alpha images, log colour scale), generated above reference;
+    crystal-grid geometries (ParaFlow) are drawn as images (rows along y)."""
+    if geometry.is_grid:
+        return _plot_average_grid(geometry, mean_gen, mean_ref, path)
     L = geometry.n_layers
     cols = min(max_cols, L)
     blocks = math.ceil(L / cols)
@@ -242,4 +245,23 @@ def plot_average_showers(
     fig.subplots_adjust(left=0.02, right=0.9, top=0.95, bottom=0.02, wspace=0.1, hspace=0.3)
     cax = fig.add_axes([0.92, 0.1, 0.015, 0.8])
     fig.colorbar(im, cax=cax, label="mean voxel energy [MeV]  (radius drawn as sqrt(r))")
+    return _save(fig, path)
+
+
+def _plot_average_grid(geometry: Geometry, mean_gen: np.ndarray, mean_ref: np.ndarray, path: str) -> str:
+    """Average crystal images of a one-layer grid geometry, generated next to reference."""
+    shape = geometry.image_shape
+    vals = np.concatenate([mean_gen, mean_ref])
+    pos = vals[vals > 0]
+    vmax = float(pos.max()) if pos.size else 1.0
+    norm = LogNorm(vmin=max(float(pos.min()) if pos.size else 1e-3, vmax * 1e-6), vmax=vmax)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 5))
+    im = None
+    for ax, (name, m) in zip(axes, (("generated", mean_gen), ("Geant4", mean_ref))):
+        img = np.asarray(m, dtype=float).reshape(shape)
+        im = ax.imshow(np.where(img > 0, img, np.nan), origin="lower", norm=norm, cmap="viridis")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("x [crystals]", fontsize=7)
+        ax.set_ylabel("y [crystals]", fontsize=7)
+    fig.colorbar(im, ax=list(axes), label="mean crystal energy [MeV]")
     return _save(fig, path)

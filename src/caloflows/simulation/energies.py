@@ -7,6 +7,7 @@ Shower ``k`` of a run with seed ``S`` gets its incident energy and its Geant4 se
 Energy specifications (GeV on the command line, MeV inside):
 
 * ``A:B``          log-uniform in [A, B] GeV (CaloChallenge datasets 2 and 3: 1..1000 GeV);
+* ``U:A:B``        uniform in [A, B] GeV (ParaFlow, ``paraflow.txt`` sec. 2: 20..100 GeV);
 * ``pow2:A:B``     the powers of two 2^i with A <= 2^i <= B GeV, used in turn
   (shower k gets value k mod n: equal counts, like dataset 1's discrete energies);
 * ``E``            a fixed energy of E GeV;
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from ..errors import EnergySpecError
 
-__all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds", "MIN_ENERGY_GEV", "MAX_ENERGY_GEV"]
+__all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds", "shower_uniforms", "MIN_ENERGY_GEV",
+           "MAX_ENERGY_GEV"]
 
 #: lowest incident energy ``simulate`` accepts (GeV)
 MIN_ENERGY_GEV = 1e-3
@@ -37,7 +39,7 @@ MAX_ENERGY_GEV = 1e4
 
 @dataclass(frozen=True)
 class EnergySpec:
-    """How incident energies are drawn: ``kind`` is 'loguniform' or 'discrete' (GeV values)."""
+    """How incident energies are drawn: ``kind`` is 'loguniform', 'uniform' or 'discrete' (GeV values)."""
 
     kind: str
     lo_gev: float = 0.0
@@ -48,6 +50,8 @@ class EnergySpec:
     def describe(self) -> str:
         if self.kind == "loguniform":
             return f"log-uniform {self.lo_gev:g}-{self.hi_gev:g} GeV"
+        if self.kind == "uniform":
+            return f"uniform {self.lo_gev:g}-{self.hi_gev:g} GeV"
         return "discrete " + ", ".join(f"{v:g}" for v in self.values_gev) + " GeV (cycled)"
 
 
@@ -65,8 +69,20 @@ def _num(s: str, text: str) -> float:
 
 
 def parse_energy(text: str) -> EnergySpec:
-    """Parse ``A:B``, ``pow2:A:B``, ``E`` or ``E1,E2,...`` (GeV)."""
+    """Parse ``A:B``, ``U:A:B``, ``pow2:A:B``, ``E`` or ``E1,E2,...`` (GeV).
+
+    >>> parse_energy("U:20:100").describe()
+    'uniform 20-100 GeV'
+    """
     t = str(text).strip()
+    if t[:2] in ("U:", "u:"):
+        parts = t.split(":")
+        if len(parts) != 3:
+            raise EnergySpecError(f"energy {text!r}: expected U:A:B (GeV)")
+        lo, hi = _num(parts[1], t), _num(parts[2], t)
+        if hi <= lo:
+            raise EnergySpecError(f"energy {text!r}: upper end must be above lower end")
+        return EnergySpec("uniform", lo, hi, (), t)
     if t.startswith("pow2:"):
         parts = t.split(":")
         if len(parts) != 3:
@@ -79,7 +95,7 @@ def parse_energy(text: str) -> EnergySpec:
     if ":" in t:
         parts = t.split(":")
         if len(parts) != 2:
-            raise EnergySpecError(f"energy {text!r}: expected A:B (GeV), pow2:A:B, E or E1,E2,...")
+            raise EnergySpecError(f"energy {text!r}: expected A:B (GeV), U:A:B, pow2:A:B, E or E1,E2,...")
         lo, hi = _num(parts[0], t), _num(parts[1], t)
         if hi < lo:
             raise EnergySpecError(f"energy {text!r}: upper end below lower end")
@@ -109,6 +125,8 @@ def shower_energies_mev(spec: EnergySpec, seed: int, indices) -> np.ndarray:
         return vals[idx % len(vals)] * 1e3
     st = _states(seed, idx)
     u = ((st[:, 2] << np.uint64(21)) ^ (st[:, 3] >> np.uint64(11))).astype(np.float64) / 2.0**53  # [0, 1)
+    if spec.kind == "uniform":
+        return (spec.lo_gev + (spec.hi_gev - spec.lo_gev) * u) * 1e3
     return spec.lo_gev * (spec.hi_gev / spec.lo_gev) ** u * 1e3
 
 
@@ -117,3 +135,24 @@ def shower_seeds(seed: int, indices) -> np.ndarray:
     idx = np.asarray(indices, dtype=np.int64)
     st = _states(seed, idx)
     return ((st[:, 0] ^ (st[:, 1] << np.uint64(7))) % np.uint64(2**31 - 1) + np.uint64(1)).astype(np.int64)
+
+
+def shower_uniforms(seed: int, indices, stream: int, n: int = 1) -> np.ndarray:
+    """``n`` uniform numbers in [0, 1) per shower index from stream ``stream`` >= 1, a function
+    of (seed, k, stream) only and independent of the energy and Geant4 seed (stream 0).
+
+    Used for per-shower detector conditions (ParaFlow's d and b) and the gun position.
+
+    >>> u = shower_uniforms(3, [0, 1, 2], stream=1)
+    >>> u.shape, bool(((u >= 0) & (u < 1)).all())
+    ((3, 1), True)
+    """
+    if int(stream) < 1:
+        raise ValueError("stream 0 is the energy/seed stream; use stream >= 1")
+    idx = np.asarray(indices, dtype=np.int64)
+    words = np.array(
+        [np.random.SeedSequence(int(seed), spawn_key=(int(k), int(stream))).generate_state(2 * n, np.uint32)
+         for k in idx],
+        dtype=np.uint64,
+    ).reshape(len(idx), n, 2)
+    return ((words[..., 0] << np.uint64(21)) ^ (words[..., 1] >> np.uint64(11))).astype(np.float64) / 2.0**53

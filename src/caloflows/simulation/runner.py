@@ -18,7 +18,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -260,39 +261,56 @@ def simulate(
         "sampling_fraction": SAMPLING_FRACTION,
     }
 
-    outdir = os.path.dirname(os.path.abspath(paths[0]))
-    clean_orphans(outdir)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = []
-    with sigterm_raises():
-        tmpdir = tempfile.mkdtemp(prefix=f".caloflows-sim-{temp_tag()}", dir=outdir)
-        _run_workers(ctx, q, procs, pieces, tmpdir, geoms, paths, particle, idx, energies, seeds, base_attrs, data,
-                     progress)
+    def tasks(tmpdir: str) -> list[tuple[_Task, list[str]]]:
+        out = []
+        for w, piece in enumerate(pieces):
+            wpaths = [os.path.join(tmpdir, f"w{w:03d}_{gi}.h5") for gi in range(len(geoms))]
+            out.append((_Task(w, particle, [g.to_dict() for g in geoms], idx[piece], energies[piece], seeds[piece],
+                              wpaths, dict(base_attrs), dict(data.env), parent_pid=os.getpid()), wpaths))
+        return out
+
+    def merge(files: list[list[str]]) -> None:
+        for gi, (g, path) in enumerate(zip(geoms, paths)):
+            parts = [f[gi] for f in files]
+            final = {**base_attrs, "geometry": str(g.name), "threshold_mev": g.threshold_mev,
+                     "merged_from": f"{len(parts)} local worker file(s)"}
+            merge_files(parts, path, geometry=g, attrs=final)
+
+    run_workers(_worker_main, tasks, len(idx), os.path.dirname(os.path.abspath(paths[0])), merge, progress)
     return paths
 
 
-def _run_workers(ctx, q, procs, pieces, tmpdir, geoms, paths, particle, idx, energies, seeds, base_attrs, data,
-                 progress) -> None:
-    """Start one spawned worker per piece, wait, merge their files into ``paths``; on any
-    exception (SimulationError, KeyboardInterrupt, Terminated) end the workers and remove ``tmpdir``."""
+def run_workers(target: Callable[[Any, Any], None], tasks: Callable[[str], list[tuple[Any, list[str]]]],
+                total: int, outdir: str, merge: Callable[[list[list[str]]], None], progress: bool | None) -> None:
+    """Run Geant4 jobs, one spawned process each, and merge what they write (every detector uses this).
+
+    ``tasks(tmpdir)`` returns ``(task, files)`` per worker; ``target(task, queue)`` runs in the worker
+    (it must call :func:`_die_with_parent` first and put ``(worker, showers_done)`` on the queue);
+    ``merge(files)`` joins the workers' files into the outputs.  The temporary directory
+    (``.caloflows-sim-<tag>`` in ``outdir``) goes in every case; SIGINT and SIGTERM end the workers,
+    and orphans of a SIGKILLed earlier run in ``outdir`` are removed first.
+    """
+    clean_orphans(outdir)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs: list = []
+    with sigterm_raises():
+        tmpdir = tempfile.mkdtemp(prefix=f".caloflows-sim-{temp_tag()}", dir=outdir)
+        _run_workers(ctx, q, procs, tmpdir, target, tasks, total, merge, progress)
+
+
+def _run_workers(ctx, q, procs, tmpdir, target, tasks, total, merge, progress) -> None:
+    """Start the workers, wait, merge; on any exception (SimulationError, KeyboardInterrupt,
+    Terminated) end the workers; remove ``tmpdir`` in every case."""
     try:
-        tasks = []
-        for w, piece in enumerate(pieces):
-            wpaths = [os.path.join(tmpdir, f"w{w:03d}_{gi}.h5") for gi in range(len(geoms))]
-            tasks.append(wpaths)
-            attrs = dict(base_attrs)
-            t = _Task(w, particle, [g.to_dict() for g in geoms], idx[piece], energies[piece], seeds[piece],
-                      wpaths, attrs, dict(data.env), parent_pid=os.getpid())
-            p = ctx.Process(target=_worker_main, args=(t, q), name=f"caloflows-sim-{w}", daemon=True)
+        files = []
+        for w, (task, wfiles) in enumerate(tasks(tmpdir)):
+            files.append(wfiles)
+            p = ctx.Process(target=target, args=(task, q), name=f"caloflows-sim-{w}", daemon=True)
             p.start()
             procs.append(p)
-        _wait(procs, q, len(idx), progress)
-        for gi, (g, path) in enumerate(zip(geoms, paths)):
-            files = [tp[gi] for tp in tasks]
-            final = {**base_attrs, "geometry": str(g.name), "threshold_mev": g.threshold_mev,
-                     "merged_from": f"{len(files)} local worker file(s)"}
-            merge_files(files, path, geometry=g, attrs=final)
+        _wait(procs, q, total, progress)
+        merge(files)
     finally:
         for p in procs:
             if p.is_alive():
