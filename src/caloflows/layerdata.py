@@ -14,13 +14,17 @@ ds3 file (40500 voxels) is never held in memory.
 * :func:`iter_global_batches` -- the deterministic batch order shared by all processes of a
   distributed run: row chunks in a seeded random order, rows shuffled inside a chunk, fixed
   global batch size (the last incomplete batch is dropped).
+* :class:`CoarseVoxelRows` / :class:`InMemoryCoarseVoxelRows` -- SuperCalo's training rows,
+  one per (shower, coarse voxel) pair (``supercalo.txt`` sec. III B: batches of coarse
+  voxels), built chunk of showers by chunk of showers from a file (bounded memory: ds2 with
+  100k showers is 64.8 M rows) or from arrays, in the same order for the same seed.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -29,7 +33,12 @@ from tqdm.auto import tqdm
 from .geometry import Geometry, load_geometry
 from .io import INCIDENT, SHOWERS, ShowerFileError, _check_layout, _check_values, _open
 
-__all__ = ["LayerColumns", "ColumnBlock", "LayerStats", "iter_global_batches", "parse_layers", "context_layers"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .coarsegraining import CoarseMap
+    from .superres import SuperCaloPreprocessing
+
+__all__ = ["LayerColumns", "ColumnBlock", "LayerStats", "iter_global_batches", "parse_layers", "context_layers",
+           "CoarseVoxelRows", "InMemoryCoarseVoxelRows"]
 
 
 def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
@@ -236,3 +245,140 @@ def iter_global_batches(
             have -= batch_size
     if have and not drop_last:
         yield np.concatenate(buf_i), np.concatenate(buf_x)
+
+
+# ------------------------------------------------------------------ SuperCalo rows
+class _CoarseVoxelRowsBase:
+    """Shared batching of (shower, coarse voxel) rows; subclasses provide :meth:`_block`."""
+
+    n: int
+    cmap: "CoarseMap"
+    prep: "SuperCaloPreprocessing"
+    chunk_showers: int
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def target_dim(self) -> int:
+        return self.cmap.group_size
+
+    @property
+    def cond_dim(self) -> int:
+        return self.prep.condition_dim(self.cmap)
+
+    def split(self, val_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Shower indices ``(train, validation)``; the paper uses 70 % / 30 % (sec. III B)."""
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        perm = np.random.default_rng([int(seed), 5]).permutation(self.n)
+        n_val = int(round(val_fraction * self.n))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+    def n_rows(self, showers: np.ndarray | None = None) -> int:
+        return (self.n if showers is None else len(showers)) * self.cmap.n_coarse
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        showers: np.ndarray | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        noise: bool = True,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(target (B, k), cond (B, C))`` float32 batches of SUPERCALO rows.
+
+        Showers are read ``chunk_showers`` at a time, chunks visited in an order drawn from
+        ``(seed, epoch)`` and rows shuffled inside a chunk (:func:`iter_global_batches`), so
+        memory holds one chunk's rows plus one batch.  With ``noise`` the B6/B8 noise of a chunk
+        is drawn from ``(seed, epoch, chunk)``: fresh every epoch and independent of the visiting
+        order.  ``showers`` selects shower indices (a train or validation split).
+        """
+        from .superres import build_rows
+
+        Vc = self.cmap.n_coarse
+        k = self.cmap.group_size
+        sel = np.arange(self.n) if showers is None else np.asarray(showers, dtype=np.int64)
+        if sel.size and (sel.min() < 0 or sel.max() >= self.n):
+            raise ValueError(f"shower indices must lie in [0, {self.n})")
+        rows = (sel[:, None] * Vc + np.arange(Vc)[None, :]).reshape(-1)
+        cs = self.chunk_showers
+
+        def read(a: int, b: int) -> np.ndarray:
+            s0, s1 = a // Vc, -(-b // Vc)
+            einc, fine = self._block(s0, s1)
+            rng = np.random.default_rng([int(seed), int(epoch), 11, s0 // cs]) if noise else None
+            r = build_rows(einc, fine, self.cmap, self.prep, rng)
+            return np.concatenate([r.target, r.cond], axis=1).astype(np.float32)
+
+        for _, x in iter_global_batches(self.n * Vc, cs * Vc, rows, batch_size, seed, epoch, read,
+                                        shuffle=shuffle, drop_last=drop_last):
+            yield x[:, :k], x[:, k:]
+
+
+class CoarseVoxelRows(_CoarseVoxelRowsBase):
+    """SUPERCALO (shower, coarse voxel) rows streamed from a CaloChallenge file.
+
+    Args:
+        path: HDF5 file of fine showers.
+        cmap: the coarse-graining bound to the file's geometry.
+        prep: preprocessing constants (:meth:`SuperCaloPreprocessing.fit_from_file`).
+        chunk_showers: showers per read; memory per chunk is about
+            ``chunk_showers x n_coarse x (k + C) x 8`` bytes (256 ds2 showers, choice A: 54 MB).
+
+    Every chunk read is validated (finite, non-negative energies; positive E_inc).
+
+    >>> import tempfile, os
+    >>> from caloflows.coarsegraining import CoarseGraining
+    >>> from caloflows.superres import SuperCaloPreprocessing
+    >>> from caloflows.toy_showers import toy_showers
+    >>> from caloflows.io import write_showers
+    >>> cmap = CoarseGraining.choice("B").bind("ds2")
+    >>> einc, fine = toy_showers(cmap.fine, 6, seed=3)
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.h5"); write_showers(p, einc, fine, geometry="ds2")
+    >>> src = CoarseVoxelRows(p, cmap, SuperCaloPreprocessing.fit(einc, fine, cmap), chunk_showers=2)
+    >>> t, c = next(src.batches(1000, seed=1))
+    >>> t.shape, c.shape
+    ((1000, 12), (1000, 57))
+    """
+
+    def __init__(self, path: str | os.PathLike, cmap: "CoarseMap", prep: "SuperCaloPreprocessing",
+                 chunk_showers: int = 256) -> None:
+        if chunk_showers < 1:
+            raise ValueError("chunk_showers must be positive")
+        self.cmap, self.prep, self.chunk_showers = cmap, prep, int(chunk_showers)
+        self.cols = LayerColumns(path, cmap.fine, chunk_rows=self.chunk_showers)
+        self.path, self.n = self.cols.path, self.cols.n
+        self._inc = self.cols.incident_energies()
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        blk = self.cols.read(0, self.cmap.fine.n_voxels, a, b)
+        _check_values(self.path, self._inc[a:b], blk, offset=a)
+        return self._inc[a:b], blk
+
+    def close(self) -> None:
+        self.cols.close()
+
+
+class InMemoryCoarseVoxelRows(_CoarseVoxelRowsBase):
+    """The rows of :class:`CoarseVoxelRows` from arrays held in memory (small files, tests).
+
+    Same batches as the streaming class for the same ``chunk_showers``, seed and epoch.
+    """
+
+    def __init__(self, incident_energies: np.ndarray, showers: np.ndarray, cmap: "CoarseMap",
+                 prep: "SuperCaloPreprocessing", chunk_showers: int = 256) -> None:
+        if chunk_showers < 1:
+            raise ValueError("chunk_showers must be positive")
+        self.cmap, self.prep, self.chunk_showers = cmap, prep, int(chunk_showers)
+        self._fine = np.asarray(cmap.fine.check_showers(showers), dtype=np.float32)
+        self._inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1)
+        if len(self._inc) != len(self._fine):
+            raise ValueError(f"{len(self._inc)} incident energies for {len(self._fine)} showers")
+        self.n = len(self._fine)
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._inc[a:b], self._fine[a:b]
