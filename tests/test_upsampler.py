@@ -53,6 +53,7 @@ def test_validation_loss_decreases_on_toy_rows(toy_b):
     assert len(v) == 5 and len(fit.history["train_loss"]) == 4
     assert min(v[1:]) < v[0] - 1.0, v  # at least 1 nat per coarse voxel better than untrained
     assert fit.best_epoch == int(np.argmin(v))
+    assert all(lr > 0 for lr in fit.history["lr"])  # the LR each epoch last used
 
 
 def test_streaming_training_gives_the_in_memory_first_epoch_loss(toy_b, tmp_path):

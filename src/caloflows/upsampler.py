@@ -157,6 +157,7 @@ def fit_upsampler(rows, config: UpsamplerConfig | None = None, progress: bool = 
     best_epoch = 0
     for epoch in range(1, config.epochs + 1):
         t0, tot, n = time.perf_counter(), 0.0, 0
+        used_lr = opt.param_groups[0]["lr"]
         flow.train()
         for t, c in rows.batches(config.batch_size, seed=config.seed, epoch=epoch, showers=train, drop_last=drop_last):
             if done >= steps * config.epochs:
@@ -165,7 +166,8 @@ def fit_upsampler(rows, config: UpsamplerConfig | None = None, progress: bool = 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            used_lr = opt.param_groups[0]["lr"]  # the LR of this step (after the last step the
+            sched.step()                         # schedule extrapolates below zero)
             done += 1
             tot += float(loss.detach()) * len(t)
             n += len(t)
@@ -173,7 +175,7 @@ def fit_upsampler(rows, config: UpsamplerConfig | None = None, progress: bool = 
         v = _val_loss(flow, rows, val, config, device)
         hist["train_loss"].append(tot / max(n, 1))
         hist["val_loss"].append(v)
-        hist["lr"].append(opt.param_groups[0]["lr"])
+        hist["lr"].append(used_lr)
         hist["seconds"].append(time.perf_counter() - t0)
         if progress:
             print(f"supercalo epoch {epoch}: train {hist['train_loss'][-1]:.4f} val {v:.4f} "
