@@ -18,13 +18,13 @@ from caloflows.superres import CUT_MEV, SuperCaloPreprocessing
 from caloflows.toy_showers import toy_showers
 from caloflows.upsampler import PRESETS, UpsamplerConfig, build_upsampler_flow, fit_upsampler, resample_counts, upsample
 
-TINY = dict(transforms=2, hidden_features=(32,), bins=6, batch_size=2000, max_lr=3e-3, base_lr=1e-4)
+TINY = dict(transforms=2, hidden_features=(32,), bins=6, batch_size=1000, max_lr=3e-3, base_lr=1e-4)
 
 
 @pytest.fixture(scope="module")
 def toy_b():
     cmap = CHOICES["B"].bind("ds2")
-    einc, fine = toy_showers(cmap.fine, 24, seed=11, energies_mev=np.geomspace(1e3, 1e5, 24))
+    einc, fine = toy_showers(cmap.fine, 16, seed=11, energies_mev=np.geomspace(1e3, 1e5, 16))
     prep = SuperCaloPreprocessing.fit(einc, fine, cmap)
     return cmap, einc, fine, prep
 
@@ -48,9 +48,9 @@ def test_full_preset_flow_is_invertible_in_float64(choice):
 def test_validation_loss_decreases_on_toy_rows(toy_b):
     cmap, einc, fine, prep = toy_b
     rows = InMemoryCoarseVoxelRows(einc, fine, cmap, prep, chunk_showers=8)
-    fit = fit_upsampler(rows, UpsamplerConfig(epochs=4, **TINY))
+    fit = fit_upsampler(rows, UpsamplerConfig(epochs=3, **TINY))
     v = fit.history["val_loss"]
-    assert len(v) == 5 and len(fit.history["train_loss"]) == 4
+    assert len(v) == 4 and len(fit.history["train_loss"]) == 3
     assert min(v[1:]) < v[0] - 1.0, v  # at least 1 nat per coarse voxel better than untrained
     assert fit.best_epoch == int(np.argmin(v))
     assert all(lr > 0 for lr in fit.history["lr"])  # the LR each epoch last used

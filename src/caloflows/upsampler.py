@@ -212,7 +212,7 @@ def upsample(
     layer_energies: np.ndarray | None = None,
     *,
     resample: int = 1,
-    batch_rows: int = 200_000,
+    batch_rows: int = 100_000,
     seed: int | None = None,
     threshold: float = CUT_MEV,
     n: int | None = None,
@@ -226,6 +226,7 @@ def upsample(
             coarse shower and may be omitted.
         resample: N; the output holds N independent upsamplings of every coarse shower.
         n: keep only the first ``n`` outputs (e.g. n fine showers from ceil(n/N) coarse ones).
+        batch_rows: coarse voxels per flow call (memory: about 1 kB per row in float64).
         seed: seed of the latent draws (None: torch's global generator).
     """
     cmap, prep, flow = fit.cmap, fit.prep, fit.flow
@@ -253,14 +254,14 @@ def upsample(
     p = next(flow.parameters())
     if seed is not None:
         gen = torch.Generator(device=p.device).manual_seed(int(seed))
-    rel = np.empty((len(idx), Vc, k))
+    fine = np.empty((len(idx), cmap.fine.n_voxels))
     per = max(1, batch_rows // Vc)  # fine showers per flow call
+    cond = cond.reshape(m, Vc, -1)
     with double_precision(flow):
         for a in range(0, len(idx), per):
             sel = idx[a:a + per]
-            c = cond.reshape(m, Vc, -1)[sel].reshape(len(sel) * Vc, -1)
-            ct = torch.as_tensor(c, dtype=torch.float64, device=p.device)
+            ct = torch.as_tensor(cond[sel].reshape(len(sel) * Vc, -1), dtype=torch.float64, device=p.device)
             y = flow_sample(flow, ct, generator=gen)
-            rel[a:a + len(sel)] = prep.target_inverse(y).reshape(len(sel), Vc, k)
-    fine = assemble_fine(rel, coarse[idx], cmap, threshold)
+            rel = prep.target_inverse(y).reshape(len(sel), Vc, k)
+            fine[a:a + len(sel)] = assemble_fine(rel, coarse[sel], cmap, threshold)
     return UpsampleResult(einc[idx], fine, idx)
