@@ -292,31 +292,52 @@ class _CoarseVoxelRowsBase:
         """Yield ``(target (B, k), cond (B, C))`` float32 batches of SUPERCALO rows.
 
         Showers are read ``chunk_showers`` at a time, chunks visited in an order drawn from
-        ``(seed, epoch)`` and rows shuffled inside a chunk (:func:`iter_global_batches`), so
-        memory holds one chunk's rows plus one batch.  With ``noise`` the B6/B8 noise of a chunk
-        is drawn from ``(seed, epoch, chunk)``: fresh every epoch and independent of the visiting
-        order.  ``showers`` selects shower indices (a train or validation split).
+        ``(seed, epoch)`` and the rows of a chunk shuffled (as :func:`iter_global_batches`);
+        batches of exactly ``batch_size`` rows are cut from that stream (a batch may span two
+        chunks).  Memory: one chunk's rows plus one batch, and one flag per shower -- never one
+        entry per (shower, coarse voxel) pair.  With ``noise`` the B6/B8 noise of a chunk is drawn
+        from ``(seed, epoch, chunk)``: fresh every epoch and independent of the visiting order.
+        ``showers`` selects shower indices (a train or validation split).
         """
         from .superres import build_rows
 
-        Vc = self.cmap.n_coarse
-        k = self.cmap.group_size
-        sel = np.arange(self.n) if showers is None else np.asarray(showers, dtype=np.int64)
-        if sel.size and (sel.min() < 0 or sel.max() >= self.n):
-            raise ValueError(f"shower indices must lie in [0, {self.n})")
-        rows = (sel[:, None] * Vc + np.arange(Vc)[None, :]).reshape(-1)
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        Vc, k = self.cmap.n_coarse, self.cmap.group_size
+        sel = np.zeros(self.n, dtype=bool)
+        if showers is None:
+            sel[:] = True
+        else:
+            idx = np.asarray(showers, dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+                raise ValueError(f"shower indices must lie in [0, {self.n})")
+            sel[idx] = True
         cs = self.chunk_showers
-
-        def read(a: int, b: int) -> np.ndarray:
-            s0, s1 = a // Vc, -(-b // Vc)
-            einc, fine = self._block(s0, s1)
-            rng = np.random.default_rng([int(seed), int(epoch), 11, s0 // cs]) if noise else None
-            r = build_rows(einc, fine, self.cmap, self.prep, rng)
-            return np.concatenate([r.target, r.cond], axis=1).astype(np.float32)
-
-        for _, x in iter_global_batches(self.n * Vc, cs * Vc, rows, batch_size, seed, epoch, read,
-                                        shuffle=shuffle, drop_last=drop_last):
-            yield x[:, :k], x[:, k:]
+        rng = np.random.default_rng([int(seed), int(epoch), 7])
+        n_chunks = (self.n + cs - 1) // cs
+        order = rng.permutation(n_chunks) if shuffle else np.arange(n_chunks)
+        buf: list[np.ndarray] = []
+        have = 0
+        for kc in order:
+            a, b = int(kc) * cs, min((int(kc) + 1) * cs, self.n)
+            local = np.nonzero(sel[a:b])[0]
+            if local.size == 0:
+                continue
+            einc, fine = self._block(a, b)
+            nrng = np.random.default_rng([int(seed), int(epoch), 11, int(kc)]) if noise else None
+            r = build_rows(einc[local], fine[local], self.cmap, self.prep, nrng)
+            x = np.concatenate([r.target, r.cond], axis=1).astype(np.float32)
+            if shuffle:
+                x = x[rng.permutation(len(x))]
+            buf.append(x)
+            have += len(x)
+            while have >= batch_size:
+                xx = np.concatenate(buf) if len(buf) > 1 else buf[0]
+                yield xx[:batch_size, :k], xx[:batch_size, k:]
+                buf, have = [xx[batch_size:]], have - batch_size
+        if have and not drop_last:
+            xx = np.concatenate(buf)
+            yield xx[:, :k], xx[:, k:]
 
 
 class CoarseVoxelRows(_CoarseVoxelRowsBase):
