@@ -21,6 +21,12 @@ from caloflows.superres import (
     build_rows,
     split_conditions,
     upsample_postprocess,
+    apply_cut,
+    flow1_forward,
+    flow1_inverse,
+    flow2_conditions,
+    flow2_forward,
+    flow2_inverse,
 )
 from caloflows.toy_showers import toy_showers
 
@@ -149,6 +155,25 @@ def test_rows_with_noise_stay_close_and_relative_energies_sum_to_one():
     assert (diff > 0).mean() > 0.99  # every voxel got noise
     # empty coarse voxels are no longer exactly empty: no division by zero
     assert (rows.e_coarse > 0).all()
+
+
+def test_flow1_flow2_preprocessing_invert_and_match_table_one():
+    m = CHOICES["A"].bind("ds2")
+    einc, fine = toy_showers(m.fine, 5, seed=4)
+    fine = fine.astype(np.float64)
+    prep = SuperCaloPreprocessing.fit(einc, fine, m)
+    E, coarse = m.fine.layer_energies(fine), m.coarse_grain(fine)
+    np.testing.assert_allclose(flow1_inverse(flow1_forward(E, prep), prep), apply_cut(E), rtol=1e-7)
+    y, noisy = flow2_forward(coarse, prep)
+    np.testing.assert_array_equal(noisy, coarse)
+    np.testing.assert_allclose(flow2_inverse(y, prep), coarse, rtol=1e-10)
+    y_n, noisy = flow2_forward(coarse, prep, np.random.default_rng(0))
+    assert np.all((noisy - coarse >= 0) & (noisy - coarse <= prep.chain_noise_mev))
+    assert np.isfinite(y_n).all() and y_n.max() <= 6.0  # B4: log10(E / E_max) + 6 <= 6
+    c = flow2_conditions(einc, m.coarse.layer_energies(noisy), prep)
+    assert c.shape == (5, 10)  # table I: FLOW-2 has 10 conditions for choice A
+    np.testing.assert_allclose(10 ** (4 * c[:, 1:]), m.coarse.layer_energies(noisy), rtol=1e-10)
+    assert np.isfinite(flow2_conditions(einc, np.zeros((5, 9)), prep)).all()
 
 
 # ------------------------------------------------------------------ upsampling post-processing

@@ -73,6 +73,13 @@ __all__ = [
     "FINE_NOISE_MEV",
     "COARSE_NOISE_MEV",
     "CUT_MEV",
+    "CHAIN_NOISE_MEV",
+    "flow1_forward",
+    "flow1_inverse",
+    "flow2_forward",
+    "flow2_inverse",
+    "flow2_conditions",
+    "apply_cut",
 ]
 
 #: B1: E_inc scale 10^4.5 MeV (log10 E_inc/scale in [-1.5, 1.5] for 1 GeV - 1 TeV)
@@ -83,6 +90,8 @@ LAYER_SCALE_MEV = 65e3
 FINE_NOISE_MEV = 1e-4
 #: B6: noise on the coarse voxel's own energy, U(0, 1 keV)
 COARSE_NOISE_MEV = 1e-3
+#: B2/B4: noise on FLOW-1 layer energies and FLOW-2 coarse voxels, U(0, 5 keV)
+CHAIN_NOISE_MEV = 5e-3
 #: appendix B cut on generated energies: the Par04 readout threshold, 15.15 keV
 CUT_MEV = PAR04_THRESHOLD_MEV
 
@@ -108,6 +117,7 @@ class SuperCaloPreprocessing:
         einc_scale_mev: B1 scale, 10^4.5 MeV.
         fine_noise_mev, coarse_noise_mev: B8 and B6 noise widths.
         alpha: logit offset (B3, B7, B9).
+        chain_noise_mev: B2 / B4 noise width (FLOW-1 layer energies, FLOW-2 coarse voxels).
     """
 
     e_coarse_max: float
@@ -116,6 +126,7 @@ class SuperCaloPreprocessing:
     fine_noise_mev: float = FINE_NOISE_MEV
     coarse_noise_mev: float = COARSE_NOISE_MEV
     alpha: float = 1e-6
+    chain_noise_mev: float = CHAIN_NOISE_MEV
 
     def __post_init__(self) -> None:
         for k in ("e_coarse_max", "layer_scale_mev", "einc_scale_mev"):
@@ -363,3 +374,57 @@ def assemble_fine(rel: np.ndarray, coarse: np.ndarray, cmap: CoarseMap, threshol
     rel = rel.reshape(n, Vc, k)
     coarse = coarse.reshape(n, Vc)
     return cmap.scatter(upsample_postprocess(rel, coarse, threshold))
+
+
+# ------------------------------------------------------------------ FLOW-1 / FLOW-2 (sec. IV)
+def flow1_forward(layer_energies: np.ndarray, prep: SuperCaloPreprocessing,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """FLOW-1 data (B2 + B3): ``logit((E_layer + U(0, 5 keV)) / 65 GeV)``, noise only with ``rng``."""
+    e = np.asarray(layer_energies, dtype=np.float64)
+    if rng is not None and prep.chain_noise_mev > 0:
+        e = e + prep.chain_noise_mev * rng.random(e.shape)
+    return prep.layer_forward(e)
+
+
+def flow1_inverse(y: np.ndarray, prep: SuperCaloPreprocessing, threshold: float = CUT_MEV) -> np.ndarray:
+    """Inverse of :func:`flow1_forward` followed by the appendix B cut (energies below it -> 0)."""
+    return apply_cut(prep.layer_inverse(y), threshold)
+
+
+def flow2_forward(coarse: np.ndarray, prep: SuperCaloPreprocessing,
+                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FLOW-2 data (B4): ``log10((E_coarse + U(0, 5 keV)) / E_coarse,max) + 6``.
+
+    Returns ``(y, noisy coarse energies)``; the latter give the B5 conditions.  A coarse voxel
+    that is exactly 0 without noise maps to ``log10(1e-12) + 6 = -6`` (floor at 1e-12 E_max).
+    """
+    e = np.asarray(coarse, dtype=np.float64)
+    if rng is not None and prep.chain_noise_mev > 0:
+        e = e + prep.chain_noise_mev * rng.random(e.shape)
+    return np.log10(np.maximum(e / prep.e_coarse_max, 1e-12)) + 6.0, e
+
+
+def flow2_inverse(y: np.ndarray, prep: SuperCaloPreprocessing, threshold: float = CUT_MEV) -> np.ndarray:
+    """Inverse of B4 followed by the appendix B cut."""
+    e = prep.e_coarse_max * 10.0 ** (np.asarray(y, dtype=np.float64) - 6.0)
+    return apply_cut(e, threshold)
+
+
+def flow2_conditions(einc: np.ndarray, coarse_layer_energies: np.ndarray, prep: SuperCaloPreprocessing) -> np.ndarray:
+    """FLOW-2 conditions: [B1 E_inc, B5 ``log10(E_layer^coarse) / 4``] (10 dims for choice A).
+
+    Training: coarse layer energies are sums of the *noisy* coarse voxels (:func:`flow2_forward`);
+    generation: sums of FLOW-1's fine layer energies per coarse layer.  Energies are floored at
+    the B4 noise width (5 keV) so an empty layer gives a finite value.
+    """
+    einc = np.asarray(einc, dtype=np.float64).reshape(-1)
+    e = np.maximum(np.asarray(coarse_layer_energies, dtype=np.float64), max(prep.chain_noise_mev, 1e-12))
+    return np.concatenate([prep.einc_forward(einc)[:, None], 0.25 * np.log10(e)], axis=1)
+
+
+def apply_cut(x, threshold: float = CUT_MEV):
+    """Appendix B: generated energies below ``threshold`` (15.15 keV) set to zero."""
+    if isinstance(x, torch.Tensor):
+        return torch.where(x < threshold, torch.zeros_like(x), x)
+    x = np.asarray(x)
+    return np.where(x < threshold, 0.0, x).astype(x.dtype, copy=False)
