@@ -133,7 +133,8 @@ def fit_upsampler(rows, config: UpsamplerConfig | None = None, progress: bool = 
         config: :class:`UpsamplerConfig` (default: the ``full`` preset).
 
     ``history``: ``val_loss`` has the untrained flow's value first (epoch 0), then one per
-    epoch; ``train_loss``, ``lr`` and ``seconds`` one per epoch.
+    epoch; ``train_loss``, ``lr`` (the last LR the epoch used) and ``seconds`` (wall time of the
+    epoch including its validation pass) one per epoch.
     """
     config = copy.deepcopy(PRESETS["full"] if config is None else config)
     device = torch.device(config.device)
