@@ -116,11 +116,17 @@ def test_fast_teacher_inverse_equals_zuko_inverse():
         slow = F.inverse_path(maf, z, c, fast=False)
         assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(fast, slow))
         assert (F.forward_path(maf, fast[0], c)[-1] - z).abs().max().item() < 1e-9
-    # two hidden layers: falls back to zuko's inverse
-    maf2 = F.build_maf(4, 1, 2, (8, 8))
-    x = torch.randn(3, 4)
-    c2 = torch.randn(3, 1)
-    assert torch.allclose(F.inverse_path(maf2, F.forward_path(maf2, x, c2)[-1], c2)[0], x, atol=1e-4)
+    # two hidden layers (SuperCalo's MADEs): the fast inverse equals zuko's too
+    maf2 = F.build_maf(6, 4, 3, (16, 16))
+    _perturb(maf2)
+    c2 = torch.randn(30, 4, dtype=torch.float64)
+    z2 = torch.randn(30, 6, dtype=torch.float64)
+    with F.double_precision(maf2), torch.no_grad():
+        fast = F.inverse_path(maf2, z2, c2, fast=True)
+        slow = F.inverse_path(maf2, z2, c2, fast=False)
+        assert all((a - b).abs().max().item() < 1e-10 for a, b in zip(fast, slow))
+        assert (F.forward_path(maf2, fast[0], c2)[-1] - z2).abs().max().item() < 1e-9
+        assert _count_hyper_calls(maf2, lambda: F.inverse_path(maf2, z2, c2, fast=True)) == 0  # no full MADE pass
 
 
 def test_student_warm_start_reproduces_teacher_parameters():

@@ -278,24 +278,28 @@ def forward_path(flow: Flow, x: Tensor, context: Tensor | None = None) -> list[T
 
 
 def _fast_made_inverse(block: MaskedAutoregressiveTransform, y: Tensor, context: Tensor | None) -> Tensor | None:
-    """Exact sequential inverse of one MAF block with a one-hidden-layer MADE, or None.
+    """Exact sequential inverse of one MAF block with a ReLU MADE, or None if not applicable.
 
-    zuko's generic inverse re-evaluates the whole MADE D times.  With one hidden layer the
-    pre-activation ``a = W1 [x, c] + b1`` changes by ``x_d W1[:, d]`` when feature ``d`` is
-    fixed, and feature ``d``'s spline needs only its own 3K-1 output rows, so step ``d`` costs
-    ``O(H (3K-1))`` instead of a full MADE pass: the teacher's sampling then does the same
-    number of multiply-adds as one density pass, in D sequential steps.
+    zuko's generic inverse re-evaluates the whole MADE and rebuilds every feature's spline D
+    times.  Here the first layer's pre-activation ``a = W1 [x, c] + b1`` is updated by
+    ``x_d W1[:, d]`` when feature ``d`` is fixed, and only feature ``d``'s ``3K-1`` output rows
+    and spline are evaluated.  With one hidden layer step ``d`` costs ``O(H (3K-1))`` instead of a
+    full MADE pass (the teacher's sampling then does the multiply-adds of one density pass); with
+    more hidden layers (SuperCalo's 2 x 128) the hidden-to-hidden layers are still evaluated every
+    step, but the first and the (widest) output layer are not.
     """
     layers = list(block.hyper)
-    if (len(layers) != 3 or not isinstance(layers[0], nn.Linear) or not isinstance(layers[1], nn.ReLU)
-            or not isinstance(layers[2], nn.Linear) or block.order is None or block.passes != y.shape[-1]):
+    lin, acts = layers[0::2], layers[1::2]
+    if (len(layers) < 3 or len(layers) % 2 == 0 or not all(isinstance(l, nn.Linear) for l in lin)
+            or not all(isinstance(a, nn.ReLU) for a in acts) or block.order is None or block.passes != y.shape[-1]):
         return None
     D = y.shape[-1]
-    w1 = layers[0].mask * layers[0].weight  # (H, D + C)
-    w2 = layers[2].mask * layers[2].weight  # (D * T, H)
-    b2 = layers[2].bias
+    w1 = lin[0].mask * lin[0].weight  # (H, D + C)
+    mids = [(l.mask * l.weight, l.bias) for l in lin[1:-1]]
+    w2 = lin[-1].mask * lin[-1].weight  # (D * T, H)
+    b2 = lin[-1].bias
     T = block.total
-    a = layers[0].bias.expand(y.shape[0], -1)
+    a = lin[0].bias.expand(y.shape[0], -1)
     if context is not None and context.shape[-1] > 0:
         a = a + context.expand(y.shape[0], -1) @ w1[:, D:].T
     x = torch.zeros_like(y)
@@ -304,6 +308,8 @@ def _fast_made_inverse(block: MaskedAutoregressiveTransform, y: Tensor, context:
     sizes = [int(torch.Size(shp).numel()) for shp in block.shapes]
     for d in torch.argsort(block.order).tolist():
         h = torch.relu(a)
+        for w, b in mids:
+            h = torch.relu(torch.addmm(b, h, w.T))
         phi = torch.addmm(b2[d * T:(d + 1) * T], h, w2[d * T:(d + 1) * T].T)
         if bound is None:  # not zuko's RQS: its own (slower) inverse
             parts, k = [], 0
@@ -368,7 +374,7 @@ def inverse_path(flow: Flow, z: Tensor, context: Tensor | None = None, fast: boo
 
     ``g_k = block_k^{-1}(g_{k+1})``: one pass per block for an IAF (student sampling),
     D sequential steps per block for a MAF (teacher sampling); with ``fast`` a MAF block with
-    one hidden layer is inverted by :func:`_fast_made_inverse` (same result as zuko's inverse).
+    a ReLU MADE is inverted by :func:`_fast_made_inverse` (same result as zuko's inverse).
     """
     blocks = flow_blocks(flow)
     out = [z]

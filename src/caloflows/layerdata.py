@@ -17,6 +17,10 @@ ds3 file (40500 voxels) is never held in memory.
 * :func:`iter_global_batches` -- the deterministic batch order shared by all processes of a
   distributed run: row chunks in a seeded random order, rows shuffled inside a chunk, fixed
   global batch size (the last incomplete batch is dropped).
+* :class:`CoarseVoxelRows` / :class:`InMemoryCoarseVoxelRows` -- SuperCalo's training rows,
+  one per (shower, coarse voxel) pair (``supercalo.txt`` sec. III B: batches of coarse
+  voxels), built chunk of showers by chunk of showers from a file (bounded memory: ds2 with
+  100k showers is 64.8 M rows) or from arrays, in the same order for the same seed.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from .errors import UsageError
 from .geometry import Geometry, load_geometry
 from .io import INCIDENT, SHOWERS, ShowerData, ShowerFileError, check_layout, check_values, open_file, read_conditions
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover
+    from .coarsegraining import CoarseMap
+    from .superres import SuperCaloPreprocessing
     from .training.loop import ArraySource, StreamSource
 
 __all__ = ["LayerColumns", "MemoryColumns", "ColumnBlock", "LayerStats", "TrainingShowers", "iter_global_batches",
-           "parse_layers", "context_layers"]
+           "parse_layers", "context_layers", "CoarseVoxelRows", "InMemoryCoarseVoxelRows"]
 
 
 def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
@@ -359,3 +365,161 @@ class TrainingShowers:
         if which == 2:
             return StreamSource(rows, self.chunk_rows, lambda a, b: self.rows(a, b)[:, :n])
         return StreamSource(rows, self.chunk_rows * (L - 1), self._pairs)
+
+
+# ------------------------------------------------------------------ SuperCalo rows
+class _CoarseVoxelRowsBase:
+    """Shared batching of (shower, coarse voxel) rows; subclasses provide :meth:`_block`."""
+
+    n: int
+    cmap: "CoarseMap"
+    prep: "SuperCaloPreprocessing"
+    chunk_showers: int
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def target_dim(self) -> int:
+        return self.cmap.group_size
+
+    @property
+    def cond_dim(self) -> int:
+        return self.prep.condition_dim(self.cmap)
+
+    def split(self, val_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Shower indices ``(train, validation)``; the paper uses 70 % / 30 % (sec. III B)."""
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        perm = np.random.default_rng([int(seed), 5]).permutation(self.n)
+        n_val = int(round(val_fraction * self.n))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+    def n_rows(self, showers: np.ndarray | None = None) -> int:
+        return (self.n if showers is None else len(showers)) * self.cmap.n_coarse
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        showers: np.ndarray | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        noise: bool = True,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(target (B, k), cond (B, C))`` float32 batches of SUPERCALO rows.
+
+        Showers are read ``chunk_showers`` at a time, chunks visited in an order drawn from
+        ``(seed, epoch)`` and the rows of a chunk shuffled (as :func:`iter_global_batches`);
+        batches of exactly ``batch_size`` rows are cut from that stream (a batch may span two
+        chunks).  Memory: one chunk's rows plus one batch, and one flag per shower -- never one
+        entry per (shower, coarse voxel) pair.  With ``noise`` the B6/B8 noise of a chunk is drawn
+        from ``(seed, epoch, chunk)``: fresh every epoch and independent of the visiting order.
+        ``showers`` selects shower indices (a train or validation split).
+        """
+        from .superres import build_rows
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        k = self.cmap.group_size
+        sel = np.zeros(self.n, dtype=bool)
+        if showers is None:
+            sel[:] = True
+        else:
+            idx = np.asarray(showers, dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+                raise ValueError(f"shower indices must lie in [0, {self.n})")
+            sel[idx] = True
+        cs = self.chunk_showers
+        rng = np.random.default_rng([int(seed), int(epoch), 7])
+        n_chunks = (self.n + cs - 1) // cs
+        order = rng.permutation(n_chunks) if shuffle else np.arange(n_chunks)
+        buf: list[np.ndarray] = []
+        have = 0
+        for kc in order:
+            a, b = int(kc) * cs, min((int(kc) + 1) * cs, self.n)
+            local = np.nonzero(sel[a:b])[0]
+            if local.size == 0:
+                continue
+            einc, fine = self._block(a, b)
+            nrng = np.random.default_rng([int(seed), int(epoch), 11, int(kc)]) if noise else None
+            r = build_rows(einc[local], fine[local], self.cmap, self.prep, nrng)
+            x = np.concatenate([r.target, r.cond], axis=1).astype(np.float32)
+            if shuffle:
+                x = x[rng.permutation(len(x))]
+            buf.append(x)
+            have += len(x)
+            while have >= batch_size:
+                xx = np.concatenate(buf) if len(buf) > 1 else buf[0]
+                yield xx[:batch_size, :k], xx[:batch_size, k:]
+                buf, have = [xx[batch_size:]], have - batch_size
+        if have and not drop_last:
+            xx = np.concatenate(buf)
+            yield xx[:, :k], xx[:, k:]
+
+
+class CoarseVoxelRows(_CoarseVoxelRowsBase):
+    """SUPERCALO (shower, coarse voxel) rows streamed from a CaloChallenge file.
+
+    Args:
+        path: HDF5 file of fine showers.
+        cmap: the coarse-graining bound to the file's geometry.
+        prep: preprocessing constants (:meth:`SuperCaloPreprocessing.fit_from_file`).
+        chunk_showers: showers per read; memory per chunk is about
+            ``chunk_showers x n_coarse x (k + C) x 8`` bytes (256 ds2 showers, choice A: 54 MB).
+
+    Every chunk read is validated (finite, non-negative energies; positive E_inc).
+
+    >>> import tempfile, os
+    >>> from caloflows.coarsegraining import CoarseGraining
+    >>> from caloflows.superres import SuperCaloPreprocessing
+    >>> from caloflows.toy_showers import toy_showers
+    >>> from caloflows.io import write_showers
+    >>> cmap = CoarseGraining.choice("B").bind("ds2")
+    >>> einc, fine = toy_showers(cmap.fine, 6, seed=3)
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.h5"); write_showers(p, einc, fine, geometry="ds2")
+    >>> src = CoarseVoxelRows(p, cmap, SuperCaloPreprocessing.fit(einc, fine, cmap), chunk_showers=2)
+    >>> t, c = next(src.batches(1000, seed=1))
+    >>> t.shape, c.shape
+    ((1000, 12), (1000, 57))
+    """
+
+    def __init__(self, path: str | os.PathLike, cmap: "CoarseMap", prep: "SuperCaloPreprocessing",
+                 chunk_showers: int = 256) -> None:
+        if chunk_showers < 1:
+            raise ValueError("chunk_showers must be positive")
+        self.cmap, self.prep, self.chunk_showers = cmap, prep, int(chunk_showers)
+        self.cols = LayerColumns(path, cmap.fine, chunk_rows=self.chunk_showers)
+        self.path, self.n = self.cols.path, self.cols.n
+        self._inc = self.cols.incident_energies()
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        blk = self.cols.read(0, self.cmap.fine.n_voxels, a, b)
+        check_values(self.path, self._inc[a:b], blk, offset=a)
+        return self._inc[a:b], blk
+
+    def close(self) -> None:
+        self.cols.close()
+
+
+class InMemoryCoarseVoxelRows(_CoarseVoxelRowsBase):
+    """The rows of :class:`CoarseVoxelRows` from arrays held in memory (small files, tests).
+
+    Same batches as the streaming class for the same ``chunk_showers``, seed and epoch.
+    """
+
+    def __init__(self, incident_energies: np.ndarray, showers: np.ndarray, cmap: "CoarseMap",
+                 prep: "SuperCaloPreprocessing", chunk_showers: int = 256) -> None:
+        if chunk_showers < 1:
+            raise ValueError("chunk_showers must be positive")
+        self.cmap, self.prep, self.chunk_showers = cmap, prep, int(chunk_showers)
+        self._fine = np.asarray(cmap.fine.check_showers(showers), dtype=np.float32)
+        self._inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1)
+        if len(self._inc) != len(self._fine):
+            raise ValueError(f"{len(self._inc)} incident energies for {len(self._fine)} showers")
+        self.n = len(self._fine)
+
+    def _block(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._inc[a:b], self._fine[a:b]
