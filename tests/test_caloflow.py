@@ -164,7 +164,8 @@ def test_student_matches_teacher(setup):
     assert auc < 0.5 + 5 * sd + 0.05, auc
     # the same test does detect a mismatch: an untrained student
     raw = CaloFlow(g, m.cfg)
-    raw.flow1, raw.teacher, raw.unit, raw.std1, raw.std2, raw.einc_dist = m.flow1, m.teacher, m.unit, m.std1, m.std2, m.einc_dist
+    raw.flow1, raw.teacher = m.flow1, m.teacher
+    raw.set_constants(m.constants())
     raw.trained = {"flow1": True, "teacher": True, "student": True}
     r = raw.sample(e, batch_size=3000, seed=13, variant="student")
     auc_bad, _ = _auc(t, (r.incident_energies, r.showers), g)
