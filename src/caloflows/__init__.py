@@ -12,9 +12,9 @@ Modules, in the order data flows through them:
 
 __version__ = "0.1.0"
 
-from .geometry import Geometry, available_geometries, coarse_grain, load_geometry  # noqa: E402
 from . import errors  # noqa: E402
 from .errors import CaloflowsError  # noqa: E402
+from .geometry import Geometry, available_geometries, coarse_grain, load_geometry  # noqa: E402
 from .io import ShowerData, ShowerFileError, read_showers, write_showers  # noqa: E402
 
 __all__ = [

@@ -38,9 +38,9 @@ bin a voxel has no alpha neighbour (it would be itself); with two, ``alpha - 1``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 

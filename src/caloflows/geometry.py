@@ -31,12 +31,13 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
-from typing import Sequence
 
 import numpy as np
+
 from .errors import GeometryError
 
 __all__ = [

@@ -504,13 +504,14 @@ def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geom
         raise ShowerFileError(f"{out}: nothing to merge")
     g = _geometry(geometry)
     first = None
+    extras: dict = {}
     for p in paths:
         with _open(p) as f:
             n, v = _check_layout(p, f, g)
             names = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("names", [])) if CONDITIONS in f else ()
             units = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("units", [])) if CONDITIONS in f else ()
             a = {k: _decode(x) for k, x in f.attrs.items()}
-            ex = {k: f[k].shape[1:] for k in f.keys()
+            ex = {k: f[k].shape[1:] for k in f
                   if k not in (INCIDENT, SHOWERS, CONDITIONS) and isinstance(f[k], h5py.Dataset) and f[k].ndim >= 1
                   and f[k].shape[0] == n}
         extras = ex if first is None else {k: s for k, s in extras.items() if ex.get(k) == s}

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from ..errors import EnergySpecError
 
 __all__ = ["EnergySpec", "parse_energy", "shower_energies_mev", "shower_seeds", "shower_uniforms", "MIN_ENERGY_GEV",

@@ -43,8 +43,8 @@ import math
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -507,8 +507,8 @@ def simulate_paraflow(
     ['/tmp/pf.h5']
     """
     from ..io import merge_files
-    from .g4data import configure_geant4_data
     from ..outputs import check_output_files
+    from .g4data import configure_geant4_data
     from .runner import PARTICLES, _available_cores, parse_shard, run_workers, shard_range
 
     if particle not in PARTICLES:

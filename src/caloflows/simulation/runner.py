@@ -16,19 +16,19 @@ import queue as queue_mod
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..errors import SimulationError
 from ..geometry import Geometry, geometry_from_dict, load_geometry
 from ..io import merge_files
 from ..outputs import check_output_files, clean_orphans, temp_tag
 from ..termination import sigterm_raises
 from .energies import EnergySpec, parse_energy, shower_energies_mev, shower_seeds
-from ..errors import SimulationError
 
 __all__ = [
     "simulate",
