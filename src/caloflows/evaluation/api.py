@@ -232,7 +232,7 @@ def _fpd_kpd(which: str, gen_x, ref_x, half_x, seed: int) -> dict:
 def _prdc_metrics(gscan: SampleScan, rscan: SampleScan, sub: dict) -> dict:
     """PRDC on the bounded voxel subsamples chosen in :func:`evaluate`; one pair in memory at a time."""
     out = {"k": 5, "max_showers": PRDC_MAX_SHOWERS, "n_showers": int(len(sub["prdc_gen"]))}
-    lv = lambda scan, idx: log_voxels(scan.kept_features(idx).voxels)  # noqa: E731
+    lv = lambda scan, idx: log_voxels(scan.kept_voxels, scan.kept_rows(idx))  # noqa: E731
     out["generated"] = prdc(lv(rscan, sub["prdc_ref"]), lv(gscan, sub["prdc_gen"]), k=5)
     h0, h1 = sub["prdc_halves"]
     out["reference_halves"] = prdc(lv(rscan, h0), lv(rscan, h1), k=5)

@@ -183,15 +183,20 @@ class SampleScan:
         """Average thresholded shower (V,)."""
         return self.voxel_sum / max(len(self), 1)
 
-    def kept_features(self, index: np.ndarray | None = None) -> HighLevelFeatures:
-        """Features with voxels of the kept showers (``index``: a subset of ``kept_index``, default all)."""
+    def kept_rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows of ``kept_voxels`` holding the showers ``index`` (which must have been kept)."""
         if self.kept_voxels is None:
             raise EvaluationError("no voxels were kept for this sample")
-        index = self.kept_index if index is None else np.asarray(index)
+        index = np.asarray(index)
         pos = np.searchsorted(self.kept_index, index)
         if np.any(pos >= len(self.kept_index)) or np.any(self.kept_index[np.minimum(pos, len(self.kept_index) - 1)] != index):
             raise ValueError("requested showers whose voxels were not kept")
-        return self.features.subset(index).with_voxels(self.kept_voxels[pos])
+        return pos
+
+    def kept_features(self, index: np.ndarray | None = None) -> HighLevelFeatures:
+        """Features with voxels of the kept showers (``index``: a subset of ``kept_index``, default all)."""
+        index = self.kept_index if index is None else np.asarray(index)
+        return self.features.subset(index).with_voxels(self.kept_voxels[self.kept_rows(index)])
 
 
 def scan_sample(
