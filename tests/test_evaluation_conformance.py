@@ -192,3 +192,21 @@ def test_flag_reaches_report_and_cli_summary(coarse_8gev, tmp_path):
     assert lines[1].lstrip().startswith("OUT OF RANGE") and "E_layer/1" in lines[1]
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.index("Out of range:") < html.index("<h2>Summary</h2>")
+
+
+def test_cli_classifier_layers_option(tmp_path):
+    import json
+
+    from caloflows.cli import main
+    from caloflows.io import write_showers
+
+    inc, x = toy_showers("ds1-photons", 400, seed=2)
+    write_showers(tmp_path / "g.h5", inc[:200], x[:200], geometry="ds1-photons")
+    write_showers(tmp_path / "r.h5", inc[200:], x[200:], geometry="ds1-photons")
+    for layers, want in ((None, 3), (2, 2)):
+        extra = [] if layers is None else ["--classifier-layers", str(layers)]
+        assert main(["evaluate", str(tmp_path / "g.h5"), str(tmp_path / "r.h5"), "--out", str(tmp_path / "rep"),
+                     "--metrics", "cls-high", "--hidden", "8", "--epochs", "1", "--no-plots", *extra]) == 0
+        c = json.loads((tmp_path / "rep" / "metrics.json").read_text())["classifiers"]["cls-high"]
+        assert c["config"]["n_hidden_layers"] == want
+        assert c["trainable_parameters"] == official_dnn_parameters(30, 8, want)
