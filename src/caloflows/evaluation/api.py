@@ -444,6 +444,7 @@ def evaluate(
                 if which == "fpd":  # FPD of finite samples has a floor ~ 1/N1 + 1/N2; KPD is unbiased
                     result[which]["reference_halves_scaled_x1e3"] = result[which]["reference_halves_x1e3"] * floor_scale
                 timing[which] = time.perf_counter() - t
+        del gx, rx, hx  # bounded memory: PRDC and the classifiers come next
     if "prdc" in metrics:
         t = time.perf_counter()
         result["prdc"] = _prdc_metrics(gscan, rscan, sub)
