@@ -1,4 +1,4 @@
-"""Peak memory and wall time of ``caloflows evaluate`` on a large synthetic pair (issue 14).
+"""Peak memory and wall time of ``caloflows evaluate`` on a large synthetic pair (issue 14; ds2/ds3 timing).
 
 Writes two synthetic CaloChallenge files of N showers each (default ds3: 40500 voxels, float32,
 uncompressed unless --gzip, ~25 % non-zero voxels with exponential energies -- NOT physics, the cost depends on sizes;
@@ -26,14 +26,15 @@ import time
 import numpy as np
 
 CHILD = r"""
-import json, sys
+import json, resource, sys
 from caloflows.cli import main
 def hwm_mb():  # VmHWM: this process's own peak resident set size
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "peak_rss_mb": hwm_mb()}))
+ru = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: less sensitive to a loaded machine than wall time
+print(json.dumps({"rc": rc, "peak_rss_mb": hwm_mb(), "cpu_s": ru.ru_utime + ru.ru_stime}))
 """
 
 
@@ -90,6 +91,7 @@ def main() -> None:
             "file_mb_per_file": os.path.getsize(f"{d}/gen.h5") / 2**20, "write_s": round(t_write, 1),
             "compression": args.compression, "metrics": args.metrics, "plots": args.plots, "threads": args.threads,
             "peak_rss_mb": round(child["peak_rss_mb"]), "wall_s_including_startup": round(wall, 1),
+            "cpu_s": round(child["cpu_s"], 1),
             "timing_s": {k: round(v, 1) for k, v in m["timing_s"].items()},
             "voxel_subsamples": m["inputs"]["voxel_subsamples"],
             "load": os.getloadavg(),
