@@ -77,14 +77,15 @@ def main() -> None:
         if not args.plots:
             cmd.append("--no-plots")
         t = time.perf_counter()
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if out.returncode != 0:
             sys.exit(f"evaluate failed:\n{out.stderr[-3000:]}")
         child = json.loads(out.stdout.strip().splitlines()[-1])
         if child["rc"] != 0:
             sys.exit(f"evaluate failed (rc {child['rc']}):\n{out.stderr[-3000:]}")
-        m = json.load(open(f"{d}/report/metrics.json"))
+        with open(f"{d}/report/metrics.json") as fh:
+            m = json.load(fh)
         res = {
             "geometry": args.geometry, "n_showers_per_file": args.n, "n_voxels": nv,
             "raw_float32_mb_per_file": args.n * nv * 4 / 2**20,
