@@ -20,7 +20,7 @@ from caloflows.evaluation.toy import toy_showers
 from caloflows.geometry import load_geometry
 
 N_HALF = 10_000
-FAST = ClassifierConfig(hidden=64, epochs=12, lr=1e-3, batch_size=250, progress=False)
+FAST = ClassifierConfig(hidden=64, n_hidden_layers=2, epochs=12, lr=1e-3, batch_size=250, progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,12 +44,15 @@ def halves():
 
 
 def test_paper_architecture():
+    # official evaluate.py: Linear(d, 2048), 2 hidden Linear(2048, 2048), Linear(2048, 1)
     m = build_dnn(369)
-    assert count_parameters(m) == 369 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 + 1
+    assert count_parameters(m) == 369 * 2048 + 2048 + 2 * (2048 * 2048 + 2048) + 2048 + 1
     acts = [l for l in m if isinstance(l, torch.nn.LeakyReLU)]
-    assert len(acts) == 2 and all(a.negative_slope == 0.01 for a in acts)
+    assert len(acts) == 3 and all(a.negative_slope == 0.01 for a in acts)
     c = ClassifierConfig()
-    assert (c.hidden, c.n_hidden_layers, c.epochs, c.batch_size, c.lr) == (2048, 2, 50, 1000, 2e-4)
+    assert (c.hidden, c.n_hidden_layers, c.epochs, c.batch_size, c.lr) == (2048, 3, 50, 1000, 2e-4)
+    # the shallower network caloflows used before stays available
+    assert count_parameters(build_dnn(369, n_hidden_layers=2)) == 369 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 + 1
 
 
 def test_split_is_60_20_20():

@@ -189,7 +189,8 @@ def test_classifier_config_and_trainable_parameters(files):
                  classifier=ClassifierConfig(hidden=8, epochs=1, progress=False), model_parameters=1234)
     c = r["classifiers"]["cls-low"]
     assert c["config"]["hidden"] == 8 and c["n_features"] == 369
-    assert c["trainable_parameters"] == 369 * 8 + 8 + 8 * 8 + 8 + 8 + 1
+    # official depth: Linear(369, 8), two hidden Linear(8, 8), Linear(8, 1)
+    assert c["trainable_parameters"] == 369 * 8 + 8 + 2 * (8 * 8 + 8) + 8 + 1
     assert r["inputs"]["model_trainable_parameters"] == 1234
 
 

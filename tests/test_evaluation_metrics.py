@@ -44,7 +44,9 @@ def test_separation_power_known_values():
     assert separation_power([5, 0], [0, 7]) == pytest.approx(1.0)  # no overlap
     # h1 = (0.5, 0.5), h2 = (1, 0): 1/2 [0.25/1.5 + 0.25/0.5] = 1/3
     assert separation_power([1, 1], [1, 0]) == pytest.approx(1 / 3)
-    assert separation_power([0, 0], [1, 2]) == 1.0  # one sample entirely out of range
+    # one sample entirely out of range: undefined (NaN) as in the official code; the
+    # out-of-range fraction of HistogramResult reports it instead
+    assert math.isnan(separation_power([0, 0], [1, 2]))
     assert math.isnan(separation_power([0, 0], [0, 0]))
 
 
@@ -63,7 +65,10 @@ def test_disjoint_samples_have_separation_power_one(photons):
     ref = compute_features(x, inc, g)
     gen = compute_features(x * 3.0, inc, g)  # every energy tripled: E_dep/E_inc ~ 2.7 vs 0.9
     res = compare_histograms(gen, ref)
-    assert res["E_ratio"].separation_power == pytest.approx(1.0)
+    # every E_dep/E_inc of the generated sample lands above 1.5: S undefined, out-of-range fraction 1, flagged
+    assert math.isnan(res["E_ratio"].separation_power)
+    assert res["E_ratio"].gen_out_of_range == 1.0 and res["E_ratio"].ref_out_of_range < 0.01
+    assert res["E_ratio"].out_of_range_flag
     for lid in ref.layer_ids:  # layer energies shift by 0.48 decades (on spectra 2.5 decades wide)
         assert res[f"E_layer/{lid}"].separation_power > 0.05
     # shapes of the shower (centres, sparsity) barely change: S well below 1
@@ -81,7 +86,7 @@ def test_reference_halves_band(photons):
     band = res["E_ratio"].ref_band
     assert 0 < band < 0.05  # statistical noise of two independent halves
     gen = compute_features(x * 3.0, inc, g)
-    assert compare_histograms(gen, f, h)["E_ratio"].separation_power == 1.0
+    assert math.isnan(compare_histograms(gen, f, h)["E_ratio"].separation_power)
     gen = compute_features(x * 1.1, inc, g)
     assert compare_histograms(gen, f, h)["E_ratio"].separation_power > 5 * band
 
@@ -96,8 +101,8 @@ def test_binning_conventions(photons):
     assert (e[0], e[-1]) == (-500.0, 500.0)
     e, _ = feature_bins("width_phi/3", np.zeros(3), load_geometry("ds2"))
     assert (e[0], e[-1]) == (0.0, 30.0)
-    e, _ = feature_bins("sparsity/3", np.zeros(3), g)  # layer 3 of photons: 5 voxels -> 6 values
-    assert len(e) == 7
+    e, _ = feature_bins("sparsity/3", np.zeros(3), g)  # official: linspace(0, 1, 21) for every layer
+    np.testing.assert_array_equal(e, np.linspace(0, 1, 21))
 
 
 # ------------------------------------------------------------------ chi2
@@ -193,7 +198,7 @@ def test_kpd_halves_consistent_with_zero(gauss_halves):
     v, e = kpd(a, b, batch_size=2000, normalise=False)
     assert abs(v) < 3 * e
     v2, e2 = kpd(a, b + 0.2, batch_size=2000, normalise=False)
-    assert v2 > 10 * max(e2, abs(v))
+    assert v2 > 5 * max(e2, abs(v))  # error: half the 16.3-83.7 % range (~1 sigma, jetnet)
 
 
 def test_normalisation_and_adapted_sizes():

@@ -12,7 +12,7 @@ from . import UserError
 def register(sub) -> None:
     # metric names spelled out here so that `caloflows --help` does not import torch
     ALL_METRICS = ("hist", "corr", "fpd", "kpd", "prdc", "cls-low", "cls-low-normed", "cls-logit", "cls-high",
-                   "multiclass")
+                   "cls-cnn", "multiclass")
     DEFAULT_METRICS = ("hist", "corr", "fpd", "kpd", "prdc")
     p = sub.add_parser(
         "evaluate",
@@ -29,13 +29,15 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace --out if it is a caloflows report directory holding nothing else")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
-                   help=f"comma-separated subset of {','.join(ALL_METRICS)}; or all, fast, default "
-                   f"(default: %(default)s)")
+                   help=f"comma-separated subset of {','.join(ALL_METRICS)}; or all (every metric but cls-cnn, "
+                   f"the 3D-ResNet classifier for ds2/ds3), fast, default (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="classifier runs per input set (mean and std; paper: 10)")
     p.add_argument("--device", default="cpu", help="torch device for the classifiers: cpu or cuda")
     p.add_argument("--epochs", type=int, help="classifier epochs, the best validation epoch is kept "
                    "(default: 50 binary, 25 multiclass as in the paper)")
     p.add_argument("--hidden", type=int, help="classifier hidden width (default: 2048 binary, 4096 multiclass)")
+    p.add_argument("--classifier-layers", type=int, help="2048-wide layers of the binary DNN (default: 3, the "
+                   "official network; 2: the shallower network of earlier caloflows versions)")
     p.add_argument("--compare", action="append", default=[], metavar="FILE",
                    help="another generated sample for the multiclass test (repeatable)")
     p.add_argument("--label", help="name of the generated sample in plots (default: file name)")
@@ -53,6 +55,9 @@ def _print_warning(message, category, filename, lineno, file=None, line=None):
 def summary_lines(r: dict) -> list[str]:
     lines = [f"report: {r.get('report_dir')}"]
     h = r.get("histograms")
+    if h and h.get("out_of_range_flagged"):
+        lines.append(f"  OUT OF RANGE (generated entries outside the histogram range significantly more often than "
+                     f"the reference; their separation power ignores them): {', '.join(h['out_of_range_flagged'])}")
     if h:
         for k, v in h["mean_separation_power_by_kind"].items():
             lines.append(f"  mean separation power {k:<10} {v['generated']:.4g}  (Geant4 halves {v['reference_halves']:.4g},"
@@ -89,7 +94,10 @@ def run(args) -> int:
         raise UserError("--seeds, --epochs and --hidden must be positive")
     if args.max_showers is not None and args.max_showers < 1:
         raise UserError("--max-showers must be positive")
+    if args.classifier_layers is not None and args.classifier_layers < 1:
+        raise UserError("--classifier-layers must be positive")
     set_ = {k: v for k, v in (("hidden", args.hidden), ("epochs", args.epochs)) if v is not None}
+    bin_set = dict(set_, **({"n_hidden_layers": args.classifier_layers} if args.classifier_layers else {}))
     compare = {f"compare{i + 1}:{p}": p for i, p in enumerate(args.compare)}
     with warnings.catch_warnings():
         warnings.simplefilter("always", EvaluationWarning)
@@ -104,7 +112,7 @@ def run(args) -> int:
                 out=args.out,
                 seeds=args.seeds,
                 device=args.device,
-                classifier=ClassifierConfig(**set_),
+                classifier=ClassifierConfig(**bin_set),
                 multiclass=MulticlassConfig(**set_),
                 compare=compare,
                 label=args.label,

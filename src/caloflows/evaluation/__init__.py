@@ -1,9 +1,11 @@
 """The CaloChallenge evaluation (review sec. 8; CaloFlow paper sec. 4 and appendix B).
 
-Modules, one job each: :mod:`.features` (high-level features), :mod:`.histograms` (separation
-power, chi2/NDF), :mod:`.correlations`, :mod:`.inputs` and :mod:`.classifier` (binary DNN test),
-:mod:`.multiclass`, :mod:`.distances` (FPD/KPD), :mod:`.manifold` (precision/recall/density/
-coverage), :mod:`.params`, :mod:`.plots`, :mod:`.report`; :func:`evaluate` ties them together.
+Modules, one job each: :mod:`.features` (high-level features), :mod:`.stream` (chunked passes over
+a sample in bounded memory), :mod:`.histograms` (separation power with out-of-range fractions,
+chi2/NDF), :mod:`.correlations`, :mod:`.inputs` and :mod:`.classifier` (binary DNN test),
+:mod:`.cnn` (3D-ResNet classifier), :mod:`.multiclass`, :mod:`.distances` (FPD/KPD),
+:mod:`.manifold` (precision/recall/density/coverage), :mod:`.params`, :mod:`.plots`,
+:mod:`.report`; :func:`evaluate` ties them together.
 """
 
 from .api import (

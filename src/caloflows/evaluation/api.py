@@ -19,16 +19,33 @@ import numpy as np
 from scipy import stats
 
 from ..geometry import Geometry, guess_geometry, load_geometry
-from ..io import ShowerData, read_showers
+from ..io import ShowerData
 from .classifier import ClassifierConfig, binary_test, build_dnn
+from .cnn import CNNConfig, check_cnn_geometry, cnn_builder
 from .correlations import layer_correlations
 from .distances import adapted_sizes, fpd, kpd
 from .features import HighLevelFeatures, compute_features
-from .histograms import compare_histograms, eratio_per_energy
+from .histograms import (
+    OUT_OF_RANGE_Z,
+    compare_histograms,
+    eratio_per_energy,
+    eratio_separation_per_energy,
+    voxel_bins,
+    voxel_result,
+)
 from .inputs import classifier_inputs
 from .manifold import log_voxels, prdc
 from .multiclass import MulticlassConfig, multiclass_test
 from .params import count_parameters
+from .stream import (
+    VOXEL_BUDGET,
+    SampleScan,
+    peek_sample,
+    sample_length,
+    scan_sample,
+    voxel_histogram,
+    voxel_subsample_size,
+)
 from ..errors import EvaluationError
 
 __all__ = [
@@ -37,6 +54,7 @@ __all__ = [
     "EvaluationWarning",
     "ALL_METRICS",
     "FAST_METRICS",
+    "PRDC_VOXEL_BUDGET",
     "DEFAULT_METRICS",
     "CLASSIFIER_METRICS",
     "MIN_CLASSIFIER_SHOWERS",
@@ -44,14 +62,20 @@ __all__ = [
 ]
 
 #: binary classifier metric name -> input set of :func:`classifier_inputs`
-CLASSIFIER_METRICS = {"cls-low": "low", "cls-low-normed": "low-normed", "cls-logit": "logit", "cls-high": "high"}
+CLASSIFIER_METRICS = {"cls-low": "low", "cls-low-normed": "low-normed", "cls-logit": "logit", "cls-high": "high",
+                      "cls-cnn": "low"}
 ALL_METRICS = ("hist", "corr", "fpd", "kpd", "prdc", *CLASSIFIER_METRICS, "multiclass")
+#: what ``all`` expands to: every metric but the CNN (hours on a CPU, regular geometries only; ask for it by name)
+ALL_GROUP = tuple(m for m in ALL_METRICS if m != "cls-cnn")
 FAST_METRICS = ("hist", "corr", "fpd", "kpd")
 DEFAULT_METRICS = ("hist", "corr", "fpd", "kpd", "prdc")
 #: fewest showers per sample for a 60/20/20 classifier split (>= 20 test showers per class)
 MIN_CLASSIFIER_SHOWERS = 100
 #: PRDC uses at most this many showers per sample (pairwise distances are O(n m))
 PRDC_MAX_SHOWERS = 10_000
+#: ... and at most this many voxel values per subsample (10000 ds2 showers, 1604 ds3 showers), so that
+#: two float64 subsamples stay near 1 GB
+PRDC_VOXEL_BUDGET = 65_000_000
 #: KS-test p-value below which the incident-energy spectra are reported as different
 EINC_P_VALUE = 1e-3
 
@@ -61,11 +85,12 @@ class EvaluationWarning(UserWarning):
 
 
 def parse_metrics(spec: str | Iterable[str]) -> list[str]:
-    """``"hist,cls-low"`` -> ["hist", "cls-low"]; ``all``, ``fast`` and ``default`` expand."""
+    """``"hist,cls-low"`` -> ["hist", "cls-low"]; ``all`` (every metric but ``cls-cnn``), ``fast`` and
+    ``default`` expand."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     out: list[str] = []
     for s in items:
-        group = {"all": ALL_METRICS, "fast": FAST_METRICS, "default": DEFAULT_METRICS}.get(s)
+        group = {"all": ALL_GROUP, "fast": FAST_METRICS, "default": DEFAULT_METRICS}.get(s)
         for m in group or (s,):
             if m not in ALL_METRICS:
                 raise EvaluationError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}, all, fast, default")
@@ -79,28 +104,6 @@ def parse_metrics(spec: str | Iterable[str]) -> list[str]:
 # ------------------------------------------------------------------ inputs
 def _name(sample, default: str) -> str:
     return str(sample) if isinstance(sample, (str, os.PathLike)) else default
-
-
-def _load(sample, what: str, max_showers: int | None) -> ShowerData:
-    if isinstance(sample, ShowerData):
-        data = sample if max_showers is None else sample.subset(slice(0, max_showers))
-        _check_finite(data, what)
-        if len(data) == 0:
-            raise EvaluationError(f"{what}: holds no showers")
-        return data
-    if isinstance(sample, (str, os.PathLike)):
-        return read_showers(sample, stop=max_showers)  # raises ShowerFileError naming the file
-    raise TypeError(f"{what}: expected a file path or ShowerData, got {type(sample).__name__}")
-
-
-def _check_finite(d: ShowerData, what: str) -> None:
-    if not np.isfinite(d.incident_energies).all() or (d.incident_energies <= 0).any():
-        raise EvaluationError(f"{what}: incident energies contain NaN, inf or non-positive values")
-    if not np.isfinite(d.showers).all():
-        i, j = np.argwhere(~np.isfinite(d.showers))[0]
-        raise EvaluationError(f"{what}: shower {i}, voxel {j} is NaN or inf")
-    if (d.showers < 0).any():
-        raise EvaluationError(f"{what}: showers contain negative voxel energies")
 
 
 def _resolve_geometry(geometry, gen: ShowerData, ref: ShowerData, gname: str, rname: str) -> Geometry:
@@ -184,29 +187,42 @@ def _compare_incident_energies(gen: np.ndarray, ref: np.ndarray, gname: str) -> 
 
 
 # ------------------------------------------------------------------ metrics
-def _hist_metrics(gen_f, ref_f, halves) -> tuple[dict, dict]:
-    results = compare_histograms(gen_f, ref_f, halves)
+def _hist_metrics(gen_f, ref_f, halves, voxel=None) -> tuple[dict, dict]:
+    results = compare_histograms(gen_f, ref_f, halves, voxel=voxel)
     by_kind: dict[str, dict[str, list]] = {}
     for key, r in results.items():
         kind = key.partition("/")[0]
         d = by_kind.setdefault(kind, {"generated": [], "reference_halves": []})
         d["generated"].append(r.separation_power)
         d["reference_halves"].append(r.ref_band)
-    mean_by_kind = {
-        k: {
-            "generated": float(np.nanmean(v["generated"])) if np.isfinite(v["generated"]).any() else float("nan"),
-            "reference_halves": float(np.nanmean(np.array(v["reference_halves"], dtype=float)))
-            if np.isfinite(np.array(v["reference_halves"], dtype=float)).any() else float("nan"),
+    mean_by_kind = {}
+    for k, v in by_kind.items():
+        g = np.array(v["generated"], dtype=float)
+        h = np.array(v["reference_halves"], dtype=float)
+        mean_by_kind[k] = {
+            "generated": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
+            "reference_halves": float(np.nanmean(h)) if np.isfinite(h).any() else float("nan"),
+            "n_features": int(len(g)),
+            "n_undefined": int(np.count_nonzero(~np.isfinite(g))),  # S = NaN: a histogram empty in range
         }
-        for k, v in by_kind.items()
-    }
     eratio = eratio_per_energy(gen_f, ref_f, ref_halves=halves)
+    per_e = eratio_separation_per_energy(gen_f, ref_f, ref_halves=halves)
+    flagged = [k for k, r in results.items() if r.out_of_range_flag]
+    if per_e:
+        flagged += [f"E_ratio@{row['e_inc_mev'] / 1e3:.4g}GeV" for row in per_e if row["out_of_range_flag"]]
     out = {
+        "out_of_range_flagged": flagged,
+        "out_of_range_note": (
+            "features whose generated fraction of entries outside the histogram range exceeds the reference's by "
+            f"more than {OUT_OF_RANGE_Z:g} standard errors; the separation power ignores such entries"
+        ),
         "separation_power": {k: r.to_json() for k, r in results.items()},
         "mean_separation_power_by_kind": mean_by_kind,
         "eratio_per_energy": eratio,
         "data": {k: {"edges": r.edges, "generated": r.gen, "reference": r.ref} for k, r in results.items()},
     }
+    if per_e is not None:
+        out["eratio_separation_per_energy"] = per_e
     return out, results
 
 
@@ -237,17 +253,26 @@ def _fpd_kpd(which: str, gen_x, ref_x, half_x, seed: int) -> dict:
     }
 
 
-def _prdc_metrics(gen_f, ref_f, halves, rng) -> dict:
-    def pick(v):
-        return v if len(v) <= PRDC_MAX_SHOWERS else v[rng.choice(len(v), PRDC_MAX_SHOWERS, replace=False)]
-
-    out = {"k": 5, "max_showers": PRDC_MAX_SHOWERS}
-    out["generated"] = prdc(log_voxels(pick(ref_f.voxels)), log_voxels(pick(gen_f.voxels)), k=5)
-    out["reference_halves"] = prdc(log_voxels(pick(halves[0].voxels)), log_voxels(pick(halves[1].voxels)), k=5)
+def _prdc_metrics(gscan: SampleScan, rscan: SampleScan, sub: dict) -> dict:
+    """PRDC on the bounded voxel subsamples chosen in :func:`evaluate`; one pair in memory at a time."""
+    out = {"k": 5, "max_showers": PRDC_MAX_SHOWERS, "n_showers": int(len(sub["prdc_gen"]))}
+    lv = lambda scan, idx: log_voxels(scan.kept_voxels, scan.kept_rows(idx))  # noqa: E731
+    out["generated"] = prdc(lv(rscan, sub["prdc_ref"]), lv(gscan, sub["prdc_gen"]), k=5)
+    h0, h1 = sub["prdc_halves"]
+    out["reference_halves"] = prdc(lv(rscan, h0), lv(rscan, h1), k=5)
     return out
 
 
 # ------------------------------------------------------------------ evaluate
+def _any_energy(sample: "ShowerData | str | os.PathLike", max_showers: int | None) -> bool:
+    """Whether any voxel of the (first ``max_showers``) showers is non-zero; stops at the first chunk that has one."""
+    if isinstance(sample, ShowerData):
+        return bool(np.any(sample.showers[:max_showers]))
+    from ..io import iter_showers
+
+    return any(np.any(c.showers) for c in iter_showers(sample, 10_000, validate=False, stop=max_showers))
+
+
 def evaluate(
     generated,
     reference,
@@ -267,6 +292,8 @@ def evaluate(
     seed: int = 0,
     classifier_floor: bool = False,
     force: bool = False,
+    cnn: CNNConfig | None = None,
+    voxel_budget: int | None = VOXEL_BUDGET,
 ) -> dict:
     """Evaluate ``generated`` against ``reference`` showers; return every number as a dict.
 
@@ -290,6 +317,13 @@ def evaluate(
         force: replace an existing ``out`` that is a caloflows report (and holds nothing
             else); without it an existing non-empty ``out`` is refused before any work
             (:func:`caloflows.outputs.check_report_dir`).
+        cnn: architecture of the ``cls-cnn`` 3D ResNet (default: ResNet-18, official widths).
+        voxel_budget: most voxel values per sample kept for the low-level classifiers (default
+            2.5e8: every shower of ds1/ds2 files up to 38k showers, 6172 ds3 showers); a larger
+            sample is subsampled at random, recorded in ``inputs.voxel_subsamples``. None: no limit.
+
+    Samples are read in chunks (:mod:`.stream`): memory is bounded by the features (~400 floats a
+    ds3 shower) and the voxel subsamples, not by the file size.
     """
     t_start = time.perf_counter()
     metrics = parse_metrics(metrics)
@@ -300,35 +334,43 @@ def evaluate(
 
         paths = [x for x in (generated, reference, *(compare or {}).values()) if isinstance(x, (str, os.PathLike))]
         check_report_dir(out, paths, force=force)
-    gen = _load(generated, gname, max_showers)
-    ref = _load(reference, rname, max_showers)
-    for d, n in ((gen, gname), (ref, rname)):
-        if len(d) < 2:
-            raise EvaluationError(f"{n}: {len(d)} shower(s); the evaluation needs at least 2 (the reference is "
+    for s, n in ((generated, gname), (reference, rname)):
+        if not isinstance(s, (ShowerData, str, os.PathLike)):
+            raise TypeError(f"{n}: expected a file path or ShowerData, got {type(s).__name__}")
+    first_gen, first_ref = peek_sample(generated, gname), peek_sample(reference, rname)  # first chunks validated
+    n_gen, n_ref = sample_length(generated, max_showers), sample_length(reference, max_showers)
+    for src, n, nm in ((generated, n_gen, gname), (reference, n_ref, rname)):
+        if n < 2:
+            raise EvaluationError(f"{nm}: {n} shower(s); the evaluation needs at least 2 (the reference is "
                                   f"split into two halves for the Geant4 floor)")
-        if not np.any(d.showers):
-            raise EvaluationError(f"{n}: every shower is zero (no energy in any voxel); nothing to evaluate")
-    geo = _resolve_geometry(geometry, gen, ref, gname, rname)
+        if not _any_energy(src, max_showers):
+            raise EvaluationError(f"{nm}: every shower is zero (no energy in any voxel); nothing to evaluate")
+    geo = _resolve_geometry(geometry, first_gen, first_ref, gname, rname)
+    del first_gen, first_ref
     cls_wanted = [m for m in metrics if m in CLASSIFIER_METRICS or m == "multiclass"]
-    for d, n in ((gen, gname), (ref, rname)):
-        if cls_wanted and len(d) < MIN_CLASSIFIER_SHOWERS:
+    for n, nm in ((n_gen, gname), (n_ref, rname)):
+        if cls_wanted and n < MIN_CLASSIFIER_SHOWERS:
             raise EvaluationError(
-                f"{n}: {len(d)} showers are too few for the classifier split ({', '.join(cls_wanted)} need at "
+                f"{nm}: {n} showers are too few for the classifier split ({', '.join(cls_wanted)} need at "
                 f"least {MIN_CLASSIFIER_SHOWERS} per sample for 60/20/20)"
             )
-    if classifier_floor and any(m in CLASSIFIER_METRICS for m in metrics) and len(ref) // 2 < MIN_CLASSIFIER_SHOWERS:
+    if classifier_floor and any(m in CLASSIFIER_METRICS for m in metrics) and n_ref // 2 < MIN_CLASSIFIER_SHOWERS:
         raise EvaluationError(
-            f"{rname}: {len(ref)} showers are too few for the classifier floor (two halves of at least "
+            f"{rname}: {n_ref} showers are too few for the classifier floor (two halves of at least "
             f"{MIN_CLASSIFIER_SHOWERS} showers each are needed)"
         )
-    others: dict[str, ShowerData] = {}
+    if "cls-cnn" in metrics:
+        check_cnn_geometry(geo)
+    others: dict[str, object] = {}
     if "multiclass" in metrics:
         for k, v in (compare or {}).items():
-            others[k] = _load(v, _name(v, k), max_showers)
-            if others[k].showers.shape[1] != geo.n_voxels:
-                raise EvaluationError(f"{_name(v, k)}: {others[k].showers.shape[1]} voxels, geometry {geo.name!r} has {geo.n_voxels}")
-            if len(others[k]) < MIN_CLASSIFIER_SHOWERS:
-                raise EvaluationError(f"{_name(v, k)}: {len(others[k])} showers are too few for the multiclass split (need {MIN_CLASSIFIER_SHOWERS})")
+            nv = peek_sample(v, _name(v, k)).showers.shape[1]
+            if nv != geo.n_voxels:
+                raise EvaluationError(f"{_name(v, k)}: {nv} voxels, geometry {geo.name!r} has {geo.n_voxels}")
+            if sample_length(v, max_showers) < MIN_CLASSIFIER_SHOWERS:
+                raise EvaluationError(f"{_name(v, k)}: {sample_length(v, max_showers)} showers are too few for the "
+                                      f"multiclass split (need {MIN_CLASSIFIER_SHOWERS})")
+            others[k] = v
         if not others:
             raise EvaluationError("multiclass needs at least one more generated sample to compare with (--compare FILE)")
     if device.startswith("cuda"):
@@ -336,30 +378,58 @@ def evaluate(
 
         if not torch.cuda.is_available():
             raise EvaluationError(f"device {device!r} requested but no CUDA GPU is available")
+    n_feat = _distance_inputs(compute_features(np.zeros((1, geo.n_voxels)), np.ones(1), geo)).shape[1]
+    if ("fpd" in metrics or "kpd" in metrics) and min(n_gen, n_ref // 2) < 2 * n_feat + 2:
+        raise EvaluationError(
+            f"FPD/KPD need at least {2 * (2 * n_feat + 2)} reference and {2 * n_feat + 2} generated showers for "
+            f"{n_feat} features (have {n_ref} and {n_gen})"
+        )
+    if "prdc" in metrics and min(n_gen, n_ref // 2) <= 5:
+        raise EvaluationError("PRDC with k=5 needs more than 5 generated and 10 reference showers")
 
-    warn_list: list[str] = []
-    w = _compare_incident_energies(gen.incident_energies, ref.incident_energies, gname)
-    if w:
-        warn_list.append(w)
-        warnings.warn(w, EvaluationWarning, stacklevel=2)
+    # --- which showers keep their voxels (bounded subsamples, see .stream)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_ref)
+    half_idx = (np.sort(perm[: n_ref // 2]), np.sort(perm[n_ref // 2 :]))
+    ref_groups = np.zeros(n_ref, dtype=np.int8)
+    ref_groups[half_idx[1]] = 1
+
+    def pick(idx: np.ndarray, m: int) -> np.ndarray:
+        return idx if len(idx) <= m else np.sort(rng.choice(idx, m, replace=False))
+
+    m_prdc = min(PRDC_MAX_SHOWERS, voxel_subsample_size(max(n_gen, n_ref), geo.n_voxels, PRDC_VOXEL_BUDGET))
+    m_cls = voxel_subsample_size(max(n_gen, n_ref), geo.n_voxels, voxel_budget)
+    keep_gen, keep_ref, sub = [], [], {}
+    if "prdc" in metrics:
+        sub["prdc_gen"] = pick(np.arange(n_gen), m_prdc)
+        sub["prdc_halves"] = (pick(half_idx[0], m_prdc), pick(half_idx[1], m_prdc))
+        both = np.union1d(*sub["prdc_halves"])
+        sub["prdc_ref"] = pick(both, m_prdc) if n_ref > m_prdc else np.arange(n_ref)
+        keep_gen.append(sub["prdc_gen"])
+        keep_ref += [both, sub["prdc_ref"]]
+    voxel_cls = [m for m in metrics if (m in CLASSIFIER_METRICS and CLASSIFIER_METRICS[m] != "high") or m == "multiclass"]
+    if voxel_cls:
+        sub["cls_gen"], sub["cls_ref"] = pick(np.arange(n_gen), m_cls), pick(np.arange(n_ref), m_cls)
+        keep_gen.append(sub["cls_gen"])
+        keep_ref.append(sub["cls_ref"])
+    cat = lambda parts: np.unique(np.concatenate(parts)) if parts else None  # noqa: E731
 
     timing: dict[str, float] = {}
     t = time.perf_counter()
-    gen_f = compute_features(gen.showers, gen.incident_energies, geo)
-    ref_f = compute_features(ref.showers, ref.incident_energies, geo)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(ref_f))
-    halves = (ref_f.subset(np.sort(perm[: len(perm) // 2])), ref_f.subset(np.sort(perm[len(perm) // 2 :])))
+    rscan = scan_sample(reference, geo, rname, max_showers=max_showers, keep=cat(keep_ref))
+    vedges = voxel_bins(np.array([rscan.voxel_max.max()]), geo) if "hist" in metrics else None
+    gscan = scan_sample(generated, geo, gname, max_showers=max_showers, keep=cat(keep_gen), voxel_edges=vedges)
+    rhist = (voxel_histogram(reference, geo, vedges, max_showers=max_showers, groups=ref_groups, n_groups=2)
+             if "hist" in metrics else None)
+    gen_f, ref_f = gscan.features, rscan.features
+    halves = (ref_f.subset(half_idx[0]), ref_f.subset(half_idx[1]))
     timing["features"] = time.perf_counter() - t
 
-    n_feat = _distance_inputs(ref_f.subset(slice(0, 1))).shape[1]
-    if ("fpd" in metrics or "kpd" in metrics) and min(len(gen), len(halves[0])) < 2 * n_feat + 2:
-        raise EvaluationError(
-            f"FPD/KPD need at least {2 * (2 * n_feat + 2)} reference and {2 * n_feat + 2} generated showers for "
-            f"{n_feat} features (have {len(ref)} and {len(gen)})"
-        )
-    if "prdc" in metrics and min(len(gen), len(halves[0])) <= 5:
-        raise EvaluationError("PRDC with k=5 needs more than 5 generated and 10 reference showers")
+    warn_list: list[str] = []
+    w = _compare_incident_energies(gen_f.incident_energies, ref_f.incident_energies, gname)
+    if w:
+        warn_list.append(w)
+        warnings.warn(w, EvaluationWarning, stacklevel=2)
 
     result: dict = {
         "caloflows_version": _version(),
@@ -370,9 +440,17 @@ def evaluate(
             "geometry": geo.name,
             "n_voxels": geo.n_voxels,
             "threshold_mev": geo.threshold_mev,
-            "n_generated": len(gen),
-            "n_reference": len(ref),
+            "n_generated": n_gen,
+            "n_reference": n_ref,
             "reference_halves": [len(halves[0]), len(halves[1])],
+            "voxel_subsamples": {
+                "note": "showers whose voxels enter PRDC and the low-level classifiers; all showers while a sample "
+                        "holds at most the budget of voxel values (bounded memory, see caloflows.evaluation.stream)",
+                "prdc_showers": int(len(sub["prdc_gen"])) if "prdc_gen" in sub else None,
+                "prdc_voxel_budget": PRDC_VOXEL_BUDGET,
+                "classifier_showers": [int(len(sub["cls_gen"])), int(len(sub["cls_ref"]))] if "cls_gen" in sub else None,
+                "classifier_voxel_budget": voxel_budget,
+            },
         },
         "metrics_run": metrics,
         "warnings": warn_list,
@@ -382,13 +460,16 @@ def evaluate(
 
     # Statistical noise of S (and the finite-sample FPD floor) scales as 1/N1 + 1/N2: rescale the
     # reference-halves numbers to the sample sizes of the generated-vs-reference comparison.
-    floor_scale = (1 / len(gen) + 1 / len(ref)) / (1 / len(halves[0]) + 1 / len(halves[1]))
+    floor_scale = (1 / n_gen + 1 / n_ref) / (1 / len(halves[0]) + 1 / len(halves[1]))
     result["inputs"]["floor_scale"] = floor_scale
     hist_results = None
     corr = None
     if "hist" in metrics:
         t = time.perf_counter()
-        result["histograms"], hist_results = _hist_metrics(gen_f, ref_f, halves)
+        gh, rt = gscan.voxel_hist, rhist.total()
+        vres = voxel_result(vedges, gh.counts[0], (gh.underflow[0], gh.overflow[0], gh.entries[0]), rt.counts[0],
+                            (rt.underflow[0], rt.overflow[0], rt.entries[0]), (rhist.counts[0], rhist.counts[1]))
+        result["histograms"], hist_results = _hist_metrics(gen_f, ref_f, halves, vres)
         for v in result["histograms"]["mean_separation_power_by_kind"].values():
             v["reference_halves_scaled"] = v["reference_halves"] * floor_scale
         timing["hist"] = time.perf_counter() - t
@@ -403,7 +484,7 @@ def evaluate(
         timing["corr"] = time.perf_counter() - t
     if "fpd" in metrics or "kpd" in metrics:
         gx, rx = _distance_inputs(gen_f), _distance_inputs(ref_f)
-        hx = (rx[np.sort(perm[: len(perm) // 2])], rx[np.sort(perm[len(perm) // 2 :])])
+        hx = (rx[half_idx[0]], rx[half_idx[1]])
         for which in ("fpd", "kpd"):
             if which in metrics:
                 t = time.perf_counter()
@@ -411,9 +492,10 @@ def evaluate(
                 if which == "fpd":  # FPD of finite samples has a floor ~ 1/N1 + 1/N2; KPD is unbiased
                     result[which]["reference_halves_scaled_x1e3"] = result[which]["reference_halves_x1e3"] * floor_scale
                 timing[which] = time.perf_counter() - t
+        del gx, rx, hx  # bounded memory: PRDC and the classifiers come next
     if "prdc" in metrics:
         t = time.perf_counter()
-        result["prdc"] = _prdc_metrics(gen_f, ref_f, halves, rng)
+        result["prdc"] = _prdc_metrics(gscan, rscan, sub)
         timing["prdc"] = time.perf_counter() - t
 
     cfg = replace(classifier or ClassifierConfig(), device=device)
@@ -421,24 +503,40 @@ def evaluate(
         if m in CLASSIFIER_METRICS:
             t = time.perf_counter()
             kind = CLASSIFIER_METRICS[m]
-            xg, xr = classifier_inputs(gen_f, kind), classifier_inputs(ref_f, kind)
-            r = binary_test(xg, xr, cfg, seeds=seeds, desc=m)
+            build = cnn_builder(geo, cnn) if m == "cls-cnn" else None
+            if kind == "high":
+                fg, fr, fh = gen_f, ref_f, halves
+            else:
+                fg, fr = gscan.kept_features(sub["cls_gen"]), rscan.kept_features(sub["cls_ref"])
+                fh = tuple(rscan.kept_features(np.intersect1d(sub["cls_ref"], h)) for h in half_idx)
+            xg, xr = classifier_inputs(fg, kind), classifier_inputs(fr, kind)
+            r = binary_test(xg, xr, cfg, seeds=seeds, desc=m, build=build)
             r["input_set"] = kind
             r["n_features"] = int(xg.shape[1])
-            r["trainable_parameters"] = count_parameters(build_dnn(xg.shape[1], cfg.hidden, cfg.n_hidden_layers))
+            r["n_showers"] = [len(xg), len(xr)]
+            if build is None:
+                r["network"] = f"DNN, {cfg.n_hidden_layers} x {cfg.hidden} leaky ReLU (official: 3 x 2048)"
+                r["trainable_parameters"] = count_parameters(build_dnn(xg.shape[1], cfg.hidden, cfg.n_hidden_layers))
+            else:
+                r["network"] = f"3D ResNet {(cnn or CNNConfig()).to_dict()}"
+                r["trainable_parameters"] = count_parameters(build(xg.shape[1]))
+            del xg, xr
             if classifier_floor:
-                fl = binary_test(classifier_inputs(halves[0], kind), classifier_inputs(halves[1], kind), cfg,
-                                 seeds=seeds, desc=f"{m} reference halves")
+                fl = binary_test(classifier_inputs(fh[0], kind), classifier_inputs(fh[1], kind), cfg,
+                                 seeds=seeds, desc=f"{m} reference halves", build=build)
                 r["reference_halves"] = {k: fl[k] for k in ("auc_mean", "auc_std", "jsd_mean", "jsd_std", "runs")}
             result.setdefault("classifiers", {})[m] = r
             timing[m] = time.perf_counter() - t
     if "multiclass" in metrics:
         t = time.perf_counter()
         mcfg = replace(multiclass or MulticlassConfig(), device=device)
-        samples = {label: classifier_inputs(gen_f, "low")}
-        for k, d in others.items():
-            samples[k] = classifier_inputs(compute_features(d.showers, d.incident_energies, geo), "low")
-        result["multiclass"] = multiclass_test(samples, classifier_inputs(ref_f, "low"), mcfg, seeds=seeds)
+        samples = {label: classifier_inputs(gscan.kept_features(sub["cls_gen"]), "low")}
+        for k, v in others.items():
+            n_o = sample_length(v, max_showers)
+            o = scan_sample(v, geo, _name(v, k), max_showers=max_showers, keep=pick(np.arange(n_o), m_cls))
+            samples[k] = classifier_inputs(o.kept_features(), "low")
+        result["multiclass"] = multiclass_test(samples, classifier_inputs(rscan.kept_features(sub["cls_ref"]), "low"),
+                                               mcfg, seeds=seeds)
         result["multiclass"]["input_set"] = "low"
         bad = [i for i, ok in enumerate(result["multiclass"]["self_consistent_eq42"]) if not ok]
         if bad:
@@ -456,7 +554,7 @@ def evaluate(
             images: list[tuple[str, str]] = []
             if plots:
                 t = time.perf_counter()
-                images = _draw(tmp, gen_f, ref_f, hist_results, result, corr, label)
+                images = _draw(tmp, gscan, rscan, hist_results, result, corr, label)
                 timing["plots"] = time.perf_counter() - t
             timing["total"] = time.perf_counter() - t_start
             result["plots"] = [name for _, name in images]
@@ -468,7 +566,8 @@ def evaluate(
     return result
 
 
-def _draw(tmp: Path, gen_f, ref_f, hist_results, result, corr, label) -> list[tuple[str, str]]:
+def _draw(tmp: Path, gscan, rscan, hist_results, result, corr, label) -> list[tuple[str, str]]:
+    ref_f = rscan.features
     from . import plots as P
 
     images: list[tuple[str, str]] = []
@@ -499,7 +598,7 @@ def _draw(tmp: Path, gen_f, ref_f, hist_results, result, corr, label) -> list[tu
         add("Layer-energy correlations (review eq. 40)", P.plot_correlations(corr, ref_f.layer_ids, str(tmp / "correlations.png")))
     add(
         "Average shower per layer",
-        P.plot_average_showers(ref_f.geometry, gen_f.voxels.mean(axis=0), ref_f.voxels.mean(axis=0), str(tmp / "average_showers.png")),
+        P.plot_average_showers(ref_f.geometry, gscan.mean_voxels, rscan.mean_voxels, str(tmp / "average_showers.png")),
     )
     return images
 

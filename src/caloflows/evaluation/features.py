@@ -18,7 +18,7 @@ The object is computed once per sample and shared by every metric.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -38,7 +38,8 @@ class HighLevelFeatures:
     Attributes:
         geometry: the voxel geometry.
         incident_energies: (N,) MeV.
-        voxels: (N, V) voxel energies after the threshold (MeV).
+        voxels: (N, V) voxel energies after the threshold (MeV); None when the sample was streamed
+            in chunks (:mod:`.stream`) and its voxels were not kept.
         e_layers: (N, L) layer energies E_i.
         ec_r, width_r: (N, L) centre of energy in r and its width (mm), every layer.
         ec_eta, ec_phi, width_eta, width_phi: (N, La) for the layers in ``alpha_layers``.
@@ -48,7 +49,7 @@ class HighLevelFeatures:
 
     geometry: Geometry
     incident_energies: np.ndarray
-    voxels: np.ndarray
+    voxels: np.ndarray | None
     e_layers: np.ndarray
     ec_r: np.ndarray
     width_r: np.ndarray
@@ -82,7 +83,7 @@ class HighLevelFeatures:
         return HighLevelFeatures(
             self.geometry,
             self.incident_energies[idx],
-            self.voxels[idx],
+            None if self.voxels is None else self.voxels[idx],
             self.e_layers[idx],
             self.ec_r[idx],
             self.width_r[idx],
@@ -92,6 +93,25 @@ class HighLevelFeatures:
             self.width_phi[idx],
             self.sparsity[idx],
             self.alpha_layers,
+        )
+
+    def with_voxels(self, voxels: np.ndarray | None) -> "HighLevelFeatures":
+        """The same features with ``voxels`` (thresholded, one row per shower) attached or dropped."""
+        if voxels is not None and len(voxels) != len(self):
+            raise ValueError(f"{len(voxels)} voxel rows for {len(self)} showers")
+        return replace(self, voxels=voxels)
+
+    @classmethod
+    def concatenate(cls, parts: "list[HighLevelFeatures]") -> "HighLevelFeatures":
+        """Features of consecutive chunks joined into one sample (voxels kept only if every part has them)."""
+        if not parts:
+            raise ValueError("no feature chunks to concatenate")
+        keep = all(p.voxels is not None for p in parts)
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts], axis=0)  # noqa: E731
+        return cls(
+            parts[0].geometry, cat("incident_energies"), cat("voxels") if keep else None, cat("e_layers"),
+            cat("ec_r"), cat("width_r"), cat("ec_eta"), cat("ec_phi"), cat("width_eta"), cat("width_phi"),
+            cat("sparsity"), parts[0].alpha_layers,
         )
 
     def table(self) -> dict[str, np.ndarray]:

@@ -4,7 +4,11 @@ official ``evaluate.py``) plus the logit set of the CaloFlow paper (sec. 4.3).
 All sets start from the thresholded voxels of :class:`HighLevelFeatures`; energies in MeV.
 
 * ``low``: [log10 E_inc, I_a / E_inc];
-* ``low-normed``: [log10 E_inc, I_a / (E_layer + 1e-16), log10(E_layer + 1e-8)];
+* ``low-normed``: [log10 E_inc, I_a / (E_layer + 1e-16), log10(E_layer + 1e-8)], computed from the
+  thresholded voxels (review sec. 9.1).  The official ``evaluate.py`` normalises *before* applying
+  the threshold (a known bug we do not copy): on files with sub-threshold voxels its layer energies
+  include them and a layer holding only sub-threshold energy gives inputs up to ~1e16; numbers then
+  differ from ours, on already-thresholded files they agree;
 * ``logit``: [log10 E_inc, log10(E_layer + 1e-8), logit(alpha + (1 - 2 alpha) I_a / (E_layer + 1e-16))]
   with alpha = 1e-6: voxels normalised per layer, then logit-transformed as in CaloFlow training
   (CaloFlow sec. 4.3; log E_inc and the layer energies are kept so that the normalisation loses
@@ -36,7 +40,9 @@ def _log_einc(f: HighLevelFeatures) -> np.ndarray:
 
 def classifier_inputs(f: HighLevelFeatures, kind: str) -> np.ndarray:
     """(N, D) float64 input of the binary/multiclass classifier for input set ``kind``."""
-    vox = np.asarray(f.voxels, dtype=np.float64)
+    if kind != "high" and f.voxels is None:
+        raise ValueError(f"classifier input set {kind!r} needs the voxels, but these features were computed without them")
+    vox = None if kind == "high" else np.asarray(f.voxels, dtype=np.float64)
     if kind == "low":
         return np.concatenate([_log_einc(f), vox / f.incident_energies[:, None]], axis=1)
     log_el = np.log10(f.e_layers + 1e-8)

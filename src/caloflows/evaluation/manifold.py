@@ -16,11 +16,18 @@ __all__ = ["log_voxels", "prdc"]
 EMPTY_LOG10 = -1.0  # log10(0.1 MeV)
 
 
-def log_voxels(voxels: np.ndarray) -> np.ndarray:
-    """log10 of the (thresholded) voxel energies in MeV, empty voxels set to -1 (review sec. 8.5)."""
-    v = np.asarray(voxels, dtype=np.float64)
-    out = np.full(v.shape, EMPTY_LOG10)
-    np.log10(v, out=out, where=v > 0)
+def log_voxels(voxels: np.ndarray, rows: np.ndarray | None = None, chunk: int = 256) -> np.ndarray:
+    """log10 of the (thresholded) voxel energies in MeV, empty voxels set to -1 (review sec. 8.5).
+
+    Computed in float64 block by block (``rows``: only these rows of ``voxels``), so that a float32
+    input needs no float64 copy: the float64 result is the only large allocation.
+    """
+    v = np.asarray(voxels)
+    idx = np.arange(len(v)) if rows is None else np.asarray(rows)
+    out = np.full((len(idx),) + v.shape[1:], EMPTY_LOG10)
+    for a in range(0, len(idx), chunk):
+        blk = np.asarray(v[idx[a : a + chunk]], dtype=np.float64)
+        np.log10(blk, out=out[a : a + chunk], where=blk > 0)
     return out
 
 

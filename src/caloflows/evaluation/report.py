@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .histograms import OUT_OF_RANGE_Z
+
 __all__ = ["ReportDirectory", "to_jsonable", "write_metrics_json", "write_html"]
 
 
@@ -141,6 +143,12 @@ def write_html(directory: Path, metrics: dict, images: list[tuple[str, str]]) ->
     ]))
     for w in m.get("warnings", []):
         parts.append(f"<div class='warn'>&#9888; {html.escape(w)}</div>")
+    flagged = (m.get("histograms") or {}).get("out_of_range_flagged") or []
+    if flagged:
+        parts.append("<div class='warn'>&#9888; <b>Out of range:</b> the generated sample has significantly more "
+                     "entries outside the histogram range than the reference for "
+                     f"{html.escape(', '.join(flagged))}. The separation power ignores these entries, so it can "
+                     "look small for a gross defect; see the out-of-range columns below.</div>")
     parts.append("<h2>Summary</h2>")
     parts.append(_table(["metric", "generated vs reference", "reference half vs half (Geant4 floor)",
                          "floor scaled to the sample sizes"], _summary_rows(m)))
@@ -150,9 +158,26 @@ def write_html(directory: Path, metrics: dict, images: list[tuple[str, str]]) ->
                  "generated-vs-reference comparison.</p>")
     if "histograms" in m:
         h = m["histograms"]
-        rows = [[k, v["separation_power"], v["reference_halves"]] for k, v in h["separation_power"].items()]
+        sp = h["separation_power"]
+        order = sorted(sp, key=lambda k: not sp[k].get("out_of_range_flag"))  # flagged first
+        rows = [[k, v["separation_power"], v["reference_halves"], v.get("out_of_range_generated"),
+                 v.get("out_of_range_reference"), "FLAG" if v.get("out_of_range_flag") else ""]
+                for k, v in ((k, sp[k]) for k in order)]
         parts.append("<h2>Separation powers (review eq. 39)</h2>")
-        parts.append(_table(["feature", "S gen vs ref", "S ref half vs half"], rows))
+        parts.append("<p>Out of range: fraction of entries outside the histogram range (under- plus overflow), "
+                     "which the separation power ignores; FLAG: generated fraction above the reference's by more "
+                     f"than {OUT_OF_RANGE_Z:g} standard errors. S is undefined (–) when a histogram has no entry in range.</p>")
+        parts.append(_table(["feature", "S gen vs ref", "S ref half vs half", "out of range gen", "out of range ref",
+                             ""], rows))
+        pe = h.get("eratio_separation_per_energy")
+        if pe:
+            parts.append("<h2>Separation power of E<sub>tot</sub>/E<sub>inc</sub> per incident energy (official, "
+                         "dataset 1)</h2>")
+            rows = [[f"{g['e_inc_mev'] / 1e3:.4g} GeV", g["n_gen"], g["n_ref"], g["separation_power"],
+                     g["reference_halves"], g["out_of_range_generated"], g["out_of_range_reference"],
+                     "FLAG" if g["out_of_range_flag"] else ""] for g in pe]
+            parts.append(_table(["E_inc", "N gen", "N ref", "S gen vs ref", "S ref halves", "out of range gen",
+                                 "out of range ref", ""], rows))
         c = h.get("eratio_per_energy")
         if c:
             parts.append("<h2>E<sub>dep</sub>/E<sub>inc</sub> per incident energy (CaloFlow table 4, figs 7-10)</h2>")
@@ -183,6 +208,8 @@ def write_html(directory: Path, metrics: dict, images: list[tuple[str, str]]) ->
 def _summary_rows(m: dict) -> list[list]:
     rows: list[list] = []
     h = m.get("histograms")
+    if h and h.get("out_of_range_flagged"):
+        rows.append(["OUT OF RANGE (flagged features)", ", ".join(h["out_of_range_flagged"]), None])
     if h:
         for kind, v in h["mean_separation_power_by_kind"].items():
             rows.append([f"mean S, {kind}", v["generated"], v["reference_halves"], v.get("reference_halves_scaled")])
