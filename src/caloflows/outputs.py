@@ -64,7 +64,7 @@ __all__ = [
 #: marker file every report directory written by ``caloflows evaluate`` carries
 REPORT_MARKER = ".caloflows-report"
 #: the only entries a report directory holds (``--force`` replaces nothing else)
-REPORT_PATTERNS = (REPORT_MARKER, "metrics.json", "report.html", "*.png")
+REPORT_PATTERNS = (REPORT_MARKER, "metrics.json", "paraflow_metrics.json", "report.html", "*.png")
 #: files a model directory's training writes (``train --force`` removes only these)
 MODEL_PATTERNS = ("config.json", "constants.json", "*.safetensors", "*.safetensors.sha256", "history_*.json",
                   "loss_*.png", "checkpoints/*.pt", "checkpoints/*.json")

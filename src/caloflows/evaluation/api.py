@@ -64,7 +64,9 @@ __all__ = [
 #: binary classifier metric name -> input set of :func:`classifier_inputs`
 CLASSIFIER_METRICS = {"cls-low": "low", "cls-low-normed": "low-normed", "cls-logit": "logit", "cls-high": "high",
                       "cls-cnn": "low"}
-ALL_METRICS = ("hist", "corr", "fpd", "kpd", "prdc", *CLASSIFIER_METRICS, "multiclass")
+ALL_METRICS = ("hist", "corr", "fpd", "kpd", "prdc", *CLASSIFIER_METRICS, "multiclass", "paraflow", "supercalo")
+#: geometry-specific metrics: the ParaFlow shower shapes (grid geometries) and SuperCalo's rho / rings
+SPECIAL_METRICS = ("paraflow", "supercalo")
 #: what ``all`` expands to: every metric but the CNN (hours on a CPU, regular geometries only; ask for it by name)
 ALL_GROUP = tuple(m for m in ALL_METRICS if m != "cls-cnn")
 FAST_METRICS = ("hist", "corr", "fpd", "kpd")
@@ -552,9 +554,10 @@ def evaluate(
 
         with ReportDirectory(out, force=force) as tmp:
             images: list[tuple[str, str]] = []
+            images += _special_metrics(metrics, generated, reference, geo, tmp, plots, label, seed, result, timing)
             if plots:
                 t = time.perf_counter()
-                images = _draw(tmp, gscan, rscan, hist_results, result, corr, label)
+                images = _draw(tmp, gscan, rscan, hist_results, result, corr, label) + images
                 timing["plots"] = time.perf_counter() - t
             timing["total"] = time.perf_counter() - t_start
             result["plots"] = [name for _, name in images]
@@ -562,8 +565,45 @@ def evaluate(
             write_html(tmp, result, images)
         result["report_dir"] = str(out)
     else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            _special_metrics(metrics, generated, reference, geo, Path(tmpdir), False, label, seed, result, timing)
         timing["total"] = time.perf_counter() - t_start
     return result
+
+
+def _special_metrics(metrics, generated, reference, geo, out_dir: Path, plots: bool, label: str, seed: int,
+                     result: dict, timing: dict) -> list[tuple[str, str]]:
+    """The geometry-specific metrics (``paraflow``: paper sec. 4 shower shapes and the fig. 9 (d, b)
+    mean maps; ``supercalo``: rho of eq. 3 and the ring statistics of fig. 12), written into
+    ``out_dir``; returns the plots for the report.  Both load the samples whole (ds1/ds2 sizes)."""
+    images: list[tuple[str, str]] = []
+    before = set(os.listdir(out_dir))
+    if "paraflow" in metrics:
+        from .paraflow import paraflow_report
+
+        if geo.kind != "grid":
+            raise EvaluationError(f"metric 'paraflow' needs the ParaFlow grid geometry (paraflow-8x16), not {geo.name!r}")
+        t = time.perf_counter()
+        result["paraflow"] = paraflow_report(generated, reference, out_dir, gen_label=label, plots=plots)
+        timing["paraflow"] = time.perf_counter() - t
+    if "supercalo" in metrics:
+        from .supercalo import supercalo_metrics
+
+        t = time.perf_counter()
+        from ..io import read_showers
+
+        g, r = ((s if isinstance(s, ShowerData) else read_showers(s)) for s in (generated, reference))
+        perm = np.random.default_rng(seed).permutation(len(r))
+        halves = (r.showers[perm[: len(r) // 2]], r.showers[perm[len(r) // 2:]])
+        result["supercalo"] = supercalo_metrics(g.showers, r.showers, geo, reference_halves=halves,
+                                                out=out_dir if plots else None, gen_label=label)
+        timing["supercalo"] = time.perf_counter() - t
+    for name in sorted(set(os.listdir(out_dir)) - before):
+        if name.endswith(".png"):
+            images.append((name[:-4].replace("_", " "), name))
+    return images
 
 
 def _draw(tmp: Path, gscan, rscan, hist_results, result, corr, label) -> list[tuple[str, str]]:
