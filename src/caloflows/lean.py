@@ -58,7 +58,7 @@ def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: in
     """Rows per chunk so that one block's spline parameters take about :data:`CHUNK_BYTES`.
 
     A power of two in ``[lo, hi]``.  For ds2-coarse (648 voxels, 23 parameters each, float32)
-    this is 64 rows; for flow-I (9 layers) it is ``hi``.
+    this is 64 rows; for flow-I (9 layers, float64) 2048.
     """
     per_row = max(1, features * params_per_feature * itemsize)
     n = max(1, CHUNK_BYTES // per_row)
@@ -184,20 +184,20 @@ class LeanBlock(nn.Module):
         D = w[-1].shape[0] // T
         self.features = D
         self.context = w[0].shape[1] - D
-        self.register_buffer("w_in", w[0][:, :D].contiguous())
-        self.register_buffer("w_in_t", w[0][:, :D].T.contiguous())  # (D, H): rank-1 updates
-        self.register_buffer("w_ctx", w[0][:, D:].contiguous())
+        # weights stored (in, out) contiguous: x @ w is 3-5x faster than x @ W.T at batch 1 (MKL sgemm)
+        self.register_buffer("w_in_t", w[0][:, :D].T.contiguous())  # (D, H); row d: rank-1 update
+        self.register_buffer("w_ctx_t", w[0][:, D:].T.contiguous())  # (C, H)
         self.register_buffer("b_in", b[0].clone())
         self._hid = len(lin) - 2
         for i in range(1, len(lin) - 1):
-            self.register_buffer(f"w_h{i}", w[i].contiguous())
+            self.register_buffer(f"w_h{i}", w[i].T.contiguous())
             self.register_buffer(f"b_h{i}", b[i].clone())
         rows = torch.arange(D * T).reshape(D, T)
         perm = torch.cat([rows[:, :K].reshape(-1), rows[:, K:2 * K].reshape(-1), rows[:, 2 * K:].reshape(-1)])
-        self.register_buffer("w_out", w[-1][perm].contiguous())
+        self.register_buffer("w_out_t", w[-1][perm].T.contiguous())  # (H, D T)
         self.register_buffer("b_out", b[-1][perm].clone())
         # per-feature output rows (D, T, H) in the original layout for sequential steps
-        self.register_buffer("w_step", w[-1].reshape(D, T, -1).contiguous())
+        self.register_buffer("w_step", w[-1].reshape(D, T, -1).transpose(1, 2).contiguous())  # (D, H, T)
         self.register_buffer("b_step", b[-1].reshape(D, T).contiguous())
         self.steps = [int(i) for i in torch.argsort(block.order).tolist()]
 
@@ -205,18 +205,18 @@ class LeanBlock(nn.Module):
     def _ctx(self, c: Tensor | None, rows: int) -> Tensor:
         if c is None or self.context == 0:
             return self.b_in.expand(rows, -1)
-        return torch.addmm(self.b_in, c, self.w_ctx.T)
+        return torch.addmm(self.b_in, c, self.w_ctx_t)
 
     def _hidden(self, a: Tensor) -> Tensor:
         h = torch.relu(a)
         for i in range(1, self._hid + 1):
-            h = torch.relu(torch.addmm(getattr(self, f"b_h{i}"), h, getattr(self, f"w_h{i}").T))
+            h = torch.relu(torch.addmm(getattr(self, f"b_h{i}"), h, getattr(self, f"w_h{i}")))
         return h
 
     def _params(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Spline parameters of all features from the conditioner input ``v`` (one MADE pass)."""
         D, K = self.features, self.bins
-        phi = torch.addmm(self.b_out, self._hidden(torch.addmm(ctx, v, self.w_in.T)), self.w_out.T)
+        phi = torch.addmm(self.b_out, self._hidden(torch.addmm(ctx, v, self.w_in_t)), self.w_out_t)
         B = phi.shape[0]
         w = phi[:, :D * K].view(B, D, K)
         h = phi[:, D * K:2 * D * K].view(B, D, K)
@@ -229,7 +229,7 @@ class LeanBlock(nn.Module):
         out = torch.zeros_like(src)
         a = ctx
         for d in self.steps:
-            phi = torch.addmm(self.b_step[d], self._hidden(a), self.w_step[d].T)
+            phi = torch.addmm(self.b_step[d], self._hidden(a), self.w_step[d])
             od = fn(phi[:, :K], phi[:, K:2 * K], phi[:, 2 * K:], src[:, d], self.bound, self.slope)
             out[:, d] = od
             a = torch.addr(a, od, self.w_in_t[d])
