@@ -91,7 +91,10 @@ def test_auto_chunk():
 def test_unsupported_flow_falls_back():
     import zuko
 
-    f = zuko.flows.NSF(3, 1, transforms=1, hidden_features=(8,))
+    f = zuko.flows.MAF(3, 1, transforms=1, hidden_features=(8,))  # affine, not RQS
     assert not L.supports_lean(f)
+    g = F.build_maf(3, 1, 1, (8,))
+    g.transform.transforms[0].hyper[1] = torch.nn.ELU()
+    assert not L.supports_lean(g) and L.supports_lean(F.build_maf(3, 1, 1, (8,)))
     with torch.no_grad():
         assert F.flow_sample(f, torch.randn(4, 1)).shape == (4, 3)

@@ -339,8 +339,9 @@ def supports_lean(flow: Flow) -> bool:
     except AttributeError:
         return False
     return bool(blocks) and all(
-        type(t) in (MaskedIAFTransform, MaskedAutoregressiveTransform) and _spline_bounds(t.univariate)[0] is not None
-        for t in blocks)
+        type(t) in (MaskedIAFTransform, MaskedAutoregressiveTransform) and t.order is not None
+        and _spline_bounds(t.univariate)[0] is not None
+        and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in t.hyper) for t in blocks)
 
 
 def lean_flow(flow: Flow) -> LeanFlow:
