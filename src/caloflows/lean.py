@@ -232,7 +232,10 @@ class LeanBlock(nn.Module):
             phi = torch.addmm(self.b_step[d], self._hidden(a), self.w_step[d])
             od = fn(phi[:, :K], phi[:, K:2 * K], phi[:, 2 * K:], src[:, d], self.bound, self.slope)
             out[:, d] = od
-            a = torch.addr(a, od, self.w_in_t[d])
+            if torch.onnx.is_in_onnx_export():  # no ONNX symbolic for addr
+                a = a + od.unsqueeze(1) * self.w_in_t[d]
+            else:
+                a = torch.addr(a, od, self.w_in_t[d])
         return out
 
     # -------------------------------------------------------------- directions

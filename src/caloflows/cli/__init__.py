@@ -26,6 +26,7 @@ COMMANDS = [
     "train",
     "distill",
     "generate",
+    "export",
 ]
 
 
