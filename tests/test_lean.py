@@ -56,12 +56,12 @@ def test_flow_sample_uses_lean_and_follows_weight_changes():
         b = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3), fast=False)
         assert torch.allclose(a, b, atol=1e-4)
         assert "_caloflows_lean" in f.__dict__
-        lean0 = f.__dict__["_caloflows_lean"][1]
+        lean0 = L.lean_flow(f)
         for p in f.parameters():
             p.mul_(1.1)  # in-place change (like an optimizer step): the snapshot is rebuilt
         a2 = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3))
         b2 = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3), fast=False)
-    assert f.__dict__["_caloflows_lean"][1] is not lean0
+    assert L.lean_flow(f) is not lean0
     assert torch.allclose(a2, b2, atol=1e-4)
     assert not torch.allclose(a2, a, atol=1e-3)
     a2[0, 0] = 0.0  # a normal tensor (not an inference tensor): writable
@@ -83,6 +83,7 @@ def test_rqs_functions_match_zuko_and_are_identity_outside():
 
 def test_auto_chunk():
     assert L.auto_chunk(648, 23, 4) & (L.auto_chunk(648, 23, 4) - 1) == 0  # a power of two
+    assert L.auto_chunk(648, 23, 8) <= L.auto_chunk(648, 23, 4) <= L.auto_chunk(64, 23, 4)
     assert 64 <= L.auto_chunk(648, 23, 4) <= 4096
     assert L.auto_chunk(3, 23, 8) == 4096
     assert L.auto_chunk(10**6, 23, 8) == 64
@@ -98,3 +99,25 @@ def test_unsupported_flow_falls_back():
     assert not L.supports_lean(g) and L.supports_lean(F.build_maf(3, 1, 1, (8,)))
     with torch.no_grad():
         assert F.flow_sample(f, torch.randn(4, 1)).shape == (4, 3)
+
+
+def test_double_precision_keeps_the_lean_cache_and_follows_changes():
+    f = _flow(F.build_maf, 1, (8, 8))
+    c = torch.randn(5, 1, dtype=torch.float64)
+    ptrs = [p.data_ptr() for p in f.parameters()]
+    with torch.no_grad():
+        with F.double_precision(f):
+            a = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0))
+            lean = L.lean_flow(f)
+            assert next(lean.buffers()).dtype == torch.float64
+        assert [p.data_ptr() for p in f.parameters()] == ptrs and next(f.parameters()).dtype == torch.float32
+        with F.double_precision(f):
+            assert L.lean_flow(f) is lean  # not rebuilt
+            b = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0))
+            ref = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0), fast=False)
+            for p in f.parameters():
+                p.mul_(1.01)  # changed inside the block: kept (cast back) and the cache follows
+        assert [p.data_ptr() for p in f.parameters()] != ptrs
+        with F.double_precision(f):
+            assert L.lean_flow(f) is not lean
+    assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-10)

@@ -78,6 +78,13 @@ class CaloFlowSampler(nn.Module):
         self.threshold = float(model.geometry.threshold_mev) if threshold else None
         self.bound = float(model.cfg.max_ratio if model.cfg.max_ratio is not None else model.unit.u0_max)
         self.n_layers, self.n_voxels = model.geometry.n_layers, model.geometry.n_voxels
+        self.student_dtype = torch.float32
+
+    def student_in(self, dtype: torch.dtype) -> "CaloFlowSampler":
+        """Run the student in ``dtype`` (float64: the reference for the float32 accuracy check)."""
+        self.flow2 = self.flow2.to(dtype)
+        self.student_dtype = dtype
+        return self
 
     def layer_energies(self, z1: Tensor, einc: Tensor) -> Tensor:
         """Flow-I: latent (B, L) float64, E_inc (B,) MeV -> layer energies (B, L) MeV float64."""
@@ -91,8 +98,8 @@ class CaloFlowSampler(nn.Module):
 
     def voxels(self, z2: Tensor, E: Tensor, einc: Tensor) -> Tensor:
         """Student: latent (B, V) float32 and layer energies -> voxels (B, V) MeV float64, before the threshold."""
-        c = torch.cat([P.log_einc(einc)[:, None], P.log_layer_energy(E)], 1).float()
-        y = self.flow2(z2, c).double()
+        c = torch.cat([P.log_einc(einc)[:, None], P.log_layer_energy(E)], 1).to(self.student_dtype)
+        y = self.flow2(z2.to(self.student_dtype), c).double()
         frac = self.logit.inverse(self.std2.inverse(y))
         frac = torch.where(torch.isfinite(frac), frac, torch.zeros_like(frac))
         return P.renormalise_layers(frac, E, np.asarray(self.offsets))
@@ -100,7 +107,7 @@ class CaloFlowSampler(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:
         einc = einc.double().reshape(-1)
         E = self.layer_energies(z1.double(), einc)
-        v = self.voxels(z2.float(), E, einc)
+        v = self.voxels(z2, E, einc)
         if self.threshold is not None:
             v = torch.where(v < self.threshold, torch.zeros_like(v), v)
         v = v.float()

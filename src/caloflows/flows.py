@@ -68,6 +68,7 @@ __all__ = [
     "double_precision",
     "rqs_inverse_column",
     "CachedMaskedLinear",
+    "lean_sampling",
 ]
 
 
@@ -388,6 +389,24 @@ def flow_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tenso
     return flow(context).log_prob(x)
 
 
+_LEAN = [True]
+
+
+@contextlib.contextmanager
+def lean_sampling(enabled: bool = True) -> Iterator[None]:
+    """Switch :func:`flow_sample` between the lean path (default) and zuko's inverse inside the block.
+
+    For benchmarks and cross-checks: ``with lean_sampling(False): model.sample(...)`` times the
+    zuko path (the teacher still uses :func:`_fast_made_inverse`).
+    """
+    old = _LEAN[0]
+    _LEAN[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _LEAN[0] = old
+
+
 def flow_sample(
     flow: Flow,
     context: Tensor | None = None,
@@ -408,7 +427,7 @@ def flow_sample(
         raise ValueError("give a context or n")
     dim = flow.base.loc.shape[-1] if hasattr(flow.base, "loc") else flow.base().event_shape[-1]
     z = torch.randn(rows, dim, dtype=p.dtype, device=p.device, generator=generator)
-    if fast and not torch.is_grad_enabled() and _lean.supports_lean(flow):
+    if fast and _LEAN[0] and not torch.is_grad_enabled() and _lean.supports_lean(flow):
         lean = _lean.lean_flow(flow)
         with torch.inference_mode():
             x = lean.sample(z, None if context is None else context.to(p.dtype))
@@ -441,15 +460,26 @@ def double_precision(*modules: nn.Module) -> Iterator[None]:
     after D sequential passes float32 round-off can push values across bin edges, so
     CaloFlow samples are drawn in float64 (issue 4: "inverse spline passes in float64").
     """
-    dtypes = []
+    dtypes, saved = [], []
     for m in modules:
         p = next(m.parameters(), None)
         dtypes.append(p.dtype if p is not None else torch.float32)
+        params = list(m.parameters())
+        orig = [q.data for q in params]
+        key = tuple((q.data_ptr(), q._version, q.dtype, q.device) for q in params)
         m.double()
+        # unchanged parameters get their original tensors back afterwards (the round trip is
+        # exact), so caches keyed on them (caloflows.lean.lean_flow) survive repeated blocks
+        saved.append([(q, o, q._version) for q, o in zip(params, orig)])  # versions after the cast
+        m.__dict__["_caloflows_src_key"] = (key, torch.float64)
     try:
         yield
     finally:
-        for m, d in zip(modules, dtypes):
+        for m, d, sv in zip(modules, dtypes, saved):
+            m.__dict__.pop("_caloflows_src_key", None)
+            for q, o, v in sv:
+                if q._version == v and o.dtype == d:  # not modified inside the block
+                    q.data = o
             m.to(d)
 
 

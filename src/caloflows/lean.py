@@ -8,8 +8,8 @@ arXiv:1906.04032, eq. 4 and its inverse, appendix A.3) with dozens of small tens
 
 * keeps the masked weights ``mask * W`` (computed once per snapshot), the first layer split
   into its feature and its context columns (the context term is computed once per block),
-  and the output rows reordered so that widths, heights and derivatives of all ``D``
-  features are contiguous ``(B, D, K)`` / ``(B, D, K - 1)`` views;
+  and the output rows reordered so that widths and heights, and derivatives, of all ``D``
+  features are contiguous ``(B, D, 2, K)`` / ``(B, D, K - 1)`` views (one knot pass for both);
 * evaluates the spline of all ``D`` features of a block as one vectorised function
   (:func:`rqs_inverse`, :func:`rqs_forward`), the spline parameters computed once per block;
 * inverts a MAF block (teacher, flow-I) exactly in ``D`` sequential steps whose cost is only
@@ -51,14 +51,15 @@ __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "auto_chunk", 
 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
 #: measured with ``benchmarks/bench_lean.py`` (issue 13), see :func:`auto_chunk`.
-CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 4 << 20))
+CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 16 << 20))
 
 
 def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int = 64, hi: int = 4096) -> int:
     """Rows per chunk so that one block's spline parameters take about :data:`CHUNK_BYTES`.
 
     A power of two in ``[lo, hi]``.  For ds2-coarse (648 voxels, 23 parameters each, float32)
-    this is 64 rows; for flow-I (9 layers, float64) 2048.
+    this is 256 rows (fastest of 64-4096 at batch 1000 in bench_lean.py); for flow-I (9 layers,
+    float64) 4096.
     """
     per_row = max(1, features * params_per_feature * itemsize)
     n = max(1, CHUNK_BYTES // per_row)
@@ -78,15 +79,46 @@ def _derivatives(u: Tensor, ls: float) -> Tensor:
     return torch.exp(Fn.pad(u / (1 + (u / ls).abs()), (1, 1)))
 
 
-def _bin(xs: Tensor, ys: Tensor, dv: Tensor, k: Tensor) -> tuple[Tensor, ...]:
-    bins = xs.shape[-1] - 1
+def _bin(kn: Tensor, dv: Tensor, k: Tensor) -> tuple[Tensor, ...]:
+    """Bin ``k`` (..., 1) of knots ``kn`` (..., 2, K + 1) = (x, y) and derivatives ``dv`` (..., K + 1)."""
+    bins = dv.shape[-1] - 1
     inside = ((k >= 0) & (k < bins)).squeeze(-1)
     k = k.clamp(0, bins - 1)
     k1 = k + 1
-    x0, x1 = xs.gather(-1, k).squeeze(-1), xs.gather(-1, k1).squeeze(-1)
-    y0, y1 = ys.gather(-1, k).squeeze(-1), ys.gather(-1, k1).squeeze(-1)
+    k2 = k.unsqueeze(-2).expand(*kn.shape[:-1], 1)
+    lo, hi = kn.gather(-1, k2).squeeze(-1), kn.gather(-1, k2 + 1).squeeze(-1)
     d0, d1 = dv.gather(-1, k).squeeze(-1), dv.gather(-1, k1).squeeze(-1)
-    return inside, x0, x1, y0, y1, d0, d1
+    return inside, lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1], d0, d1
+
+
+def _inverse_wh(wh: Tensor, d: Tensor, y: Tensor, bound: float, slope: float) -> Tensor:
+    """:func:`rqs_inverse` with widths and heights stacked as ``wh`` (..., 2, K): one knot pass."""
+    ls = math.log(slope)
+    kn, dv = _knots(wh, bound, ls), _derivatives(d, ls)
+    k = (kn[..., 1, :] < y.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    inside, x0, x1, y0, y1, d0, d1 = _bin(kn, dv, k)
+    dy = y1 - y0
+    s = dy / (x1 - x0)
+    yy = torch.where(inside, y - y0, torch.zeros_like(y))
+    q = d0 + d1 - 2 * s
+    qa = dy * (s - d0) + yy * q
+    qb = dy * d0 - yy * q
+    qc = -s * yy
+    z = 2 * qc / (-qb - (qb * qb - 4 * qa * qc).sqrt())
+    return torch.where(inside, x0 + z * (x1 - x0), y)
+
+
+def _forward_wh(wh: Tensor, d: Tensor, x: Tensor, bound: float, slope: float) -> Tensor:
+    """:func:`rqs_forward` with widths and heights stacked as ``wh`` (..., 2, K)."""
+    ls = math.log(slope)
+    kn, dv = _knots(wh, bound, ls), _derivatives(d, ls)
+    k = (kn[..., 0, :] < x.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    inside, x0, x1, y0, y1, d0, d1 = _bin(kn, dv, k)
+    s = (y1 - y0) / (x1 - x0)
+    z = torch.where(inside, (x - x0) / (x1 - x0), torch.zeros_like(x))
+    zz = z * (1 - z)
+    y = y0 + (y1 - y0) * (s * z * z + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
+    return torch.where(inside, y, x)
 
 
 def rqs_inverse(w: Tensor, h: Tensor, d: Tensor, y: Tensor, bound: float = 5.0, slope: float = 1e-3) -> Tensor:
@@ -102,19 +134,7 @@ def rqs_inverse(w: Tensor, h: Tensor, d: Tensor, y: Tensor, bound: float = 5.0, 
     >>> bool(torch.allclose(rqs_inverse(phi[..., :8], phi[..., 8:16], phi[..., 16:], y), t.inv(y), atol=1e-12))
     True
     """
-    ls = math.log(slope)
-    xs, ys, dv = _knots(w, bound, ls), _knots(h, bound, ls), _derivatives(d, ls)
-    k = (ys < y.unsqueeze(-1)).sum(-1, keepdim=True) - 1
-    inside, x0, x1, y0, y1, d0, d1 = _bin(xs, ys, dv, k)
-    dy = y1 - y0
-    s = dy / (x1 - x0)
-    yy = inside * (y - y0)
-    q = d0 + d1 - 2 * s
-    qa = dy * (s - d0) + yy * q
-    qb = dy * d0 - yy * q
-    qc = -s * yy
-    z = 2 * qc / (-qb - (qb * qb - 4 * qa * qc).sqrt())
-    return torch.where(inside, x0 + z * (x1 - x0), y)
+    return _inverse_wh(torch.stack([w, h], -2), d, y, bound, slope)
 
 
 def rqs_forward(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0, slope: float = 1e-3) -> Tensor:
@@ -126,15 +146,7 @@ def rqs_forward(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0, 
     >>> bool(torch.allclose(rqs_inverse(phi[..., :8], phi[..., 8:16], phi[..., 16:], y), x, atol=1e-10))
     True
     """
-    ls = math.log(slope)
-    xs, ys, dv = _knots(w, bound, ls), _knots(h, bound, ls), _derivatives(d, ls)
-    k = (xs < x.unsqueeze(-1)).sum(-1, keepdim=True) - 1
-    inside, x0, x1, y0, y1, d0, d1 = _bin(xs, ys, dv, k)
-    s = (y1 - y0) / (x1 - x0)
-    z = inside * (x - x0) / (x1 - x0)
-    zz = z * (1 - z)
-    y = y0 + (y1 - y0) * (s * z * z + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
-    return torch.where(inside, y, x)
+    return _forward_wh(torch.stack([w, h], -2), d, x, bound, slope)
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -142,7 +154,7 @@ _COMPILED: dict[str, Callable] = {}
 
 def _spline_fn(name: str, compiled: bool) -> Callable:
     """The eager spline function, or its ``torch.compile`` version (built once, on first use)."""
-    fn = rqs_inverse if name == "inverse" else rqs_forward
+    fn = _inverse_wh if name == "inverse" else _forward_wh
     if not compiled:
         return fn
     if name not in _COMPILED:
@@ -156,7 +168,7 @@ class LeanBlock(nn.Module):
 
     ``iaf``: the conditioner reads the latent side (:class:`caloflows.flows.MaskedIAFTransform`),
     so :meth:`inverse` is one pass and :meth:`forward` ``D`` steps; for a MAF the reverse.
-    Rows of the output layer are reordered to ``[widths (D, K) | heights (D, K) | derivs (D, K-1)]``.
+    Rows of the output layer are reordered to ``[(widths, heights) (D, 2, K) | derivs (D, K-1)]``.
     """
 
     def __init__(self, block: MaskedAutoregressiveTransform, iaf: bool) -> None:
@@ -193,7 +205,7 @@ class LeanBlock(nn.Module):
             self.register_buffer(f"w_h{i}", w[i].T.contiguous())
             self.register_buffer(f"b_h{i}", b[i].clone())
         rows = torch.arange(D * T).reshape(D, T)
-        perm = torch.cat([rows[:, :K].reshape(-1), rows[:, K:2 * K].reshape(-1), rows[:, 2 * K:].reshape(-1)])
+        perm = torch.cat([rows[:, :2 * K].reshape(-1), rows[:, 2 * K:].reshape(-1)])  # [(D, 2, K) | (D, K-1)]
         self.register_buffer("w_out_t", w[-1][perm].T.contiguous())  # (H, D T)
         self.register_buffer("b_out", b[-1][perm].clone())
         # per-feature output rows (D, T, H) in the original layout for sequential steps
@@ -213,15 +225,12 @@ class LeanBlock(nn.Module):
             h = torch.relu(torch.addmm(getattr(self, f"b_h{i}"), h, getattr(self, f"w_h{i}")))
         return h
 
-    def _params(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _params(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
         """Spline parameters of all features from the conditioner input ``v`` (one MADE pass)."""
         D, K = self.features, self.bins
         phi = torch.addmm(self.b_out, self._hidden(torch.addmm(ctx, v, self.w_in_t)), self.w_out_t)
         B = phi.shape[0]
-        w = phi[:, :D * K].view(B, D, K)
-        h = phi[:, D * K:2 * D * K].view(B, D, K)
-        d = phi[:, 2 * D * K:].view(B, D, K - 1)
-        return w, h, d
+        return phi[:, :2 * D * K].view(B, D, 2, K), phi[:, 2 * D * K:].view(B, D, K - 1)
 
     def _sequential(self, src: Tensor, ctx: Tensor, fn: Callable) -> Tensor:
         """``out_d = fn(phi(out_{<d}), src_d)`` in the block's order, ``D`` steps (exact)."""
@@ -230,7 +239,7 @@ class LeanBlock(nn.Module):
         a = ctx
         for d in self.steps:
             phi = torch.addmm(self.b_step[d], self._hidden(a), self.w_step[d])
-            od = fn(phi[:, :K], phi[:, K:2 * K], phi[:, 2 * K:], src[:, d], self.bound, self.slope)
+            od = fn(phi[:, :2 * K].view(-1, 2, K), phi[:, 2 * K:], src[:, d], self.bound, self.slope)
             out[:, d] = od
             if torch.onnx.is_in_onnx_export():  # no ONNX symbolic for addr
                 a = a + od.unsqueeze(1) * self.w_in_t[d]
@@ -350,10 +359,14 @@ def supports_lean(flow: Flow) -> bool:
 def lean_flow(flow: Flow) -> LeanFlow:
     """The flow's cached :class:`LeanFlow`, rebuilt when a weight changed (optimizer step,
     ``load_state_dict``, ``.to()``/``.double()``: tensor version counters and storages)."""
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in flow.parameters())
-    cached = flow.__dict__.get("_caloflows_lean")
+    p = next(flow.parameters())
+    # inside caloflows.flows.double_precision the key is that of the original parameters
+    key = flow.__dict__.get("_caloflows_src_key") or tuple(
+        (q.data_ptr(), q._version, q.dtype, q.device) for q in flow.parameters())
+    cache = flow.__dict__.setdefault("_caloflows_lean", {})
+    cached = cache.get((p.dtype, p.device))
     if cached is not None and cached[0] == key:
         return cached[1]
     lean = LeanFlow.from_flow(flow, compiled=os.environ.get("CALOFLOWS_COMPILE", "0") == "1")
-    flow.__dict__["_caloflows_lean"] = (key, lean)
+    cache[(p.dtype, p.device)] = (key, lean)
     return lean
