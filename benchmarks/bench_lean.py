@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                 continue  # same as a whole-batch chunk
             reps = max(1, args.reps if b * (1 if lean is not None else 3) <= 1000 else args.reps // 2)
             if lean is None:
-                def fn(): 
+                def fn():
                     with torch.no_grad():
                         F.inverse_path(flow, z, c)
             else:
