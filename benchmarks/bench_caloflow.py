@@ -1,13 +1,19 @@
-"""CaloFlow generation speed on this machine (issue 4): teacher vs student, FLOP floor, Geant4.
+"""CaloFlow generation speed on this machine (issues 4, 13): zuko vs lean vs ONNX Runtime, FLOP floor, Geant4.
 
 For the ``quick`` and ``full`` presets on ``ds2-coarse`` (648 voxels, 9 layers) it reports, in
 one run:
 
 * generation time per shower (whole chain: flow-I, flow-II, renormalisation, threshold) at
-  batch sizes 1, 100 and 10000, for the MAF teacher and the IAF student;
+  batch sizes 1, 100, 1000 and 10000, for the IAF student on three paths side by side -- ``zuko``
+  (the sampling path before issue 13, :func:`caloflows.flows.lean_sampling` off), ``lean``
+  (:mod:`caloflows.lean`, the default) and ``onnxruntime`` (the graph of
+  :func:`caloflows.export.export_onnx` run by :class:`caloflows.export.OnnxSampler`) -- for each
+  thread count of ``--threads``, and for the MAF teacher (zuko and lean; ``--teacher-batches``);
+* the student's float32 accuracy: max relative voxel difference against the same chain with the
+  student in float64 on a fixed latent (voxels above the threshold);
 * the student's FLOP floor: ``2 x (flow-I + student parameters)`` multiply-adds per shower
   divided by the matmul rate measured here with a torch matmul of the shape of the student's
-  MADE output layer (batch x hidden @ hidden x 23 D), and the measured / floor ratio;
+  MADE output layer (batch x hidden @ hidden x 23 D), and the measured / floor ratio per path;
 * the speed-up against Geant4 at 10 and 100 GeV, timed in the same run with
   ``benchmarks/bench_geant4.py`` (skipped with a note if it cannot run).
 
@@ -17,6 +23,7 @@ on synthetic showers (:mod:`caloflows.toy_showers`), the full model keeps its in
 
     OMP_NUM_THREADS=1 python benchmarks/bench_caloflow.py                   # everything (one core)
     python benchmarks/bench_caloflow.py --presets quick --no-geant4 --teacher-batches 1 100
+    taskset -c 1 python benchmarks/bench_caloflow.py --presets quick --threads 1 --no-geant4 --teacher-batches
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 
 from caloflows import flows as F
+from caloflows.export import CaloFlowSampler, OnnxSampler, export_onnx
 from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, atomic_output
 from caloflows.models.caloflow import CaloFlow, CaloFlowConfig
@@ -57,17 +65,46 @@ def build_model(preset: str, workdir: str, train: bool) -> CaloFlow:
     return model
 
 
-def time_generation(model: CaloFlow, batch: int, student: bool, min_seconds: float, max_reps: int) -> dict:
+def time_generation(model: CaloFlow, batch: int, student: bool, min_seconds: float, max_reps: int,
+                    path: str = "lean", ort: OnnxSampler | None = None) -> dict:
+    """Median time per shower of ``model.sample`` (``path`` zuko / lean) or of the ONNX sampler."""
     e = np.full(batch, 2.0**14)  # 16 GeV; CaloFlow's cost does not depend on E_inc
-    model.sample(e[: min(batch, 10)], batch_size=batch, seed=0, student=student)  # warm-up
+
+    def run(energies, seed):
+        if path == "onnxruntime":
+            ort.sample(energies, seed=seed, batch_size=batch)
+        else:
+            with F.lean_sampling(path == "lean"):
+                model.sample(energies, batch_size=batch, seed=seed, student=student)
+
+    run(e[: min(batch, 10)], 0)  # warm-up
     times = []
     t_start = time.perf_counter()
     while len(times) < max_reps and (not times or time.perf_counter() - t_start < min_seconds):
         t0 = time.perf_counter()
-        model.sample(e, batch_size=batch, seed=len(times) + 1, student=student)
+        run(e, len(times) + 1)
         times.append(time.perf_counter() - t0)
     per = np.array(times) / batch * 1e3
-    return {"ms_per_shower": float(np.median(per)), "min_ms_per_shower": float(per.min()), "repetitions": len(times)}
+    return {"ms_per_shower": float(np.median(per)), "min_ms_per_shower": float(per.min()), "repetitions": len(times),
+            "load": os.getloadavg()[0]}
+
+
+@torch.no_grad()
+def float32_accuracy(model: CaloFlow, n: int = 1000, seed: int = 0) -> dict:
+    """Max relative voxel difference, student in float32 vs float64, same latent (voxels >= threshold)."""
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, model.geometry.n_layers, dtype=torch.float64, generator=gen)
+    z2 = torch.randn(n, model.geometry.n_voxels, dtype=torch.float64, generator=gen)
+    einc = torch.as_tensor(np.geomspace(1e3, 1e6, n))
+    v32 = CaloFlowSampler(model)(z1, z2.float(), einc).double()
+    v64 = CaloFlowSampler(model, threshold=False).student_in(torch.float64)(z1, z2, einc)
+    v64 = torch.where(v64 < model.geometry.threshold_mev, torch.zeros_like(v64), v64)
+    sel = v64 >= model.geometry.threshold_mev
+    rel = ((v32 - v64).abs()[sel] / v64[sel])
+    flipped = int(((v32 > 0) != sel).sum())
+    return {"showers": n, "max_rel_voxel_diff": float(rel.max()), "median_rel_voxel_diff": float(rel.median()),
+            "voxels_crossing_threshold": flipped, "voxels_compared": int(sel.sum()),
+            "max_rel_energy_diff": float(((v32.sum(1) - v64.sum(1)).abs() / v64.sum(1).clamp_min(1e-30)).max())}
 
 
 def matmul_rate(batch: int, hidden: int, out: int, reps: int = 3) -> float:
@@ -86,45 +123,70 @@ def matmul_rate(batch: int, hidden: int, out: int, reps: int = 3) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["quick", "full"])
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 100, 10000])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 100, 1000, 10000])
+    p.add_argument("--paths", nargs="+", default=["zuko", "lean", "onnxruntime"], choices=["zuko", "lean", "onnxruntime"])
     p.add_argument("--teacher-batches", nargs="*", type=int, default=None,
                    help="default: same as --batches; give the flag without values to skip the teacher")
     p.add_argument("--min-seconds", type=float, default=3.0, help="repeat each timing at least this long")
     p.add_argument("--max-reps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core, like the Geant4 timing)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2],
+                   help="thread counts (torch and ONNX Runtime intra-op); 1 is one core, like the Geant4 timing")
     p.add_argument("--no-geant4", action="store_true")
     p.add_argument("--g4-n", nargs=2, type=int, default=[10, 3], help="Geant4 showers at 10 and 100 GeV")
     p.add_argument("--out", default="bench_caloflow.json")
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     import tempfile
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_caloflow_")
-    res: dict = {"threads": args.threads, "torch": torch.__version__, "presets": {}}
+    res: dict = {"threads": args.threads, "torch": torch.__version__, "load_start": os.getloadavg(), "presets": {}}
     for preset in args.presets:
         t0 = time.time()
         model = build_model(preset, os.path.join(workdir, preset), train=(preset == "quick"))
         model.to("cpu")
         params = model.parameter_counts()
-        r: dict = {"parameters": params, "setup_seconds": time.time() - t0, "student": {}, "teacher": {}}
-        for b in args.batches:
-            r["student"][b] = time_generation(model, b, True, args.min_seconds, args.max_reps)
-            print(f"[{preset}] student batch {b:>6}: {r['student'][b]['ms_per_shower']:.4f} ms/shower", flush=True)
-        for b in (args.batches if args.teacher_batches is None else args.teacher_batches):
-            r["teacher"][b] = time_generation(model, b, False, args.min_seconds, max(1, args.max_reps // 10))
-            print(f"[{preset}] teacher batch {b:>6}: {r['teacher'][b]['ms_per_shower']:.4f} ms/shower", flush=True)
-        # FLOP floor of the student at the largest batch
+        r: dict = {"parameters": params, "setup_seconds": time.time() - t0, "student": {}, "teacher": {},
+                   "flop_floor": {}}
+        onnx_path = None
+        if "onnxruntime" in args.paths:
+            t1 = time.time()
+            onnx_path = export_onnx(model, os.path.join(workdir, f"{preset}.onnx"), force=True)
+            r["onnx_export_seconds"] = time.time() - t1
+            r["onnx_megabytes"] = os.path.getsize(onnx_path) / 2**20
+        r["float32_accuracy"] = float32_accuracy(model)
+        print(f"[{preset}] student float32 vs float64: {r['float32_accuracy']}", flush=True)
         bmax = max(args.batches)
         D = model.geometry.n_voxels
-        rate = matmul_rate(bmax, model.cfg.student_hidden, D * (3 * model.cfg.bins - 1))
         flops = 2.0 * (params["flow1"] + params["student"])
-        floor_ms = flops / rate * 1e3
-        meas = r["student"][bmax]["ms_per_shower"]
-        r["flop_floor"] = {"flops_per_shower": flops, "matmul_gflops": rate / 1e9, "floor_ms_per_shower": floor_ms,
-                           "measured_ms_per_shower": meas, "measured_over_floor": meas / floor_ms, "batch": bmax}
-        print(f"[{preset}] student FLOP floor {floor_ms:.4f} ms/shower at {rate / 1e9:.1f} GFLOP/s; "
-              f"measured / floor = {meas / floor_ms:.2f}", flush=True)
+        for th in args.threads:
+            torch.set_num_threads(th)
+            ort = OnnxSampler(onnx_path, threads=th) if onnx_path else None
+            for path in args.paths:
+                key = f"{path}_threads{th}"
+                r["student"][key] = {}
+                for b in args.batches:
+                    r["student"][key][b] = time_generation(model, b, True, args.min_seconds, args.max_reps, path, ort)
+                    print(f"[{preset}] student {key:>22} batch {b:>6}: {r['student'][key][b]['ms_per_shower']:.4f} "
+                          f"ms/shower (load {os.getloadavg()[0]:.1f})", flush=True)
+            for path in [q for q in args.paths if q != "onnxruntime"]:
+                key = f"{path}_threads{th}"
+                r["teacher"][key] = {}
+                for b in (args.batches if args.teacher_batches is None else args.teacher_batches):
+                    r["teacher"][key][b] = time_generation(model, b, False, args.min_seconds,
+                                                           max(1, args.max_reps // 10), path)
+                    print(f"[{preset}] teacher {key:>22} batch {b:>6}: {r['teacher'][key][b]['ms_per_shower']:.4f} "
+                          f"ms/shower", flush=True)
+            # FLOP floor of the student at the largest batch, matmul rate with the same threads
+            rate = matmul_rate(bmax, model.cfg.student_hidden, D * (3 * model.cfg.bins - 1))
+            floor_ms = flops / rate * 1e3
+            fl = {"flops_per_shower": flops, "matmul_gflops": rate / 1e9, "floor_ms_per_shower": floor_ms, "batch": bmax,
+                  "measured_over_floor": {}}
+            for path in args.paths:
+                meas = r["student"][f"{path}_threads{th}"][bmax]["ms_per_shower"]
+                fl["measured_over_floor"][path] = meas / floor_ms
+            r["flop_floor"][f"threads{th}"] = fl
+            print(f"[{preset}] {th} thread(s): student FLOP floor {floor_ms:.4f} ms/shower at {rate / 1e9:.1f} GFLOP/s; "
+                  f"measured / floor = {fl['measured_over_floor']}", flush=True)
         res["presets"][preset] = r
     # Geant4 in the same run
     if not args.no_geant4:
@@ -139,14 +201,15 @@ def main(argv=None) -> int:
             res["geant4_seconds_per_shower"] = g4
             for preset, r in res["presets"].items():
                 r["speedup_vs_geant4"] = {
-                    f"{who}_batch{b}_{e:g}GeV": g4[e] / (r[who][b]["ms_per_shower"] / 1e3)
-                    for who in ("student", "teacher") for b in r[who] for e in g4
+                    f"{who}_{key}_batch{b}_{e:g}GeV": g4[e] / (r[who][key][b]["ms_per_shower"] / 1e3)
+                    for who in ("student", "teacher") for key in r[who] for b in r[who][key] for e in g4
                 }
         except Exception as exc:  # noqa: BLE001 - optional part
             res["geant4_skipped"] = f"{type(exc).__name__}: {exc}"
             print(f"Geant4 part skipped: {res['geant4_skipped']}", flush=True)
     with atomic_output(args.out) as tmp:
         with open(tmp, "w") as f:
+            res["load_end"] = os.getloadavg()
             json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))
     return 0

@@ -51,6 +51,8 @@ from zuko.lazy import Flow, LazyComposedTransform, UnconditionalDistribution
 from zuko.nn import MaskedLinear
 from zuko.transforms import MonotonicRQSTransform
 
+from . import lean as _lean
+
 __all__ = [
     "build_maf",
     "build_iaf",
@@ -66,6 +68,7 @@ __all__ = [
     "double_precision",
     "rqs_inverse_column",
     "CachedMaskedLinear",
+    "lean_sampling",
 ]
 
 
@@ -392,6 +395,24 @@ def flow_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tenso
     return flow(context).log_prob(x)
 
 
+_LEAN = [True]
+
+
+@contextlib.contextmanager
+def lean_sampling(enabled: bool = True) -> Iterator[None]:
+    """Switch :func:`flow_sample` between the lean path (default) and zuko's inverse inside the block.
+
+    For benchmarks and cross-checks: ``with lean_sampling(False): model.sample(...)`` times the
+    zuko path (the teacher still uses :func:`_fast_made_inverse`).
+    """
+    old = _LEAN[0]
+    _LEAN[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _LEAN[0] = old
+
+
 def flow_sample(
     flow: Flow,
     context: Tensor | None = None,
@@ -402,7 +423,9 @@ def flow_sample(
     """Draw one sample per context row (or ``n`` unconditional samples).
 
     Latent values are drawn in the flow's parameter dtype (use :func:`double_precision` to
-    sample in float64) from ``generator`` if given.
+    sample in float64) from ``generator`` if given.  With ``fast`` and autograd off, flows built
+    here are sampled by the fused path of :mod:`caloflows.lean` (same result as zuko's inverse
+    to float round-off); otherwise by :func:`inverse_path`.
     """
     p = next(flow.parameters())
     rows = n if context is None else context.shape[0]
@@ -410,6 +433,11 @@ def flow_sample(
         raise ValueError("give a context or n")
     dim = flow.base.loc.shape[-1] if hasattr(flow.base, "loc") else flow.base().event_shape[-1]
     z = torch.randn(rows, dim, dtype=p.dtype, device=p.device, generator=generator)
+    if fast and _LEAN[0] and not torch.is_grad_enabled() and _lean.supports_lean(flow):
+        lean = _lean.lean_flow(flow)
+        with torch.inference_mode():
+            x = lean.sample(z, None if context is None else context.to(p.dtype))
+        return x.clone()  # a normal tensor again (callers may write into it)
     return inverse_path(flow, z, context, fast=fast)[0]
 
 
@@ -438,15 +466,26 @@ def double_precision(*modules: nn.Module) -> Iterator[None]:
     after D sequential passes float32 round-off can push values across bin edges, so
     CaloFlow samples are drawn in float64 (issue 4: "inverse spline passes in float64").
     """
-    dtypes = []
+    dtypes, saved = [], []
     for m in modules:
         p = next(m.parameters(), None)
         dtypes.append(p.dtype if p is not None else torch.float32)
+        params = list(m.parameters())
+        orig = [q.data for q in params]
+        key = tuple((q.data_ptr(), q._version, q.dtype, q.device) for q in params)
         m.double()
+        # unchanged parameters get their original tensors back afterwards (the round trip is
+        # exact), so caches keyed on them (caloflows.lean.lean_flow) survive repeated blocks
+        saved.append([(q, o, q._version) for q, o in zip(params, orig)])  # versions after the cast
+        m.__dict__["_caloflows_src_key"] = (key, torch.float64)
     try:
         yield
     finally:
-        for m, d in zip(modules, dtypes):
+        for m, d, sv in zip(modules, dtypes, saved):
+            m.__dict__.pop("_caloflows_src_key", None)
+            for q, o, v in sv:
+                if q._version == v and o.dtype == d:  # not modified inside the block
+                    q.data = o
             m.to(d)
 
 

@@ -28,6 +28,7 @@ COMMANDS = [
     "train",
     "distill",
     "generate",
+    "export",
 ]
 
 

@@ -1,0 +1,96 @@
+"""Lean sampling path vs zuko for a CaloFlow student flow alone (issue 13).
+
+Times latent -> data sampling of an IAF student of ds2-coarse size (648 voxels, 10 conditions;
+``quick``: 6 MADE blocks of 128 hidden units, ``full``: 8 of 1296) with
+
+* zuko's inverse (:func:`caloflows.flows.inverse_path`, the path before issue 13),
+* the lean path (:class:`caloflows.lean.LeanFlow`) at fixed chunk sizes and the automatic one,
+* the lean path with the spline functions under ``torch.compile`` (optional, ``--compile``),
+
+at batch sizes 1 / 100 / 1000 / 10000, in float32, one thread by default.  Timings are the
+median of ``--reps`` repetitions (wall clock).  Weights are random (speed does not depend on them).
+
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_lean.py --out bench_lean.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from caloflows import flows as F
+from caloflows import lean as L
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["quick", "full"], default="quick")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 100, 1000, 10000])
+    p.add_argument("--chunks", nargs="*", type=int, default=[64, 128, 256, 512, 1024, 4096])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd splines")
+    p.add_argument("--no-zuko", action="store_true")
+    p.add_argument("--out", default="bench_lean.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    D, C = 648, 10
+    blocks, hidden = (6, 128) if args.preset == "quick" else (8, 2 * D)
+    torch.manual_seed(0)
+    flow = F.build_iaf(D, C, blocks, (hidden,))
+    with torch.no_grad():
+        for q in flow.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    res: dict = {"preset": args.preset, "threads": args.threads, "torch": torch.__version__,
+                 "load_before": os.getloadavg(), "ms_per_row": {}}
+    variants: list[tuple[str, object]] = []
+    if not args.no_zuko:
+        variants.append(("zuko", None))
+    variants += [(f"lean_chunk{c}", L.LeanFlow.from_flow(flow, chunk=c)) for c in args.chunks]
+    variants.append(("lean_auto", L.LeanFlow.from_flow(flow)))
+    if args.compile:
+        variants.append(("lean_compiled", L.LeanFlow.from_flow(flow, compiled=True)))
+    for b in args.batches:
+        z, c = torch.randn(b, D), torch.randn(b, C)
+        for name, lean in variants:
+            if name.startswith("lean_chunk") and int(name[10:]) > b and b > 1:
+                continue  # same as a whole-batch chunk
+            reps = max(1, args.reps if b * (1 if lean is not None else 3) <= 1000 else args.reps // 2)
+            if lean is None:
+                def fn():
+                    with torch.no_grad():
+                        F.inverse_path(flow, z, c)
+            else:
+                def fn(lean=lean):
+                    with torch.inference_mode():
+                        lean.sample(z, c)
+            t0 = time.perf_counter()
+            t = median_time(fn, reps)
+            res["ms_per_row"].setdefault(name, {})[b] = t / b * 1e3
+            print(f"batch {b:>6} {name:>14}: {t / b * 1e3:.4f} ms/row ({reps} reps, {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    res["auto_chunk"] = L.auto_chunk(D, 23, 4)
+    res["load_after"] = os.getloadavg()
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

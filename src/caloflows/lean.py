@@ -1,0 +1,372 @@
+"""Lean, fused sampling path for the MAF/IAF flows of :mod:`caloflows.flows` (issue 13).
+
+The training path keeps zuko (autograd, ``log_prob``).  For sampling, zuko rebuilds a
+transform object per block and call, multiplies every MADE mask into its weight, broadcasts
+the spline knots and evaluates the rational-quadratic spline (RQS, Durkan et al. 2019,
+arXiv:1906.04032, eq. 4 and its inverse, appendix A.3) with dozens of small tensor ops.
+:class:`LeanFlow` is a snapshot of a trained flow that
+
+* keeps the masked weights ``mask * W`` (computed once per snapshot), the first layer split
+  into its feature and its context columns (the context term is computed once per block),
+  and the output rows reordered so that widths and heights, and derivatives, of all ``D``
+  features are contiguous ``(B, D, 2, K)`` / ``(B, D, K - 1)`` views (one knot pass for both);
+* evaluates the spline of all ``D`` features of a block as one vectorised function
+  (:func:`rqs_inverse`, :func:`rqs_forward`), the spline parameters computed once per block;
+* inverts a MAF block (teacher, flow-I) exactly in ``D`` sequential steps whose cost is only
+  the rows of the current feature (first-layer pre-activation updated by one rank-1 term);
+* runs in :func:`torch.inference_mode` and in row chunks whose working set stays in cache
+  (:func:`auto_chunk`), so per-shower time does not grow with the batch.
+
+Same formulas and parametrisation as :class:`zuko.transforms.MonotonicRQSTransform`, so
+the same latent noise gives the same sample (to float round-off) as the zuko path
+(``tests/test_lean.py``).  The graph has no data-dependent shapes, so it also exports to
+ONNX (:mod:`caloflows.export`).
+
+>>> import torch
+>>> from caloflows.flows import build_iaf
+>>> f = build_iaf(6, context=2, transforms=2, hidden_features=(16,))
+>>> lean = LeanFlow.from_flow(f)
+>>> z, c = torch.randn(4, 6), torch.randn(4, 2)
+>>> x = lean.sample(z, c)
+>>> bool(torch.allclose(lean.transform(x, c), z, atol=1e-4))
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as Fn
+from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+from zuko.lazy import Flow, LazyComposedTransform
+from zuko.transforms import MonotonicRQSTransform
+
+__all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "auto_chunk", "lean_flow", "supports_lean",
+           "CHUNK_BYTES"]
+
+#: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
+#: measured with ``benchmarks/bench_lean.py`` (issue 13), see :func:`auto_chunk`.
+CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 16 << 20))
+
+
+def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int = 64, hi: int = 4096) -> int:
+    """Rows per chunk so that one block's spline parameters take about :data:`CHUNK_BYTES`.
+
+    A power of two in ``[lo, hi]``.  For ds2-coarse (648 voxels, 23 parameters each, float32)
+    this is 256 rows (fastest of 64-4096 at batch 1000 in bench_lean.py); for flow-I (9 layers,
+    float64) 4096.
+    """
+    per_row = max(1, features * params_per_feature * itemsize)
+    n = max(1, CHUNK_BYTES // per_row)
+    n = 1 << int(math.floor(math.log2(n)))
+    return int(min(hi, max(lo, n)))
+
+
+# ---------------------------------------------------------------------------- the spline
+def _knots(u: Tensor, bound: float, ls: float) -> Tensor:
+    """Unconstrained bin sizes (..., K) -> knot positions (..., K + 1) from -bound to bound (zuko's)."""
+    u = u / (1 + (2 * u / ls).abs())
+    return bound * (2 * Fn.pad(torch.softmax(u, dim=-1).cumsum(-1), (1, 0)) - 1)
+
+
+def _derivatives(u: Tensor, ls: float) -> Tensor:
+    """Unconstrained inner-knot derivatives (..., K - 1) -> knot derivatives (..., K + 1), ends 1."""
+    return torch.exp(Fn.pad(u / (1 + (u / ls).abs()), (1, 1)))
+
+
+def _bin(kn: Tensor, dv: Tensor, k: Tensor) -> tuple[Tensor, ...]:
+    """Bin ``k`` (..., 1) of knots ``kn`` (..., 2, K + 1) = (x, y) and derivatives ``dv`` (..., K + 1)."""
+    bins = dv.shape[-1] - 1
+    inside = ((k >= 0) & (k < bins)).squeeze(-1)
+    k = k.clamp(0, bins - 1)
+    k1 = k + 1
+    k2 = k.unsqueeze(-2).expand(*kn.shape[:-1], 1)
+    lo, hi = kn.gather(-1, k2).squeeze(-1), kn.gather(-1, k2 + 1).squeeze(-1)
+    d0, d1 = dv.gather(-1, k).squeeze(-1), dv.gather(-1, k1).squeeze(-1)
+    return inside, lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1], d0, d1
+
+
+def _inverse_wh(wh: Tensor, d: Tensor, y: Tensor, bound: float, slope: float) -> Tensor:
+    """:func:`rqs_inverse` with widths and heights stacked as ``wh`` (..., 2, K): one knot pass."""
+    ls = math.log(slope)
+    kn, dv = _knots(wh, bound, ls), _derivatives(d, ls)
+    k = (kn[..., 1, :] < y.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    inside, x0, x1, y0, y1, d0, d1 = _bin(kn, dv, k)
+    dy = y1 - y0
+    s = dy / (x1 - x0)
+    yy = torch.where(inside, y - y0, torch.zeros_like(y))
+    q = d0 + d1 - 2 * s
+    qa = dy * (s - d0) + yy * q
+    qb = dy * d0 - yy * q
+    qc = -s * yy
+    z = 2 * qc / (-qb - (qb * qb - 4 * qa * qc).sqrt())
+    return torch.where(inside, x0 + z * (x1 - x0), y)
+
+
+def _forward_wh(wh: Tensor, d: Tensor, x: Tensor, bound: float, slope: float) -> Tensor:
+    """:func:`rqs_forward` with widths and heights stacked as ``wh`` (..., 2, K)."""
+    ls = math.log(slope)
+    kn, dv = _knots(wh, bound, ls), _derivatives(d, ls)
+    k = (kn[..., 0, :] < x.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    inside, x0, x1, y0, y1, d0, d1 = _bin(kn, dv, k)
+    s = (y1 - y0) / (x1 - x0)
+    z = torch.where(inside, (x - x0) / (x1 - x0), torch.zeros_like(x))
+    zz = z * (1 - z)
+    y = y0 + (y1 - y0) * (s * z * z + d0 * zz) / (s + (d0 + d1 - 2 * s) * zz)
+    return torch.where(inside, y, x)
+
+
+def rqs_inverse(w: Tensor, h: Tensor, d: Tensor, y: Tensor, bound: float = 5.0, slope: float = 1e-3) -> Tensor:
+    """Inverse RQS of zuko's parametrisation, vectorised over all leading dimensions.
+
+    ``w``, ``h`` (..., K) unconstrained widths and heights, ``d`` (..., K - 1) unconstrained
+    inner derivatives, ``y`` (...) the spline outputs; identity outside ``[-bound, bound]``.
+    Durkan et al. 2019 (arXiv:1906.04032) appendix A.3: the quadratic solved in its stable form.
+
+    >>> import torch
+    >>> phi, y = torch.randn(5, 3, 23, dtype=torch.float64), 3 * torch.randn(5, 3, dtype=torch.float64)
+    >>> t = MonotonicRQSTransform(phi[..., :8], phi[..., 8:16], phi[..., 16:])
+    >>> bool(torch.allclose(rqs_inverse(phi[..., :8], phi[..., 8:16], phi[..., 16:], y), t.inv(y), atol=1e-12))
+    True
+    """
+    return _inverse_wh(torch.stack([w, h], -2), d, y, bound, slope)
+
+
+def rqs_forward(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0, slope: float = 1e-3) -> Tensor:
+    """Forward RQS (Durkan et al. 2019 eq. 4) of zuko's parametrisation, vectorised (see :func:`rqs_inverse`).
+
+    >>> import torch
+    >>> phi, x = torch.randn(4, 23, dtype=torch.float64), 3 * torch.randn(4, dtype=torch.float64)
+    >>> y = rqs_forward(phi[..., :8], phi[..., 8:16], phi[..., 16:], x)
+    >>> bool(torch.allclose(rqs_inverse(phi[..., :8], phi[..., 8:16], phi[..., 16:], y), x, atol=1e-10))
+    True
+    """
+    return _forward_wh(torch.stack([w, h], -2), d, x, bound, slope)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _spline_fn(name: str, compiled: bool) -> Callable:
+    """The eager spline function, or its ``torch.compile`` version (built once, on first use)."""
+    fn = _inverse_wh if name == "inverse" else _forward_wh
+    if not compiled:
+        return fn
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED[name]
+
+
+# ---------------------------------------------------------------------------- one MADE block
+class LeanBlock(nn.Module):
+    """Masked weights of one zuko MADE block with an RQS univariate transformation.
+
+    ``iaf``: the conditioner reads the latent side (:class:`caloflows.flows.MaskedIAFTransform`),
+    so :meth:`inverse` is one pass and :meth:`forward` ``D`` steps; for a MAF the reverse.
+    Rows of the output layer are reordered to ``[(widths, heights) (D, 2, K) | derivs (D, K-1)]``.
+    """
+
+    def __init__(self, block: MaskedAutoregressiveTransform, iaf: bool) -> None:
+        super().__init__()
+        from .flows import _spline_bounds
+
+        bound, slope = _spline_bounds(block.univariate)
+        if bound is None:
+            raise TypeError("the lean path needs zuko's MonotonicRQSTransform splines")
+        shapes = [tuple(s) for s in block.shapes]
+        if len(shapes) != 3 or len(shapes[0]) != 1 or shapes[1] != shapes[0] or shapes[2] != (shapes[0][0] - 1,):
+            raise TypeError("unexpected spline parameter shapes")
+        layers = list(block.hyper)
+        lin = [m for m in layers if isinstance(m, nn.Linear)]
+        acts = [m for m in layers if not isinstance(m, nn.Linear)]
+        if len(lin) < 2 or not all(type(a) is nn.ReLU for a in acts) or len(acts) != len(lin) - 1:
+            raise TypeError("the lean path needs a MADE of masked linear layers with ReLU")
+        self.iaf = bool(iaf)
+        self.bound, self.slope = bound, slope
+        K = shapes[0][0]
+        self.bins = K
+        T = block.total
+        w = [(m.mask * m.weight).detach() for m in lin]
+        b = [m.bias.detach() for m in lin]
+        D = w[-1].shape[0] // T
+        self.features = D
+        self.context = w[0].shape[1] - D
+        # weights stored (in, out) contiguous: x @ w is 3-5x faster than x @ W.T at batch 1 (MKL sgemm)
+        self.register_buffer("w_in_t", w[0][:, :D].T.contiguous())  # (D, H); row d: rank-1 update
+        self.register_buffer("w_ctx_t", w[0][:, D:].T.contiguous())  # (C, H)
+        self.register_buffer("b_in", b[0].clone())
+        self._hid = len(lin) - 2
+        for i in range(1, len(lin) - 1):
+            self.register_buffer(f"w_h{i}", w[i].T.contiguous())
+            self.register_buffer(f"b_h{i}", b[i].clone())
+        rows = torch.arange(D * T).reshape(D, T)
+        perm = torch.cat([rows[:, :2 * K].reshape(-1), rows[:, 2 * K:].reshape(-1)])  # [(D, 2, K) | (D, K-1)]
+        self.register_buffer("w_out_t", w[-1][perm].T.contiguous())  # (H, D T)
+        self.register_buffer("b_out", b[-1][perm].clone())
+        # per-feature output rows (D, T, H) in the original layout for sequential steps
+        self.register_buffer("w_step", w[-1].reshape(D, T, -1).transpose(1, 2).contiguous())  # (D, H, T)
+        self.register_buffer("b_step", b[-1].reshape(D, T).contiguous())
+        self.steps = [int(i) for i in torch.argsort(block.order).tolist()]
+
+    # -------------------------------------------------------------- pieces
+    def _ctx(self, c: Tensor | None, rows: int) -> Tensor:
+        if c is None or self.context == 0:
+            return self.b_in.expand(rows, -1)
+        return torch.addmm(self.b_in, c, self.w_ctx_t)
+
+    def _hidden(self, a: Tensor) -> Tensor:
+        h = torch.relu(a)
+        for i in range(1, self._hid + 1):
+            h = torch.relu(torch.addmm(getattr(self, f"b_h{i}"), h, getattr(self, f"w_h{i}")))
+        return h
+
+    def _params(self, v: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """Spline parameters of all features from the conditioner input ``v`` (one MADE pass)."""
+        D, K = self.features, self.bins
+        phi = torch.addmm(self.b_out, self._hidden(torch.addmm(ctx, v, self.w_in_t)), self.w_out_t)
+        B = phi.shape[0]
+        return phi[:, :2 * D * K].view(B, D, 2, K), phi[:, 2 * D * K:].view(B, D, K - 1)
+
+    def _sequential(self, src: Tensor, ctx: Tensor, fn: Callable) -> Tensor:
+        """``out_d = fn(phi(out_{<d}), src_d)`` in the block's order, ``D`` steps (exact)."""
+        K = self.bins
+        out = torch.zeros_like(src)
+        a = ctx
+        for d in self.steps:
+            phi = torch.addmm(self.b_step[d], self._hidden(a), self.w_step[d])
+            od = fn(phi[:, :2 * K].view(-1, 2, K), phi[:, 2 * K:], src[:, d], self.bound, self.slope)
+            out[:, d] = od
+            if torch.onnx.is_in_onnx_export():  # no ONNX symbolic for addr
+                a = a + od.unsqueeze(1) * self.w_in_t[d]
+            else:
+                a = torch.addr(a, od, self.w_in_t[d])
+        return out
+
+    # -------------------------------------------------------------- directions
+    def inverse(self, y: Tensor, c: Tensor | None = None, compiled: bool = False) -> Tensor:
+        """latent side -> data side of this block (sampling direction)."""
+        ctx = self._ctx(c, y.shape[0])
+        fn = _spline_fn("inverse", compiled)
+        if self.iaf:
+            return fn(*self._params(y, ctx), y, self.bound, self.slope)
+        return self._sequential(y, ctx, fn)
+
+    def forward(self, x: Tensor, c: Tensor | None = None, compiled: bool = False) -> Tensor:
+        """data side -> latent side of this block (density direction)."""
+        ctx = self._ctx(c, x.shape[0])
+        fn = _spline_fn("forward", compiled)
+        if self.iaf:
+            return self._sequential(x, ctx, fn)
+        return fn(*self._params(x, ctx), x, self.bound, self.slope)
+
+
+# ---------------------------------------------------------------------------- the flow
+class LeanFlow(nn.Module):
+    """Inference snapshot of a :func:`~caloflows.flows.build_maf` / :func:`~caloflows.flows.build_iaf` flow.
+
+    :meth:`sample` maps latent ``z`` to data (all blocks inverted), :meth:`transform` data to
+    latent.  Rows are processed in chunks of ``chunk`` (default :func:`auto_chunk`).  The
+    snapshot does not follow later changes of the flow's weights; :func:`lean_flow` rebuilds
+    it when they change.
+    """
+
+    def __init__(self, blocks: list[LeanBlock], chunk: int | None = None, compiled: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)  # data -> latent order
+        b0 = blocks[0]
+        self.features, self.context = b0.features, b0.context
+        self.chunk = chunk
+        self.compiled = compiled
+
+    @classmethod
+    @torch.no_grad()
+    def from_flow(cls, flow: Flow, chunk: int | None = None, compiled: bool = False) -> "LeanFlow":
+        """Snapshot ``flow`` (weights, dtype and device as they are now)."""
+        from .flows import MaskedIAFTransform, flow_blocks
+
+        blocks = []
+        for t in flow_blocks(flow):
+            if type(t) is MaskedIAFTransform:
+                blocks.append(LeanBlock(t, iaf=True))
+            elif type(t) is MaskedAutoregressiveTransform:
+                blocks.append(LeanBlock(t, iaf=False))
+            else:
+                raise TypeError(f"the lean path does not support {type(t).__name__}")
+        return cls(blocks, chunk, compiled)
+
+    def chunk_rows(self, dtype: torch.dtype) -> int:
+        if self.chunk:
+            return int(self.chunk)
+        b = self.blocks[0]
+        return auto_chunk(self.features, 3 * b.bins - 1, torch.finfo(dtype).bits // 8)
+
+    def _run(self, v: Tensor, c: Tensor | None, fn: Callable[[Tensor, Tensor | None], Tensor]) -> Tensor:
+        n = v.shape[0]
+        step = self.chunk_rows(v.dtype)
+        if n <= step:
+            return fn(v, c)
+        out = torch.empty_like(v)
+        for a in range(0, n, step):
+            out[a:a + step] = fn(v[a:a + step], None if c is None else c[a:a + step])
+        return out
+
+    def _sample(self, z: Tensor, c: Tensor | None) -> Tensor:
+        for blk in reversed(self.blocks):
+            z = blk.inverse(z, c, self.compiled)
+        return z
+
+    def _transform(self, x: Tensor, c: Tensor | None) -> Tensor:
+        for blk in self.blocks:
+            x = blk.forward(x, c, self.compiled)
+        return x
+
+    def sample(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        """latent ``z`` (B, D) and context (B, C) -> data (B, D); dtype of the snapshot."""
+        return self._run(z, self._cond(c, z), self._sample)
+
+    def transform(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """data ``x`` (B, D) and context (B, C) -> latent (B, D)."""
+        return self._run(x, self._cond(c, x), self._transform)
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:  # for tracing / ONNX
+        return self._sample(z, self._cond(c, z))
+
+    def _cond(self, c: Tensor | None, v: Tensor) -> Tensor | None:
+        if self.context == 0 or c is None:
+            return None
+        return c.to(v.dtype).expand(v.shape[0], -1)
+
+
+def supports_lean(flow: Flow) -> bool:
+    """True if every block of ``flow`` is a MADE with RQS splines built by :mod:`caloflows.flows`."""
+    from .flows import MaskedIAFTransform, _spline_bounds, flow_blocks
+
+    try:
+        blocks = flow_blocks(flow)
+    except AttributeError:
+        return False
+    return bool(blocks) and all(
+        type(t) in (MaskedIAFTransform, MaskedAutoregressiveTransform) and t.order is not None
+        and _spline_bounds(t.univariate)[0] is not None
+        and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in t.hyper) for t in blocks)
+
+
+def lean_flow(flow: Flow) -> LeanFlow:
+    """The flow's cached :class:`LeanFlow`, rebuilt when a weight changed (optimizer step,
+    ``load_state_dict``, ``.to()``/``.double()``: tensor version counters and storages)."""
+    p = next(flow.parameters())
+    # inside caloflows.flows.double_precision the key is that of the original parameters
+    key = flow.__dict__.get("_caloflows_src_key") or tuple(
+        (q.data_ptr(), q._version, q.dtype, q.device) for q in flow.parameters())
+    cache = flow.__dict__.setdefault("_caloflows_lean", {})
+    cached = cache.get((p.dtype, p.device))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    lean = LeanFlow.from_flow(flow, compiled=os.environ.get("CALOFLOWS_COMPILE", "0") == "1")
+    cache[(p.dtype, p.device)] = (key, lean)
+    return lean

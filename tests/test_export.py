@@ -1,0 +1,129 @@
+"""ONNX export of the CaloFlow student sampler and the ONNX Runtime sampler (issue 13)."""
+
+import warnings
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from caloflows.cli import main  # noqa: E402
+from caloflows.errors import ModelDirError  # noqa: E402
+from caloflows.export import CaloFlowSampler, OnnxSampler, export_onnx  # noqa: E402
+from caloflows.geometry import load_geometry  # noqa: E402
+from caloflows.io import ShowerData  # noqa: E402
+from caloflows.models.caloflow import CaloFlow, CaloFlowConfig  # noqa: E402
+from caloflows.toy_showers import toy_showers  # noqa: E402
+from caloflows.training.loop import TrainConfig  # noqa: E402
+
+torch.set_num_threads(1)
+
+XML = """<Bins><Bin pid="11" name="electron">
+<Layer id="0" r_edges="0,2,5,10" n_bin_alpha="2"/>
+<Layer id="1" r_edges="0,2,5,10" n_bin_alpha="2"/>
+<Layer id="2" r_edges="0,2,5,10,20" n_bin_alpha="1"/>
+</Bin></Bins>"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    (d / "tiny.xml").write_text(XML)
+    g = load_geometry(str(d / "tiny.xml"))
+    inc, sh = toy_showers(g, 600, seed=0)
+    tc = asdict(TrainConfig(epochs=2, batch_size=128, base_lr=2e-4, max_lr=3e-3, patience=None))
+    cfg = CaloFlowConfig(flow1_transforms=2, flow2_transforms=2, flow2_hidden=24, student_hidden=32,
+                         flow1_train=tc, flow2_train=tc, student_train=tc)
+    model = CaloFlow(g, cfg)
+    torch.manual_seed(0)
+    model.fit(ShowerData(inc, sh), d / "model", progress=False)
+    model.distill(ShowerData(inc, sh), d / "model", progress=False)
+    onnx_path = export_onnx(model, d / "model.onnx")
+    return {"dir": d, "model": model, "onnx": onnx_path, "einc": inc}
+
+
+def _noise(model, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, model.geometry.n_layers, dtype=torch.float64, generator=gen)
+    z2 = torch.randn(n, model.geometry.n_voxels, generator=gen)
+    return z1, z2
+
+
+def test_sampler_module_reproduces_model_chain(trained):
+    """Same generator -> the exported chain equals CaloFlow's own sample chain (no outlier redraw here)."""
+    m = trained["model"]
+    einc = torch.as_tensor(trained["einc"][:300], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    E = m.sample_layer_energies(einc, gen)
+    ref = m.geometry.apply_threshold(m.sample_voxels(E, einc, student=True, generator=gen).numpy())
+    z1, z2 = _noise(m, len(einc), 5)
+    with torch.no_grad():
+        out = CaloFlowSampler(m)(z1, z2, einc).numpy()
+    assert np.isfinite(out).all() and (out >= 0).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.max())
+
+
+def test_onnxruntime_reproduces_torch(trained):
+    m = trained["model"]
+    einc = np.asarray(trained["einc"][:200], dtype=np.float64)
+    z1, z2 = _noise(m, len(einc), 7)
+    with torch.no_grad():
+        ref = CaloFlowSampler(m)(z1, z2, torch.as_tensor(einc)).numpy()
+    s = OnnxSampler(trained["onnx"])
+    out = s.run(z1.numpy(), z2.numpy(), einc)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * ref.max())
+    assert s.metadata["kind"] == "caloflow" and s.metadata["n_voxels"] == m.geometry.n_voxels
+    assert s.geometry.same_layout(m.geometry)
+    assert s.metadata["constants"]["unit_space"]["u0_max"] == m.unit.u0_max
+    # sampling with a seed is reproducible, batch-size independent and uses the given energies
+    e1, a = s.sample(np.full(50, 2e4), seed=3, batch_size=50)
+    _, b = s.sample(np.full(50, 2e4), seed=3, batch_size=50)
+    np.testing.assert_array_equal(a, b)
+    assert np.all(e1 == 2e4) and a.shape == (50, m.geometry.n_voxels)
+    e2, c = s.sample(20, seed=1)
+    assert e2.shape == (20,) and np.isfinite(c).all()
+
+
+def test_onnx_energy_scale(trained):
+    """Showers carry about the energy flow-I assigns: total <= max_ratio * E_inc."""
+    s = OnnxSampler(trained["onnx"])
+    e, sh = s.sample(np.full(100, 3e4), seed=0)
+    assert (sh.sum(1) <= s.metadata["max_ratio"] * e * (1 + 1e-5)).all()
+    assert sh.sum(1).mean() > 0
+
+
+def test_corrupt_and_foreign_onnx_give_clear_errors(trained, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelDirError, match="bad.onnx"):
+        OnnxSampler(bad)
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(trained["onnx"].read_bytes()[:5000])
+    with pytest.raises(ModelDirError, match="trunc.onnx"):
+        OnnxSampler(trunc)
+    foreign = tmp_path / "foreign.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),), str(foreign), dynamo=False, opset_version=17)
+    with pytest.raises(ModelDirError, match="foreign.onnx.*not a caloflows sampler"):
+        OnnxSampler(foreign)
+    with pytest.raises(ModelDirError, match="missing.onnx"):
+        OnnxSampler(tmp_path / "missing.onnx")
+
+
+def test_export_cli_refuses_existing_output(trained, capsys):
+    d = trained["dir"]
+    out = d / "cli.onnx"
+    assert main(["export", str(d / "model"), "--out", str(out)]) == 0
+    assert OnnxSampler(out).metadata["network"] == "student"
+    before = out.read_bytes()
+    assert main(["export", str(d / "model"), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["export", str(d / "model"), "--out", str(out), "--force"]) == 0
+    assert main(["export", str(d / "nope"), "--out", str(d / "x.onnx")]) == 2
+    assert not (d / "x.onnx").exists()

@@ -1,0 +1,123 @@
+"""Lean sampling path (caloflows.lean) against the zuko path: same latent -> same sample."""
+
+import pytest
+import torch
+
+from caloflows import flows as F
+from caloflows import lean as L
+
+torch.set_num_threads(1)
+
+
+def _flow(build, context, hidden, seed=0):
+    torch.manual_seed(seed)
+    f = build(7, context, 3, hidden)
+    with torch.no_grad():  # move away from the near-identity initialisation
+        for p in f.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return f
+
+
+CASES = [(F.build_maf, (32,)), (F.build_maf, (16, 16)), (F.build_iaf, (32,)), (F.build_iaf, (16, 16))]
+
+
+@pytest.mark.parametrize("build,hidden", CASES)
+@pytest.mark.parametrize("context", [0, 3])
+def test_lean_sample_matches_zuko_float64(build, hidden, context):
+    f = _flow(build, context, hidden)
+    with F.double_precision(f):
+        z = 1.5 * torch.randn(64, 7, dtype=torch.float64)
+        c = torch.randn(64, context, dtype=torch.float64) if context else None
+        ref = F.inverse_path(f, z, c, fast=False)[0]  # zuko's generic inverse
+        lean = L.LeanFlow.from_flow(f, chunk=16)  # several chunks
+        x = lean.sample(z, c)
+        assert torch.allclose(x, ref, atol=1e-10, rtol=0)
+        # data -> latent agrees with zuko's forward and inverts the sample
+        assert torch.allclose(lean.transform(ref, c), F.forward_path(f, ref, c)[-1], atol=1e-9, rtol=0)
+        assert torch.allclose(lean.transform(x, c), z, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_iaf_float32_matches_zuko(context):
+    f = _flow(F.build_iaf, context, (32,), seed=1)
+    z = torch.randn(200, 7)
+    c = torch.randn(200, context) if context else None
+    with torch.no_grad():
+        ref = F.inverse_path(f, z, c)[0]
+        x = L.LeanFlow.from_flow(f).sample(z, c)
+    assert torch.allclose(x, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_flow_sample_uses_lean_and_follows_weight_changes():
+    f = _flow(F.build_iaf, 2, (16,))
+    c = torch.randn(10, 2)
+    with torch.no_grad():
+        a = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3))
+        b = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3), fast=False)
+        assert torch.allclose(a, b, atol=1e-4)
+        assert "_caloflows_lean" in f.__dict__
+        lean0 = L.lean_flow(f)
+        for p in f.parameters():
+            p.mul_(1.1)  # in-place change (like an optimizer step): the snapshot is rebuilt
+        a2 = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3))
+        b2 = F.flow_sample(f, c, generator=torch.Generator().manual_seed(3), fast=False)
+    assert L.lean_flow(f) is not lean0
+    assert torch.allclose(a2, b2, atol=1e-4)
+    assert not torch.allclose(a2, a, atol=1e-3)
+    a2[0, 0] = 0.0  # a normal tensor (not an inference tensor): writable
+
+
+def test_rqs_functions_match_zuko_and_are_identity_outside():
+    from zuko.transforms import MonotonicRQSTransform
+
+    torch.manual_seed(0)
+    phi = torch.randn(50, 4, 23, dtype=torch.float64)
+    x = 4 * torch.randn(50, 4, dtype=torch.float64)
+    w, h, d = phi[..., :8], phi[..., 8:16], phi[..., 16:]
+    t = MonotonicRQSTransform(w, h, d)
+    assert torch.allclose(L.rqs_forward(w, h, d, x), t(x), atol=1e-12)
+    assert torch.allclose(L.rqs_inverse(w, h, d, x), t.inv(x), atol=1e-12)
+    out = x.abs() > 5
+    assert out.any() and torch.equal(L.rqs_inverse(w, h, d, x)[out], x[out])
+
+
+def test_auto_chunk():
+    assert L.auto_chunk(648, 23, 4) & (L.auto_chunk(648, 23, 4) - 1) == 0  # a power of two
+    assert L.auto_chunk(648, 23, 8) <= L.auto_chunk(648, 23, 4) <= L.auto_chunk(64, 23, 4)
+    assert 64 <= L.auto_chunk(648, 23, 4) <= 4096
+    assert L.auto_chunk(3, 23, 8) == 4096
+    assert L.auto_chunk(10**6, 23, 8) == 64
+
+
+def test_unsupported_flow_falls_back():
+    import zuko
+
+    f = zuko.flows.MAF(3, 1, transforms=1, hidden_features=(8,))  # affine, not RQS
+    assert not L.supports_lean(f)
+    g = F.build_maf(3, 1, 1, (8,))
+    g.transform.transforms[0].hyper[1] = torch.nn.ELU()
+    assert not L.supports_lean(g) and L.supports_lean(F.build_maf(3, 1, 1, (8,)))
+    with torch.no_grad():
+        assert F.flow_sample(f, torch.randn(4, 1)).shape == (4, 3)
+
+
+def test_double_precision_keeps_the_lean_cache_and_follows_changes():
+    f = _flow(F.build_maf, 1, (8, 8))
+    c = torch.randn(5, 1, dtype=torch.float64)
+    ptrs = [p.data_ptr() for p in f.parameters()]
+    with torch.no_grad():
+        with F.double_precision(f):
+            a = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0))
+            lean = L.lean_flow(f)
+            assert next(lean.buffers()).dtype == torch.float64
+        assert [p.data_ptr() for p in f.parameters()] == ptrs and next(f.parameters()).dtype == torch.float32
+        with F.double_precision(f):
+            assert L.lean_flow(f) is lean  # not rebuilt
+            b = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0))
+            ref = F.flow_sample(f, c, generator=torch.Generator().manual_seed(0), fast=False)
+            for p in f.parameters():
+                p.mul_(1.01)  # changed inside the block: kept (cast back) and the cache follows
+        assert [p.data_ptr() for p in f.parameters()] != ptrs
+        with F.double_precision(f):
+            assert L.lean_flow(f) is not lean
+    assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-10)
