@@ -57,7 +57,7 @@ def build_model(preset: str, workdir: str, train: bool) -> CaloFlow:
         cfg.flow2_train = {**cfg.flow2_train, **one}
         cfg.student_train = {**cfg.student_train, **one}
         model.fit(data, workdir, progress=False)
-        model.distill(data, workdir, progress=False)
+        model.fit(data, workdir, stage="distill", progress=False)
     else:
         model.fit_constants(data)
         F.init_student_from_teacher(model.student, model.teacher)
@@ -75,7 +75,7 @@ def time_generation(model: CaloFlow, batch: int, student: bool, min_seconds: flo
             ort.sample(energies, seed=seed, batch_size=batch)
         else:
             with F.lean_sampling(path == "lean"):
-                model.sample(energies, batch_size=batch, seed=seed, student=student)
+                model.sample(energies, batch_size=batch, seed=seed, variant="student" if student else "teacher")
 
     run(e[: min(batch, 10)], 0)  # warm-up
     times = []

@@ -221,7 +221,8 @@ def generation_conditions(model: Any, *, n: int | None = None, energies_from: st
 def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int | None = None,
              energies_from: str | None = None, condition: Sequence[str] | None = None, batch_size: int = 10_000,
              variant: str | None = None, seed: int | None = None, device: str = "cpu",
-             force: bool = False, progress: bool = True) -> dict:
+             force: bool = False, progress: bool = True, shard: str | None = None,
+             backend: str = "torch", chunk_size: int = 10_000) -> dict:
     """Generate showers with a model directory into a CaloChallenge file, written chunk by chunk
     and renamed into place only when complete.
 
@@ -229,6 +230,13 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     (E_inc and named parameters), with parameters from ``condition`` (``NAME=VALUE`` or
     ``NAME=LOW:HIGH`` uniform).  ``variant``: ``teacher`` / ``student`` (default: student if
     distilled).  An existing ``out`` is refused unless ``force``; an input never.
+
+    Generation streams to ``out`` in chunks of ``chunk_size`` showers (bounded memory) with a progress bar in
+    showers/s.  Chunk ``k`` is generated from ``(seed, k)`` alone, so ``shard="i/N"`` (needs ``seed``)
+    writes chunks ``[i K / N, (i + 1) K / N)`` of the ``K`` chunks and ``caloflows merge`` of the N
+    shards equals the unsharded file bit for bit (same options, same machine).
+    ``backend="onnxruntime"``: ``model_dir`` is a ``.onnx`` file from ``caloflows export``
+    (:class:`caloflows.export.OnnxGenerator`).
     Returns ``{"n", "seconds", "ms_per_shower", "out"}``.
 
     Example:
@@ -242,24 +250,52 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         raise UsageError("--batch-size must be at least 1")
     if n is not None and n < 1:
         raise UsageError("--n must be at least 1")
+    if chunk_size < 1:
+        raise UsageError("--chunk-size must be at least 1")
+    from .simulation.runner import parse_shard, shard_range
+
+    si, sn = parse_shard(shard)
+    if sn > 1 and seed is None:
+        raise UsageError("--shard needs --seed: the shards of one run are defined by its seed")
     check_output_file(out, [model_dir, energies_from], force=force)
-    model = load_model(model_dir, device=device)
+    if backend == "onnxruntime":
+        import torch
+
+        from .export import OnnxGenerator
+
+        model: Any = OnnxGenerator(model_dir, threads=torch.get_num_threads())
+    elif backend == "torch":
+        model = load_model(model_dir, device=device)
+    else:
+        raise UsageError(f"--backend {backend!r}: use torch or onnxruntime")
     what = generation_conditions(model, n=n, energies_from=energies_from, condition=condition, seed=seed)
     total = len(what) if isinstance(what, Conditions) else int(what)
-    chunk = batch_size * max(1, math.ceil(10_000 / batch_size))
+    chunk = batch_size * max(1, math.ceil(chunk_size / batch_size))
+    starts = list(range(0, total, chunk))
+    k0, k1 = shard_range(len(starts), (si, sn))
+    if k1 <= k0:
+        raise UsageError(f"--shard {si}/{sn}: the run has only {len(starts)} chunk(s) of {chunk} showers; "
+                         "use fewer shards or a smaller --chunk-size")
     attrs = {"generator": model.kind, "model_dir": str(model_dir), "geometry": model.geometry.name,
-             "variant": variant or "default", "seed": "None" if seed is None else seed}
+             "variant": variant or "default", "seed": "None" if seed is None else seed, "backend": backend,
+             "shard": f"{si}/{sn}", "n_showers_run": total}
     names = model.condition_spec.names or None
+    n_here = sum(min(chunk, total - starts[k]) for k in range(k0, k1))
     t0 = time.time()
-    with ShowerWriter(out, model.geometry.n_voxels, attrs=attrs, condition_names=names) as w:
-        for k, a in enumerate(range(0, total, chunk)):
+    from tqdm.auto import tqdm
+
+    with ShowerWriter(out, model.geometry.n_voxels, attrs=attrs, condition_names=names) as w, \
+            tqdm(total=n_here, unit="shower", desc=f"generate ({model.kind})", disable=None if progress else True) as bar:
+        for k in range(k0, k1):
+            a = starts[k]
             m = min(chunk, total - a)
             part = what[a:a + m] if isinstance(what, Conditions) else m
             s = None if seed is None else seed * 100_003 + k
-            d = model.sample(part, batch_size, seed=s, device=device, progress=progress, variant=variant)
+            d = model.sample(part, batch_size, seed=s, device=device, progress=False, variant=variant)
             w.append(d.incident_energies, d.showers, d.conditions)
+            bar.update(m)
     dt = time.time() - t0
-    return {"n": total, "seconds": dt, "ms_per_shower": 1e3 * dt / total, "out": str(out)}
+    return {"n": n_here, "seconds": dt, "ms_per_shower": 1e3 * dt / max(n_here, 1), "out": str(out)}
 
 
 def evaluate(generated: str, reference: str, geometry: str, **kw: Any) -> dict:

@@ -46,10 +46,11 @@ from torch import Tensor, nn
 
 from . import __version__
 from . import preprocessing as P
-from .errors import ModelDirError, OutputError
+from .errors import ModelDirError, OutputError, UsageError
+from .io import ShowerData
 from .lean import LeanFlow
 
-__all__ = ["CaloFlowSampler", "export_onnx", "OnnxSampler", "METADATA_KEY", "FORMAT", "OPSET"]
+__all__ = ["CaloFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
 
 METADATA_KEY = "caloflows"
 FORMAT = "caloflows-onnx-sampler/1"
@@ -254,3 +255,33 @@ class OnnxSampler:
             z2 = rng.standard_normal((len(e), self.n_voxels), dtype=np.float32)
             out[a:a + bs] = self.run(z1, z2, e)
         return einc, out
+
+
+class OnnxGenerator:
+    """An exported sampler with the part of the :class:`~caloflows.models.base.Generator` interface
+    that generation uses (``caloflows generate FILE.onnx --backend onnxruntime``): geometry, the
+    training E_inc law, no detector parameters, ``sample(...) -> ShowerData`` (student only)."""
+
+    variants = ("student",)
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        from .conditions import ConditionSpec
+
+        self.sampler = OnnxSampler(path, threads=threads)
+        self.geometry = self.sampler.geometry
+        self.kind = str(self.sampler.metadata.get("kind", "caloflow"))
+        self.condition_spec = ConditionSpec()
+        self.n_params = 0
+
+    def einc_law(self) -> dict:
+        return self.sampler.metadata["constants"]["incident_energies"]
+
+    def sample(self, conditions, batch_size: int = 1000, *, seed: int | None = None, device: str | None = None,
+               progress: bool = False, variant: str | None = None) -> ShowerData:
+        from .conditions import Conditions
+
+        if variant not in (None, "student"):
+            raise UsageError(f"{self.sampler.path}: an exported sampler holds the student only (not {variant!r})")
+        what = conditions.incident_energies if isinstance(conditions, Conditions) else conditions
+        einc, showers = self.sampler.sample(what, seed=seed, batch_size=batch_size)
+        return ShowerData(einc, showers, attrs={"generator": self.kind, "backend": "onnxruntime"})

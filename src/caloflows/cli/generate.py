@@ -26,6 +26,12 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input)")
+    p.add_argument("--shard", metavar="i/N", help="write only part i of N of the run (needs --seed); "
+                                                  "'caloflows merge' of the N parts equals the unsharded file")
+    p.add_argument("--chunk-size", type=int, default=10_000,
+                   help="showers generated and written per chunk (bounded memory; the unit of --shard; default 10000)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: MODEL_DIR is a .onnx file written by 'caloflows export'")
     p.set_defaults(func=run, variant=None)
 
 
@@ -34,6 +40,7 @@ def run(args: Any) -> int:
 
     r = generate(args.model_dir, args.out, n=args.n, energies_from=args.energies, condition=args.condition,
                  batch_size=args.batch_size, variant=args.variant, seed=args.seed, device=args.device,
-                 force=args.force)
+                 force=args.force, shard=args.shard, backend=args.backend,
+                 chunk_size=args.chunk_size)
     print(f"generated {r['n']} showers in {r['seconds']:.1f} s ({r['ms_per_shower']:.3f} ms/shower) -> {args.out}")
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SimulationError
+from ..errors import SimulationError, UsageError
 from ..geometry import Geometry, geometry_from_dict, load_geometry
 from ..io import merge_files
 from ..outputs import check_output_files, clean_orphans, temp_tag
@@ -52,9 +52,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in str(text).split("/"))
     except ValueError:
-        raise ValueError(f"shard {text!r}: expected i/N, e.g. 0/4") from None
+        raise UsageError(f"shard {text!r}: expected i/N, e.g. 0/4") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {text!r}: need 0 <= i < N")
+        raise UsageError(f"shard {text!r}: need 0 <= i < N")
     return i, n
 
 
