@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn

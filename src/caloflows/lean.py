@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as Fn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
-from zuko.lazy import Flow, LazyComposedTransform
-from zuko.transforms import MonotonicRQSTransform
+from zuko.lazy import Flow
 
 __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "auto_chunk", "lean_flow", "supports_lean",
            "CHUNK_BYTES"]

@@ -8,16 +8,18 @@ optionally writes the report directory (PNGs, ``metrics.json``, ``report.html``)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 from scipy import stats
 
+from ..errors import EvaluationError
 from ..geometry import Geometry, guess_geometry, load_geometry
 from ..io import ShowerData
 from .classifier import ClassifierConfig, binary_test, build_dnn
@@ -46,7 +48,6 @@ from .stream import (
     voxel_histogram,
     voxel_subsample_size,
 )
-from ..errors import EvaluationError
 
 __all__ = [
     "evaluate",
@@ -117,10 +118,8 @@ def _resolve_geometry(geometry, gen: ShowerData, ref: ShowerData, gname: str, rn
     file_geoms = {}
     for d, n in ((gen, gname), (ref, rname)):
         if "geometry" in d.attrs:
-            try:
+            with contextlib.suppress(Exception):  # unknown name in a foreign file: not an error by itself
                 file_geoms[n] = load_geometry(d.attrs["geometry"])
-            except Exception:  # unknown name in a foreign file: not an error by itself
-                pass
     if len(file_geoms) == 2:
         a, b = file_geoms.values()
         if not a.same_layout(b):
