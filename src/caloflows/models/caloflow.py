@@ -57,7 +57,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -79,10 +78,6 @@ __all__ = ["CaloFlow", "CaloFlowConfig"]
 @dataclass
 class CaloFlowConfig(FlowSettings):
     """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`FlowSettings`)."""
-
-    TITLE: ClassVar[str] = "CaloFlow"
-    RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "flow1_noise_kev": (0, None, False),
-                              "flow2_noise_kev": (0, None, False)}
 
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)

@@ -20,6 +20,7 @@ L2LFlows (``l2lflows.txt`` sec. 3.1, appendix B.1; review sec. 4.1) and iCaloFlo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,9 +28,10 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from .base import einc_draw, einc_summary, sample_with_rejection  # noqa: F401  (re-exported)
+from .base import einc_draw, einc_summary, need, sample_with_rejection  # noqa: F401  (re-exported)
 
-__all__ = ["EnergyConstants", "EnergyFlow", "einc_condition", "layer_energy_condition", "einc_summary", "einc_draw"]
+__all__ = ["EnergyConstants", "EnergyFlow", "EnergyFlowModel", "einc_condition", "layer_energy_condition", "einc_summary",
+           "einc_draw"]
 
 GEV = 1000.0
 
@@ -136,3 +138,25 @@ class EnergyFlow(nn.Module):
 
         with F.double_precision(self):
             return sample_with_rejection(draw, einc, params.to(torch.float64), max_ratio, max_resample)
+
+
+class EnergyFlowModel:
+    """Mixin of the families that sample layer energies with the energy distribution flow
+    (L2LFlows, iCaloFlow): their preprocessing constants, with the energy flow's among them."""
+
+    kind: ClassVar[str]
+    _consts: dict | None = None
+    _energy_consts: EnergyConstants | None = None
+
+    def constants(self) -> dict | None:
+        return self._consts
+
+    @property
+    def consts(self) -> dict:
+        """The preprocessing constants (``constants.json``)."""
+        return need(self._consts, f"{self.kind} preprocessing constants")
+
+    @property
+    def energy_consts(self) -> EnergyConstants:
+        """Constants of the energy distribution flow (appendix B.1)."""
+        return need(self._energy_consts, f"{self.kind} energy-flow constants")

@@ -48,9 +48,9 @@ from ..layerdata import TrainingShowers
 from ..postprocess import threshold_renormalise
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
-from .base import Generator, need
+from .base import Generator
 from .embedding import ConditionalFlow
-from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
+from .energy_flow import EnergyConstants, EnergyFlow, EnergyFlowModel, einc_summary, layer_energy_condition
 from .settings import LayerwiseSettings
 
 __all__ = ["ICaloFlow", "ICaloFlowConfig"]
@@ -61,7 +61,6 @@ class ICaloFlowConfig(LayerwiseSettings):
     """Hyper-parameters (defaults: review sec. 4.2, dataset 2; shared ones in :class:`LayerwiseSettings`)."""
 
     TITLE: ClassVar[str] = "iCaloFlow"
-    RANGES: ClassVar[dict] = {**LayerwiseSettings.RANGES, "noise_kev": (0, None, False)}
 
     edf_transforms: int = 6
     transforms: int = 8
@@ -93,7 +92,7 @@ def _full(g: Geometry) -> ICaloFlowConfig:
 ICaloFlowConfig.PRESETS = {"quick": _quick, "full": _full}
 
 
-class ICaloFlow(Generator):
+class ICaloFlow(EnergyFlowModel, Generator):
     """iCaloFlow generator: flow-1 (energies), flow-2 (layer 0), flow-3 (layers >= 1), students."""
 
     kind = "icaloflow"
@@ -137,19 +136,6 @@ class ICaloFlow(Generator):
     def variant_ready(self, variant: str | None) -> bool:
         w = "student" if variant == "student" else "teacher"
         return self.trained["energy"] and self.trained[f"{w}2"] and self.trained[f"{w}3"]
-
-    def constants(self) -> dict | None:
-        return self._consts
-
-    @property
-    def consts(self) -> dict:
-        """The preprocessing constants (``constants.json``)."""
-        return need(self._consts, f"{self.kind} preprocessing constants")
-
-    @property
-    def energy_consts(self) -> EnergyConstants:
-        """Constants of the energy distribution flow (appendix B.1)."""
-        return need(self._energy_consts, f"{self.kind} energy-flow constants")
 
     def set_constants(self, c: dict) -> None:
         self._consts = c

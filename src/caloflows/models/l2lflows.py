@@ -61,7 +61,7 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
 from .base import Generator, need
 from .embedding import ConditionalFlow
-from .energy_flow import EnergyConstants, EnergyFlow, einc_summary, layer_energy_condition
+from .energy_flow import EnergyConstants, EnergyFlow, EnergyFlowModel, einc_summary, layer_energy_condition
 from .settings import LayerwiseSettings
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
@@ -94,9 +94,7 @@ def format_layers(layers: Sequence[int]) -> str:
 class L2LFlowsConfig(LayerwiseSettings):
     """Hyper-parameters (defaults: L2LFlows table 4; shared ones in :class:`LayerwiseSettings`)."""
 
-    TITLE: ClassVar[str] = "L2LFlows"
-    RANGES: ClassVar[dict] = {**LayerwiseSettings.RANGES, "n_cond": (0, None, False),
-                              "voxel_noise_kev": (0, None, False)}
+    RANGES: ClassVar[dict] = {**LayerwiseSettings.RANGES, "n_cond": (0, None, False)}
 
     n_cond: int = 5
     cf_transforms: int = 4
@@ -189,7 +187,7 @@ def _read_meta(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- the model
-class L2LFlows(Generator):
+class L2LFlows(EnergyFlowModel, Generator):
     """L2LFlows generator for a geometry: energy flow + one causal flow per layer.
 
     The causal flows are built lazily (a job training ``--layers 10-19`` holds only those);
@@ -229,19 +227,6 @@ class L2LFlows(Generator):
         out = {"energy_flow": F.count_parameters(self.energy_flow) if self.energy_flow is not None else 0}
         out["causal"] = sum(F.count_parameters(m) for m in self.causal.values())
         return out
-
-    def constants(self) -> dict | None:
-        return self._consts
-
-    @property
-    def consts(self) -> dict:
-        """The preprocessing constants (``constants.json``)."""
-        return need(self._consts, f"{self.kind} preprocessing constants")
-
-    @property
-    def energy_consts(self) -> EnergyConstants:
-        """Constants of the energy distribution flow (appendix B.1)."""
-        return need(self._energy_consts, f"{self.kind} energy-flow constants")
 
     # ------------------------------------------------------------------ networks
     def build_energy_flow(self) -> EnergyFlow:

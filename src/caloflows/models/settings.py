@@ -8,8 +8,8 @@ overrides (:meth:`~ModelConfig.override`) and a check of every value's type and 
 with one line naming the key, the value and what is allowed.
 
 Rules (override per family with :attr:`~ModelConfig.RANGES` and :attr:`~ModelConfig.CHOICES`):
-integers are at least 1, floats are positive, lists hold positive integers, and every
-``*_train`` dict is a :class:`~caloflows.training.loop.TrainConfig`.
+integers are at least 1, floats are positive, noise levels (``*_kev``) may be 0, lists hold
+positive integers, and every ``*_train`` dict is a :class:`~caloflows.training.loop.TrainConfig`.
 
 Example:
     >>> from dataclasses import dataclass
@@ -103,8 +103,12 @@ class ModelConfig:
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {}
     #: field -> allowed string values
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: a name for messages (``CaloFlow``)
-    TITLE: ClassVar[str] = "model"
+    #: a name for messages (default: the class name without ``Config``: ``CaloFlow``)
+    TITLE: ClassVar[str] = ""
+
+    @classmethod
+    def title(cls) -> str:
+        return cls.TITLE or cls.__name__.removesuffix("Config")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -120,7 +124,7 @@ class ModelConfig:
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown {cls.TITLE} setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown {cls.title()} setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
         hints = typing.get_type_hints(cls)
         kw = {}
         for k, v in d.items():
@@ -135,14 +139,14 @@ class ModelConfig:
     def preset(cls: type[C], name: str, geometry: Any) -> C:
         """The config of preset ``name`` for ``geometry``."""
         if name not in cls.PRESETS:
-            raise ConfigError(f"unknown {cls.TITLE} preset {name!r}; use one of {', '.join(cls.PRESETS)}")
+            raise ConfigError(f"unknown {cls.title()} preset {name!r}; use one of {', '.join(cls.PRESETS)}")
         cfg = cls.PRESETS[name](geometry)
         cfg.validate()
         return cfg
 
     def override(self: C, overrides: Sequence[str] | None) -> C:
         """A copy with ``KEY=VALUE`` items applied (``flow2_hidden=128``, ``flow2_train.epochs=5``)."""
-        return type(self).from_dict(override_settings(self.to_dict(), overrides, self.TITLE))
+        return type(self).from_dict(override_settings(self.to_dict(), overrides, self.title()))
 
     def replace_train(self: C, **entries: Any) -> C:
         """A copy with ``entries`` (e.g. ``epochs=3, seed=1``) set in every ``*_train`` dict."""
@@ -176,7 +180,8 @@ class ModelConfig:
                 if key in self.CHOICES and v not in self.CHOICES[key]:
                     raise _bad(key, v, f"must be one of {', '.join(self.CHOICES[key])}")
             elif base in (int, float):
-                lo, hi, lo_open = self.RANGES.get(key, (1, None, False) if base is int else (0, None, True))
+                default = (1, None, False) if base is int else (0, None, not key.endswith("_kev"))
+                lo, hi, lo_open = self.RANGES.get(key, default)
                 _check_number(key, v, base, lo, hi, none_ok, lo_open)
             elif (base in (list, tuple) or typing.get_origin(base) in (list, tuple)) and (
                     not isinstance(v, (list, tuple)) or not v

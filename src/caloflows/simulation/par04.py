@@ -104,7 +104,7 @@ class Par04Simulation:
         self._hits: list[tuple[float, float, float, float]] = []
         self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.SerialOnly)
         self._det = _make_detector(g4, config, self._hits)
-        self._phys = _make_physics(g4, config)
+        self._phys = make_physics(g4, config.production_cut_mm)
         self.run_manager.SetUserInitialization(self._det)
         self.run_manager.SetUserInitialization(self._phys)
         self._gun_action = _make_gun(g4, particle)
@@ -188,12 +188,13 @@ def _make_detector(g4, config: Par04Config, hits: list):
     return Detector()
 
 
-def _make_physics(g4, config: Par04Config):
+def make_physics(g4, cut_mm: float):
+    """``G4EmStandardPhysics_option1`` with production cut ``cut_mm`` (both detectors use it)."""
     class Physics(g4.G4VModularPhysicsList):
         def __init__(self) -> None:
             super().__init__()
             self.SetVerboseLevel(0)
-            self.SetDefaultCutValue(config.production_cut_mm * g4.mm)
+            self.SetDefaultCutValue(cut_mm * g4.mm)
             self.RegisterPhysics(g4.G4EmStandardPhysics_option1())
 
     return Physics()

@@ -245,12 +245,14 @@ class ParaflowSimulation:
         checking photon conversions in the plate."""
         import geant4_pybind as g4
 
+        from .par04 import make_physics
+
         self.g4 = g4
         self._conv: list[float] = []
         self._image = np.zeros(N_CRYSTALS * N_CRYSTALS)
         self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.SerialOnly)
         self._det = _make_detector(g4, self._conv, calorimeter)
-        self._phys = _make_physics(g4, production_cut_mm)
+        self._phys = make_physics(g4, production_cut_mm)
         self.run_manager.SetUserInitialization(self._det)
         self.run_manager.SetUserInitialization(self._phys)
         self._gun = _make_gun(g4, particle)
@@ -379,17 +381,6 @@ def _make_event_action(g4, image: np.ndarray):
     return EventAction()
 
 
-def _make_physics(g4, cut_mm: float):
-    class Physics(g4.G4VModularPhysicsList):
-        def __init__(self) -> None:
-            super().__init__()
-            self.SetVerboseLevel(0)
-            self.SetDefaultCutValue(cut_mm * g4.mm)
-            self.RegisterPhysics(g4.G4EmStandardPhysics_option1())
-
-    return Physics()
-
-
 def _make_gun(g4, particle: str):
     class Gun(g4.G4VUserPrimaryGeneratorAction):
         """Particle at (x, y, -1290 mm) along +z; reseeds the engine per event."""
@@ -509,7 +500,7 @@ def simulate_paraflow(
     from ..io import merge_files
     from ..outputs import check_output_files
     from .g4data import configure_geant4_data
-    from .runner import PARTICLES, _available_cores, parse_shard, run_workers, shard_range
+    from .runner import PARTICLES, geant4_pybind_version, job_pieces, parse_shard, run_workers, shard_range
 
     if particle not in PARTICLES:
         raise SimulationError(f"particle {particle!r}: use one of {', '.join(PARTICLES)}")
@@ -532,14 +523,7 @@ def simulate_paraflow(
     seeds = shower_seeds(seed, idx)
     conds = shower_conditions(ranges, seed, idx)
     gun = gun_positions_mm(seed, idx)
-    jobs = max(1, min(int(jobs or _available_cores()), len(idx)))
-    pieces = np.array_split(np.arange(len(idx)), jobs)
-    try:
-        from importlib.metadata import version
-
-        g4v = version("geant4_pybind")
-    except Exception:  # pragma: no cover
-        g4v = "unknown"
+    pieces = job_pieces(len(idx), jobs)
     attrs = {
         "generator": "Geant4 (caloflows simulate --detector paraflow)",
         "detector": (
@@ -550,7 +534,7 @@ def simulate_paraflow(
         ),
         "physics_list": PHYSICS_LIST,
         **data.attrs(),
-        "geant4_pybind_version": g4v,
+        "geant4_pybind_version": geant4_pybind_version(),
         "particle": particle,
         "energy_spec": spec.text or spec.describe(),
         "energy_distribution": spec.describe(),

@@ -235,22 +235,14 @@ def simulate(
     idx = np.arange(start, stop, dtype=np.int64)
     energies = shower_energies_mev(spec, seed, idx)
     seeds = shower_seeds(seed, idx)
-    jobs = max(1, min(int(jobs or _available_cores()), len(idx)))
-    pieces = np.array_split(np.arange(len(idx)), jobs)
-
-    try:
-        from importlib.metadata import version
-
-        g4v = version("geant4_pybind")
-    except Exception:  # pragma: no cover
-        g4v = "unknown"
+    pieces = job_pieces(len(idx), jobs)
     base_attrs = {
         "generator": "Geant4 (caloflows simulate)",
         "detector": "Par04 W/Si sampling calorimeter, 90 x (1.4 mm W + 0.3 mm Si), 45 readout layers; "
                     "planar slabs approximating the cylinders",
         "physics_list": PHYSICS_LIST,
         **data.attrs(),
-        "geant4_pybind_version": g4v,
+        "geant4_pybind_version": geant4_pybind_version(),
         "particle": particle,
         "energy_spec": spec.text or spec.describe(),
         "energy_distribution": spec.describe(),
@@ -321,6 +313,21 @@ def _run_workers(ctx, q, procs, tmpdir, target, tasks, total, merge, progress) -
                 p.kill()
                 p.join(timeout=5)
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def geant4_pybind_version() -> str:
+    """The installed geant4-pybind version (recorded in every simulated file)."""
+    try:
+        from importlib.metadata import version
+
+        return version("geant4_pybind")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def job_pieces(n: int, jobs: int | None) -> list[np.ndarray]:
+    """Split ``n`` showers into contiguous pieces, one per worker (default: all cores)."""
+    return np.array_split(np.arange(n), max(1, min(int(jobs or _available_cores()), n)))
 
 
 def _available_cores() -> int:
