@@ -86,6 +86,7 @@ class CoarseGraining:
         """``"A"``, ``"B"``, ``"1x2x5"`` / ``"1,2,5"`` (r x alpha x z) or a 3-sequence."""
         if isinstance(spec, CoarseGraining):
             return spec
+        parts: list[str] | list[int]
         if isinstance(spec, str):
             s = spec.strip()
             if s.upper() in CHOICES:
@@ -102,7 +103,7 @@ class CoarseGraining:
         for c in CHOICES.values():
             if c.factors == tuple(f):
                 return c
-        return cls(*f)
+        return cls(f[0], f[1], f[2])
 
     @property
     def factors(self) -> tuple[int, int, int]:

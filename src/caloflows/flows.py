@@ -41,6 +41,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -241,6 +242,8 @@ def init_student_from_teacher(student: Flow, teacher: Flow) -> bool:
         return False
     pairs = []
     for s, t in zip(sb, tb):
+        if not (isinstance(s, MaskedAutoregressiveTransform) and isinstance(t, MaskedAutoregressiveTransform)):
+            return False
         sl = [m for m in s.hyper if isinstance(m, nn.Linear)]
         tl = [m for m in t.hyper if isinstance(m, nn.Linear)]
         if len(sl) != 2 or len(tl) != 2 or not torch.equal(s.order, t.order):
@@ -248,7 +251,9 @@ def init_student_from_teacher(student: Flow, teacher: Flow) -> bool:
         h_t, h_s = tl[0].out_features, sl[0].out_features
         if h_s < h_t or sl[0].in_features != tl[0].in_features or sl[1].out_features != tl[1].out_features:
             return False
-        if not torch.equal(sl[0].mask[:h_t], tl[0].mask) or not torch.equal(sl[1].mask[:, :h_t], tl[1].mask):
+        # zuko's MaskedLinear registers ``mask`` as a buffer: nn.Module.__getattr__ is typed Tensor | Module
+        ms, mt = [cast(Tensor, m.mask) for m in sl], [cast(Tensor, m.mask) for m in tl]
+        if not torch.equal(ms[0][:h_t], mt[0]) or not torch.equal(ms[1][:, :h_t], mt[1]):
             return False
         pairs.append((sl, tl, h_t))
     for sl, tl, h_t in pairs:
@@ -314,7 +319,7 @@ def _fast_made_inverse(block: MaskedAutoregressiveTransform, y: Tensor, context:
         for w, b in mids:
             h = torch.relu(torch.addmm(b, h, w.T))
         phi = torch.addmm(b2[d * T:(d + 1) * T], h, w2[d * T:(d + 1) * T].T)
-        if bound is None:  # not zuko's RQS: its own (slower) inverse
+        if bound is None or slope is None:  # not zuko's RQS: its own (slower) inverse
             parts, k = [], 0
             for shp, n in zip(block.shapes, sizes):
                 parts.append(phi[:, k:k + n].reshape(-1, 1, *shp))

@@ -288,15 +288,15 @@ def file_summary(path: str | os.PathLike, geometry=None, chunk_size: int = 10_00
         attrs, cond_names = chunk.attrs, chunk.condition_names
     if n_vox is None:
         raise ShowerFileError(f"{path}: file holds no showers")
-    e_inc = np.concatenate(e_inc)
-    e_tot = np.concatenate(e_tot)
+    e_inc_all = np.concatenate(e_inc)
+    e_tot_all = np.concatenate(e_tot)
     return {
         "path": path,
-        "n_showers": int(len(e_inc)),
+        "n_showers": int(len(e_inc_all)),
         "n_voxels": int(n_vox),
-        "incident_energies": e_inc,
-        "total_energy": e_tot,
-        "zero_fraction": zeros / (len(e_inc) * n_vox),
+        "incident_energies": e_inc_all,
+        "total_energy": e_tot_all,
+        "zero_fraction": zeros / (len(e_inc_all) * n_vox),
         "attrs": attrs,
         "condition_names": cond_names,
     }
@@ -499,13 +499,13 @@ def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geom
     units and further per-shower datasets (first dimension N, e.g. ``showers_full``) present
     in every input are carried over.  Returns the number of showers written.
     """
-    paths = [str(p) for p in paths]
-    if not paths:
+    files = [str(p) for p in paths]
+    if not files:
         raise ShowerFileError(f"{out}: nothing to merge")
     g = _geometry(geometry)
     first = None
     extras: dict = {}
-    for p in paths:
+    for p in files:
         with _open(p) as f:
             n, v = _check_layout(p, f, g)
             names = tuple(_decode(x) for x in f[CONDITIONS].attrs.get("names", [])) if CONDITIONS in f else ()
@@ -518,11 +518,13 @@ def merge_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, geom
         if first is None:
             first = (v, names, a, units)
         elif (v, names) != first[:2]:
-            raise ShowerFileError(f"{p}: {v} voxels / conditions {names} differ from {paths[0]} ({first[0]} / {first[1]})")
+            raise ShowerFileError(f"{p}: {v} voxels / conditions {names} differ from {files[0]} ({first[0]} / {first[1]})")
+    if first is None:  # unreachable: ``files`` is non-empty
+        raise ShowerFileError(f"{out}: nothing to merge")
     v, names, a0, units = first
-    merged_attrs = {**a0, "merged_from": [os.path.basename(p) for p in paths], **(attrs or {})}
+    merged_attrs = {**a0, "merged_from": [os.path.basename(p) for p in files], **(attrs or {})}
     with ShowerWriter(out, v, condition_names=names or None, attrs=merged_attrs, condition_units=units or None) as w:
-        for p in paths:
+        for p in files:
             with _open(p) as f:
                 pos = 0
                 for c in iter_showers(p, chunk_size, g):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -169,6 +170,15 @@ class LeanBlock(nn.Module):
     Rows of the output layer are reordered to ``[(widths, heights) (D, 2, K) | derivs (D, K-1)]``.
     """
 
+    # buffers registered in __init__ (declared so that attribute access is typed as Tensor)
+    w_in_t: Tensor
+    w_ctx_t: Tensor
+    b_in: Tensor
+    w_out_t: Tensor
+    b_out: Tensor
+    w_step: Tensor
+    b_step: Tensor
+
     def __init__(self, block: MaskedAutoregressiveTransform, iaf: bool) -> None:
         super().__init__()
         from .flows import _spline_bounds
@@ -189,7 +199,8 @@ class LeanBlock(nn.Module):
         K = shapes[0][0]
         self.bins = K
         T = block.total
-        w = [(m.mask * m.weight).detach() for m in lin]
+        # zuko's MaskedLinear registers ``mask`` as a buffer: nn.Module.__getattr__ is typed Tensor | Module
+        w = [(cast(Tensor, m.mask) * m.weight).detach() for m in lin]
         b = [m.bias.detach() for m in lin]
         D = w[-1].shape[0] // T
         self.features = D
@@ -300,7 +311,7 @@ class LeanFlow(nn.Module):
     def chunk_rows(self, dtype: torch.dtype) -> int:
         if self.chunk:
             return int(self.chunk)
-        b = self.blocks[0]
+        b = cast(LeanBlock, self.blocks[0])  # nn.ModuleList is not generic in the torch stubs
         return auto_chunk(self.features, 3 * b.bins - 1, torch.finfo(dtype).bits // 8)
 
     def _run(self, v: Tensor, c: Tensor | None, fn: Callable[[Tensor, Tensor | None], Tensor]) -> Tensor:
@@ -315,7 +326,7 @@ class LeanFlow(nn.Module):
 
     def _sample(self, z: Tensor, c: Tensor | None) -> Tensor:
         for blk in reversed(self.blocks):
-            z = blk.inverse(z, c, self.compiled)
+            z = cast(LeanBlock, blk).inverse(z, c, self.compiled)
         return z
 
     def _transform(self, x: Tensor, c: Tensor | None) -> Tensor:
@@ -349,7 +360,8 @@ def supports_lean(flow: Flow) -> bool:
     except AttributeError:
         return False
     return bool(blocks) and all(
-        type(t) in (MaskedIAFTransform, MaskedAutoregressiveTransform) and t.order is not None
+        isinstance(t, MaskedAutoregressiveTransform)
+        and type(t) in (MaskedIAFTransform, MaskedAutoregressiveTransform) and t.order is not None
         and _spline_bounds(t.univariate)[0] is not None
         and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in t.hyper) for t in blocks)
 

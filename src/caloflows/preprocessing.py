@@ -73,6 +73,8 @@ def add_uniform_noise(x, high: float = KEV, generator: "torch.Generator | np.ran
     if high <= 0:
         return x
     if isinstance(x, torch.Tensor):
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"a torch tensor needs a torch.Generator, got {type(generator).__name__}")
         return x + high * torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
     return x + high * rng.random(np.shape(x))

@@ -249,7 +249,7 @@ def upsample(
     idx = np.repeat(np.arange(m), resample)
     if n is not None:
         idx = idx[:n]
-    cond = build_conditions(einc, coarse, layer_energies, cmap, prep).reshape(m * cmap.n_coarse, -1)
+    cond_rows = build_conditions(einc, coarse, layer_energies, cmap, prep).reshape(m * cmap.n_coarse, -1)
     Vc, k = cmap.n_coarse, cmap.group_size
     gen = None
     p = next(flow.parameters())
@@ -257,7 +257,7 @@ def upsample(
         gen = torch.Generator(device=p.device).manual_seed(int(seed))
     fine = np.empty((len(idx), cmap.fine.n_voxels))
     per = max(1, batch_rows // Vc)  # fine showers per flow call
-    cond = cond.reshape(m, Vc, -1)
+    cond = cond_rows.reshape(m, Vc, -1)
     with double_precision(flow):
         for a in range(0, len(idx), per):
             sel = idx[a:a + per]

@@ -30,7 +30,7 @@ def _text_histogram(values: np.ndarray, bins: int = 10, width: int = 40, log: bo
         counts = [c for _, c in rows]
     else:
         edges = np.geomspace(lo, hi, bins + 1) if log and lo > 0 else np.linspace(lo, hi, bins + 1)
-        counts, _ = np.histogram(v, edges)
+        counts = np.histogram(v, edges)[0].tolist()
         labels = [f"{a / 1e3:9.3f}-{b / 1e3:<9.3f} GeV" for a, b in zip(edges[:-1], edges[1:])]
     m = max(counts) or 1
     return [f"  {lab} | {'#' * int(round(width * c / m)):<{width}} {c}" for lab, c in zip(labels, counts)]

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -211,7 +212,7 @@ def _hist_metrics(gen_f, ref_f, halves, voxel=None) -> tuple[dict, dict]:
     flagged = [k for k, r in results.items() if r.out_of_range_flag]
     if per_e:
         flagged += [f"E_ratio@{row['e_inc_mev'] / 1e3:.4g}GeV" for row in per_e if row["out_of_range_flag"]]
-    out = {
+    out: dict[str, Any] = {
         "out_of_range_flagged": flagged,
         "out_of_range_note": (
             "features whose generated fraction of entries outside the histogram range exceeds the reference's by "
@@ -256,7 +257,7 @@ def _fpd_kpd(which: str, gen_x, ref_x, half_x, seed: int) -> dict:
 
 def _prdc_metrics(gscan: SampleScan, rscan: SampleScan, sub: dict) -> dict:
     """PRDC on the bounded voxel subsamples chosen in :func:`evaluate`; one pair in memory at a time."""
-    out = {"k": 5, "max_showers": PRDC_MAX_SHOWERS, "n_showers": int(len(sub["prdc_gen"]))}
+    out: dict[str, Any] = {"k": 5, "max_showers": PRDC_MAX_SHOWERS, "n_showers": int(len(sub["prdc_gen"]))}
     lv = lambda scan, idx: log_voxels(scan.kept_voxels, scan.kept_rows(idx))  # noqa: E731
     out["generated"] = prdc(lv(rscan, sub["prdc_ref"]), lv(gscan, sub["prdc_gen"]), k=5)
     h0, h1 = sub["prdc_halves"]
@@ -335,9 +336,9 @@ def evaluate(
 
         paths = [x for x in (generated, reference, *(compare or {}).values()) if isinstance(x, (str, os.PathLike))]
         check_report_dir(out, paths, force=force)
-    for s, n in ((generated, gname), (reference, rname)):
+    for s, sname in ((generated, gname), (reference, rname)):
         if not isinstance(s, (ShowerData, str, os.PathLike)):
-            raise TypeError(f"{n}: expected a file path or ShowerData, got {type(s).__name__}")
+            raise TypeError(f"{sname}: expected a file path or ShowerData, got {type(s).__name__}")
     first_gen, first_ref = peek_sample(generated, gname), peek_sample(reference, rname)  # first chunks validated
     n_gen, n_ref = sample_length(generated, max_showers), sample_length(reference, max_showers)
     for src, n, nm in ((generated, n_gen, gname), (reference, n_ref, rname)):
@@ -400,7 +401,9 @@ def evaluate(
 
     m_prdc = min(PRDC_MAX_SHOWERS, voxel_subsample_size(max(n_gen, n_ref), geo.n_voxels, PRDC_VOXEL_BUDGET))
     m_cls = voxel_subsample_size(max(n_gen, n_ref), geo.n_voxels, voxel_budget)
-    keep_gen, keep_ref, sub = [], [], {}
+    keep_gen: list[np.ndarray] = []
+    keep_ref: list[np.ndarray] = []
+    sub: dict[str, Any] = {}
     if "prdc" in metrics:
         sub["prdc_gen"] = pick(np.arange(n_gen), m_prdc)
         sub["prdc_halves"] = (pick(half_idx[0], m_prdc), pick(half_idx[1], m_prdc))
@@ -421,7 +424,7 @@ def evaluate(
     vedges = voxel_bins(np.array([rscan.voxel_max.max()]), geo) if "hist" in metrics else None
     gscan = scan_sample(generated, geo, gname, max_showers=max_showers, keep=cat(keep_gen), voxel_edges=vedges)
     rhist = (voxel_histogram(reference, geo, vedges, max_showers=max_showers, groups=ref_groups, n_groups=2)
-             if "hist" in metrics else None)
+             if vedges is not None else None)
     gen_f, ref_f = gscan.features, rscan.features
     halves = (ref_f.subset(half_idx[0]), ref_f.subset(half_idx[1]))
     timing["features"] = time.perf_counter() - t
@@ -467,7 +470,10 @@ def evaluate(
     corr = None
     if "hist" in metrics:
         t = time.perf_counter()
-        gh, rt = gscan.voxel_hist, rhist.total()
+        gh = gscan.voxel_hist
+        if vedges is None or gh is None or rhist is None:  # all three are computed above when "hist" is asked for
+            raise EvaluationError("voxel histograms were not accumulated")
+        rt = rhist.total()
         vres = voxel_result(vedges, gh.counts[0], (gh.underflow[0], gh.overflow[0], gh.entries[0]), rt.counts[0],
                             (rt.underflow[0], rt.overflow[0], rt.entries[0]), (rhist.counts[0], rhist.counts[1]))
         result["histograms"], hist_results = _hist_metrics(gen_f, ref_f, halves, vres)
@@ -509,7 +515,8 @@ def evaluate(
                 fg, fr, fh = gen_f, ref_f, halves
             else:
                 fg, fr = gscan.kept_features(sub["cls_gen"]), rscan.kept_features(sub["cls_ref"])
-                fh = tuple(rscan.kept_features(np.intersect1d(sub["cls_ref"], h)) for h in half_idx)
+                fh = (rscan.kept_features(np.intersect1d(sub["cls_ref"], half_idx[0])),
+                      rscan.kept_features(np.intersect1d(sub["cls_ref"], half_idx[1])))
             xg, xr = classifier_inputs(fg, kind), classifier_inputs(fr, kind)
             r = binary_test(xg, xr, cfg, seeds=seeds, desc=m, build=build)
             r["input_set"] = kind

@@ -29,6 +29,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from ..errors import EvaluationError
+
 __all__ = ["ClassifierConfig", "ClassifierRun", "build_dnn", "official_dnn_parameters", "split_indices",
            "train_binary", "binary_test", "OFFICIAL_DNN_LAYERS"]
 
@@ -146,6 +148,8 @@ def train_binary(
         bar.set_postfix(val_acc=f"{acc:.4f}")
         if acc > best_acc:
             best_acc, best_epoch, best_state = acc, epoch + 1, copy.deepcopy(model.state_dict())
+    if best_state is None:  # no epoch, or the validation accuracy was never a number
+        raise EvaluationError(f"{desc}: classifier training produced no model (epochs={cfg.epochs})")
     model.load_state_dict(best_state)
     return model, best_epoch, best_acc
 

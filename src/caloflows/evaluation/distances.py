@@ -96,10 +96,8 @@ def fpd(
     x, y = normalise_features(real, fake) if normalise else (np.asarray(real), np.asarray(fake))
     rng = np.random.default_rng(seed)
     sizes = (1.0 / np.linspace(1.0 / min_samples, 1.0 / max_samples, n_points)).astype(np.int64)
-    vals = []
     with threadpool_limits(1):  # many tiny BLAS calls: extra threads only add overhead
-        vals = _fpd_curve(x, y, sizes, n_draws, rng)
-    vals = np.asarray(vals)
+        vals = np.asarray(_fpd_curve(x, y, sizes, n_draws, rng))
     inv = 1.0 / sizes
     if np.ptp(inv) == 0:  # a single size: no extrapolation possible
         return float(max(vals.mean(), 0.0)), float(vals.std())

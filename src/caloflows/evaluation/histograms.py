@@ -24,6 +24,7 @@ empty sample) then flag the feature (beyond the official code, :func:`out_of_ran
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -220,6 +221,8 @@ def compare_histograms(
         edges, log_x = feature_bins(name, rv, ref.geometry)
         out[name] = _compare(name, edges, log_x, g_tab[name], rv, h_tabs and (h_tabs[0][name], h_tabs[1][name]))
     if voxel is None:
+        if ref.voxels is None or gen.voxels is None:
+            raise ValueError("the voxel histogram needs the voxels, but these features were computed without them")
         edges = voxel_bins(ref.voxels, ref.geometry)
         nz = lambda v: v[v > 0]  # noqa: E731  zeros are below the threshold: described by sparsity
         halves = (nz(ref_halves[0].voxels), nz(ref_halves[1].voxels)) if ref_halves else None
@@ -235,8 +238,11 @@ def voxel_result(edges: np.ndarray, gen_counts, gen_out: tuple[int, int, int], r
     gen_counts = np.asarray(gen_counts, dtype=np.float64)
     ref_counts = np.asarray(ref_counts, dtype=np.float64)
     return HistogramResult("voxel", np.asarray(edges), True, gen_counts, ref_counts,
-                           separation_power(gen_counts, ref_counts), band, tuple(map(int, gen_out)),
-                           tuple(map(int, ref_out)))
+                           separation_power(gen_counts, ref_counts), band, _int3(gen_out), _int3(ref_out))
+
+
+def _int3(t) -> tuple[int, int, int]:
+    return int(t[0]), int(t[1]), int(t[2])
 
 
 def _hist(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -249,7 +255,7 @@ def _compare(name, edges, log_x, gv, rv, halves) -> HistogramResult:
     band = None
     if halves is not None:
         band = separation_power(_hist(halves[0], edges), _hist(halves[1], edges))
-    return HistogramResult(name, edges, log_x, hg, hr, separation_power(hg, hr), band, tuple(og), tuple(orf))
+    return HistogramResult(name, edges, log_x, hg, hr, separation_power(hg, hr), band, _int3(og), _int3(orf))
 
 
 # ------------------------------------------------------------------ chi2 per E_inc
@@ -316,7 +322,7 @@ def eratio_per_energy(
         chi2, ndf = chi2_homogeneity(hg, hr)
         gin = gv[(gv >= edges[0]) & (gv <= edges[-1])]
         rin = rv[(rv >= edges[0]) & (rv <= edges[-1])]
-        row = {
+        row: dict[str, Any] = {
             "e_inc_min_mev": lo,
             "e_inc_max_mev": hi,
             "n_gen": int(len(gv)),

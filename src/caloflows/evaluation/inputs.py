@@ -40,18 +40,7 @@ def _log_einc(f: HighLevelFeatures) -> np.ndarray:
 
 def classifier_inputs(f: HighLevelFeatures, kind: str) -> np.ndarray:
     """(N, D) float64 input of the binary/multiclass classifier for input set ``kind``."""
-    if kind != "high" and f.voxels is None:
-        raise ValueError(f"classifier input set {kind!r} needs the voxels, but these features were computed without them")
-    vox = None if kind == "high" else np.asarray(f.voxels, dtype=np.float64)
-    if kind == "low":
-        return np.concatenate([_log_einc(f), vox / f.incident_energies[:, None]], axis=1)
     log_el = np.log10(f.e_layers + 1e-8)
-    if kind == "low-normed":
-        return np.concatenate([_log_einc(f), vox / (_per_voxel_layer_energy(f) + 1e-16), log_el], axis=1)
-    if kind == "logit":
-        u = LOGIT_ALPHA + (1 - 2 * LOGIT_ALPHA) * vox / (_per_voxel_layer_energy(f) + 1e-16)
-        u = np.clip(u, LOGIT_ALPHA, 1 - LOGIT_ALPHA)
-        return np.concatenate([_log_einc(f), log_el, np.log(u) - np.log1p(-u)], axis=1)
     if kind == "high":
         return np.concatenate(
             [
@@ -68,4 +57,15 @@ def classifier_inputs(f: HighLevelFeatures, kind: str) -> np.ndarray:
             ],
             axis=1,
         )
+    if f.voxels is None:
+        raise ValueError(f"classifier input set {kind!r} needs the voxels, but these features were computed without them")
+    vox = np.asarray(f.voxels, dtype=np.float64)
+    if kind == "low":
+        return np.concatenate([_log_einc(f), vox / f.incident_energies[:, None]], axis=1)
+    if kind == "low-normed":
+        return np.concatenate([_log_einc(f), vox / (_per_voxel_layer_energy(f) + 1e-16), log_el], axis=1)
+    if kind == "logit":
+        u = LOGIT_ALPHA + (1 - 2 * LOGIT_ALPHA) * vox / (_per_voxel_layer_energy(f) + 1e-16)
+        u = np.clip(u, LOGIT_ALPHA, 1 - LOGIT_ALPHA)
+        return np.concatenate([_log_einc(f), log_el, np.log(u) - np.log1p(-u)], axis=1)
     raise ValueError(f"unknown classifier input set {kind!r}; use one of {', '.join(INPUT_SETS)}")

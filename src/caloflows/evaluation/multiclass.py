@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import EvaluationError
 from .classifier import _show_progress, build_dnn, predict_logits, split_indices
 
 __all__ = ["MulticlassConfig", "multiclass_test", "log_posterior_matrix"]
@@ -79,6 +80,8 @@ def _train(xtr, ytr, xva, yva, n_classes: int, cfg: MulticlassConfig, seed: int)
             bad += 1
             if bad >= cfg.patience:
                 break
+    if best_state is None:  # no epoch, or the validation loss was never finite
+        raise EvaluationError(f"multiclass seed {seed}: training produced no model (epochs={cfg.epochs})")
     model.load_state_dict(best_state)
     return model
 

@@ -178,9 +178,7 @@ def _hist(v: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.histogram(v[np.isfinite(v)], edges)[0].astype(np.float64)
 
 
-def _bin_masks(cond: np.ndarray | None, col: int, edges) -> list[np.ndarray] | None:
-    if cond is None:
-        return None
+def _bin_masks(cond: np.ndarray, col: int, edges) -> list[np.ndarray]:
     c = cond[:, col]
     out = []
     for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
@@ -198,9 +196,9 @@ def compare_observables(gen_obs: Mapping[str, np.ndarray], ref_obs: Mapping[str,
     splits: list[tuple[str, np.ndarray | None, np.ndarray | None]] = [("", None, None)]
     if gen_cond is not None and ref_cond is not None:
         for col, edges, nm in ((0, d_edges, "d"), (1, b_edges, "b")):
-            gm, rm = _bin_masks(gen_cond, col, edges), _bin_masks(ref_cond, col, edges)
+            g_masks, r_masks = _bin_masks(gen_cond, col, edges), _bin_masks(ref_cond, col, edges)
             for j in range(len(edges) - 1):
-                splits.append((f"/{nm}={edges[j]:g}-{edges[j + 1]:g}", gm[j], rm[j]))
+                splits.append((f"/{nm}={edges[j]:g}-{edges[j + 1]:g}", g_masks[j], r_masks[j]))
     for name in OBSERVABLES:
         g, r = _scaled(name, np.asarray(gen_obs[name], float)), _scaled(name, np.asarray(ref_obs[name], float))
         edges = observable_bins(name, r)
@@ -322,7 +320,7 @@ def plot_average_images(gen_images: np.ndarray, ref_images: np.ndarray, path: st
 
 def plot_example_images(gen: tuple[np.ndarray, np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray, np.ndarray],
                         path: str, gen_label: str = "generated", energy_gev: float = 30.0,
-                        points=((0.6, 55.0), (1.0, 70.0), (1.4, 85.0)), seed: int = 0) -> str | None:
+                        points=((0.6, 55.0), (1.0, 70.0), (1.4, 85.0)), seed: int = 0) -> str:
     """Fig. 3: for a few (d, b), one random image of each sample closest in (E_inc, d, b) to
     (energy_gev, d, b).  ``gen``/``ref`` are (images, incident energies MeV, conditions (N, 2))."""
     from matplotlib.colors import LogNorm
@@ -407,7 +405,8 @@ def paraflow_report(gen, ref, out_dir: str | os.PathLike, *, gen_label: str = "g
         "means": {n: {"generated": float(np.nanmean(go[n])), "reference": float(np.nanmean(ro[n]))} for n in OBSERVABLES},
         "d_edges_X0": list(D_EDGES), "b_edges_cm": list(B_EDGES),
     }
-    gm = rm = None
+    gm: dict[str, np.ndarray] | None = None
+    rm: dict[str, np.ndarray] | None = None
     if gc is not None and rc is not None:
         gm, rm = mean_maps(go, gc), mean_maps(ro, rc)
         maps = {}
@@ -424,7 +423,7 @@ def paraflow_report(gen, ref, out_dir: str | os.PathLike, *, gen_label: str = "g
         for n in OBSERVABLES:
             files.append(plot_observables(hists, n, str(Path(out_dir, f"paraflow_{n}.png")), gen_label))
         files.append(plot_average_images(gi, ri, str(Path(out_dir, "paraflow_average_images.png")), gen_label))
-        if gm is not None:
+        if gm is not None and rm is not None and gc is not None and rc is not None:
             files.append(plot_mean_maps(gm, rm, str(Path(out_dir, "paraflow_mean_maps.png")), gen_label))
             files.append(plot_example_images((gi, g.incident_energies, gc), (ri, r.incident_energies, rc),
                                              str(Path(out_dir, "paraflow_examples.png")), gen_label))

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import LogLocator  # noqa: E402
 
@@ -60,7 +61,7 @@ def _density(h: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return h / (s * np.diff(edges)) if s > 0 else h
 
 
-def _hist_cell(fig, spec, r: HistogramResult, title: str, log_y: bool, gen_label: str, legend: bool) -> None:
+def _hist_cell(fig, spec, r: HistogramResult, title: str, log_y: bool, gen_label: str, legend: bool) -> Axes:
     sub = spec.subgridspec(2, 1, height_ratios=(3, 1), hspace=0.05)
     ax, axr = fig.add_subplot(sub[0]), fig.add_subplot(sub[1])
     dg, dr = _density(r.gen, r.edges), _density(r.ref, r.edges)
@@ -243,8 +244,9 @@ def plot_average_showers(
             ax.set_yticks([])
             ax.set_title(f"{name}, layer {layer.id}", fontsize=6)
     fig.subplots_adjust(left=0.02, right=0.9, top=0.95, bottom=0.02, wspace=0.1, hspace=0.3)
-    cax = fig.add_axes([0.92, 0.1, 0.015, 0.8])
-    fig.colorbar(im, cax=cax, label="mean voxel energy [MeV]  (radius drawn as sqrt(r))")
+    cax = fig.add_axes((0.92, 0.1, 0.015, 0.8))
+    if im is not None:  # None only for a geometry without layers
+        fig.colorbar(im, cax=cax, label="mean voxel energy [MeV]  (radius drawn as sqrt(r))")
     return _save(fig, path)
 
 
@@ -263,5 +265,6 @@ def _plot_average_grid(geometry: Geometry, mean_gen: np.ndarray, mean_ref: np.nd
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("x [crystals]", fontsize=7)
         ax.set_ylabel("y [crystals]", fontsize=7)
-    fig.colorbar(im, ax=list(axes), label="mean crystal energy [MeV]")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), label="mean crystal energy [MeV]")
     return _save(fig, path)

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class ReportDirectory:
                                                           "caloflows_version": __version__}) + "\n")
         return self.tmp
 
-    def __exit__(self, et, ev, tb) -> bool:
+    def __exit__(self, et, ev, tb) -> Literal[False]:
         from ..outputs import replace_dir
 
         if et is not None:

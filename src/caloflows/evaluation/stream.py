@@ -195,6 +195,8 @@ class SampleScan:
 
     def kept_features(self, index: np.ndarray | None = None) -> HighLevelFeatures:
         """Features with voxels of the kept showers (``index``: a subset of ``kept_index``, default all)."""
+        if self.kept_voxels is None:
+            raise EvaluationError("no voxels were kept for this sample")
         index = self.kept_index if index is None else np.asarray(index)
         return self.features.subset(index).with_voxels(self.kept_voxels[self.kept_rows(index)])
 
@@ -231,6 +233,8 @@ def scan_sample(
         attrs = c.attrs
         f = compute_features(c.showers, c.incident_energies, geometry)
         vox = f.voxels
+        if vox is None:  # compute_features always keeps the (thresholded) voxels
+            raise EvaluationError(f"{what}: features were computed without voxels")
         parts.append(f.with_voxels(None))
         b = a + len(c)
         vsum += vox.sum(axis=0, dtype=np.float64)

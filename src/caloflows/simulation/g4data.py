@@ -132,8 +132,8 @@ def configure_geant4_data(cache_dir: str | os.PathLike | None = None, elements: 
         if env is not None:
             # the EM-only physics list needs nothing from these two but their presence:
             # fall back to the (empty) stand-ins when only G4EMLOW is installed
-            missing = [v for v in ("G4LEVELGAMMADATA", "G4ENSDFSTATEDATA") if v not in env]
-            if missing:
+            missing_vars = [v for v in ("G4LEVELGAMMADATA", "G4ENSDFSTATEDATA") if v not in env]
+            if missing_vars:
                 _write_nuclear_stand_ins(d)
                 env.setdefault("G4LEVELGAMMADATA", str(d / "PhotonEvaporation"))
                 env.setdefault("G4ENSDFSTATEDATA", str(d / "G4ENSDFSTATE"))

@@ -127,11 +127,11 @@ def parse_conditions(specs: Sequence[str] | Mapping[str, str | float | tuple] | 
         for s in specs or ():
             if "=" not in str(s):
                 raise ConditionsError(f"condition {s!r}: expected NAME=A:B or NAME=VALUE (names: d, b)")
-            k, v = str(s).split("=", 1)
+            k, text = str(s).split("=", 1)
             k = k.strip()
             if k in items:
                 raise ConditionsError(f"condition {k!r} given twice")
-            items[k] = v
+            items[k] = text
     out = {}
     for k in items:
         if k not in CONDITION_UNITS:
@@ -264,7 +264,7 @@ class ParaflowSimulation:
                     "/process/verbose 0", "/process/em/verbose 0"):
             ui.ApplyCommand(cmd)
         self.run_manager.Initialize()
-        self._plate = (None, None)
+        self._plate: tuple[float | None, float | None] = (None, None)
         self.set_plate(1.0, 70.0)
         self.run_manager.BeamOn(0)  # physics tables now, not in the first shower
 
@@ -438,7 +438,8 @@ def _worker_main(task: _Task, progress) -> None:  # runs in a spawned process
         start = 0
         n = len(task.seeds)
         for j in range(n):
-            img, zc = sim.shower(task.energies_mev[j], int(task.seeds[j]), *task.conditions[j], tuple(task.gun_xy[j]))
+            d_x0, b_cm = task.conditions[j]
+            img, zc = sim.shower(task.energies_mev[j], int(task.seeds[j]), d_x0, b_cm, tuple(task.gun_xy[j]))
             img32 = img.astype(np.float32)
             win, org = crop_window(img32[None])
             buf["inc"].append(float(task.energies_mev[j]))

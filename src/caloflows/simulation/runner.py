@@ -415,11 +415,11 @@ def simulate_deposits(particle: str, energies_mev: Sequence[float], seeds: Seque
     if particle not in PARTICLES:
         raise ValueError(f"particle {particle!r}: use one of {', '.join(PARTICLES)}")
     energies = np.asarray(energies_mev, dtype=np.float64)
-    seeds = shower_seeds(0, np.arange(len(energies))) if seeds is None else np.asarray(seeds, dtype=np.int64)
+    seed_arr = shower_seeds(0, np.arange(len(energies))) if seeds is None else np.asarray(seeds, dtype=np.int64)
     data = configure_geant4_data(cache_dir)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
         try:
-            deps, secs, init = ex.submit(_raw_worker, particle, energies, seeds, dict(data.env), keep_deposits).result()
+            deps, secs, init = ex.submit(_raw_worker, particle, energies, seed_arr, dict(data.env), keep_deposits).result()
         except Exception as exc:  # BrokenProcessPool when Geant4 aborts
             raise SimulationError(f"Geant4 worker failed: {exc}") from None
     return RawShowers(energies, deps, np.asarray(secs), float(init), data.tables)
