@@ -69,8 +69,9 @@ CLASSIFIER_METRICS = {"cls-low": "low", "cls-low-normed": "low-normed", "cls-log
 ALL_METRICS = ("hist", "corr", "fpd", "kpd", "prdc", *CLASSIFIER_METRICS, "multiclass", "paraflow", "supercalo")
 #: geometry-specific metrics: the ParaFlow shower shapes (grid geometries) and SuperCalo's rho / rings
 SPECIAL_METRICS = ("paraflow", "supercalo")
-#: what ``all`` expands to: every metric but the CNN (hours on a CPU, regular geometries only; ask for it by name)
-ALL_GROUP = tuple(m for m in ALL_METRICS if m != "cls-cnn")
+#: what ``all`` expands to: every metric but the CNN (hours on a CPU, regular geometries only) and the
+#: geometry-specific ones; ask for those by name
+ALL_GROUP = tuple(m for m in ALL_METRICS if m != "cls-cnn" and m not in SPECIAL_METRICS)
 FAST_METRICS = ("hist", "corr", "fpd", "kpd")
 DEFAULT_METRICS = ("hist", "corr", "fpd", "kpd", "prdc")
 #: fewest showers per sample for a 60/20/20 classifier split (>= 20 test showers per class)
