@@ -406,16 +406,19 @@ class SuperCalo(Generator):
                          **kw: Any) -> ShowerData:
         """:meth:`sample` with resampling factor ``resample`` (N): ``ceil(n / N)`` coarse showers, each
         upsampled N times; consecutive groups of N output showers share one coarse shower and E_inc
-        (given E_inc / conditions are taken from every N-th row)."""
+        (given E_inc / conditions are taken from every N-th row, and the output says so)."""
         if int(resample) < 1:
             raise UsageError(f"resampling factor must be at least 1, got {resample}")
         old = self.cfg.resample
         self.cfg.resample = int(resample)
         bs = max(int(resample), int(batch_size) - int(batch_size) % int(resample))  # groups not split across batches
         try:
-            return self.sample(conditions, batch_size=bs, **kw)
+            d = self.sample(conditions, batch_size=bs, **kw)
         finally:
             self.cfg.resample = old
+        lead = (np.arange(len(d)) // int(resample)) * int(resample)  # the rows the coarse showers were drawn for
+        return ShowerData(d.incident_energies[lead], d.showers, None if d.conditions is None else d.conditions[lead],
+                          d.condition_names, {**d.attrs, "resample": int(resample)})
 
     def upsample(self, coarse_showers: np.ndarray, einc: np.ndarray, resample: int = 1, seed: int | None = None, *,
                  layer_energies: np.ndarray | None = None, conditions: Conditions | None = None,
@@ -503,25 +506,22 @@ class SuperCalo(Generator):
         return lp.to(torch.float64) + lpu.to(torch.float64)
 
 
-def load_coarse_file(path: str, model: SuperCalo) -> tuple[np.ndarray, np.ndarray, Conditions]:
+def load_coarse_file(path: str, model: SuperCalo) -> tuple[np.ndarray, np.ndarray | None, Conditions]:
     """Coarse showers of ``path`` for :meth:`SuperCalo.upsample`: a file on the model's coarse
-    geometry, or a fine-geometry file (coarse-grained here, the table III study: its fine layer
-    energies are returned too).  Returns (coarse, fine layer energies or None, conditions)."""
+    geometry, or a file of fine showers (coarse-grained here -- the table III study -- and their
+    fine layer energies returned too).  Returns ``(coarse (M, n_coarse), fine layer energies
+    (M, L) or None, conditions)``."""
+    from ..errors import ShowerFileError
     from ..io import read_showers
 
     g = model.cmap
-    names, _ = read_conditions(path)
-    with_params = bool(names)
-    try:
-        d = read_showers(path, geometry=g.coarse)
-        return d.showers.astype(np.float64), None, Conditions.from_data(d) if with_params else Conditions(d.incident_energies)
-    except (GeometryError, Exception) as exc:  # noqa: BLE001 - try the fine geometry next
-        first = exc
-    try:
-        d = read_showers(path, geometry=g.fine)
-    except Exception:  # noqa: BLE001
-        raise ConditionsError(f"{path}: neither coarse showers for {g} ({g.n_coarse} voxels) nor fine "
-                              f"{g.fine.name} showers ({g.fine.n_voxels} voxels): {first}") from None
-    fine = np.asarray(d.showers, dtype=np.float64)
-    return (g.coarse_grain(fine), g.fine.layer_energies(fine),
-            Conditions.from_data(d) if with_params else Conditions(d.incident_energies))
+    d = read_showers(path)
+    cond = Conditions.from_data(d)
+    width = d.showers.shape[1] if d.showers.ndim == 2 else -1
+    if width == g.n_coarse:
+        return np.asarray(d.showers, dtype=np.float64), None, cond
+    if width == g.fine.n_voxels:
+        fine = np.asarray(d.showers, dtype=np.float64)
+        return g.coarse_grain(fine), g.fine.layer_energies(fine), cond
+    raise ShowerFileError(f"{path}: showers have {width} voxels; --coarse needs coarse showers of {g} "
+                          f"({g.n_coarse} voxels) or fine {g.fine.name} showers ({g.fine.n_voxels} voxels)")
