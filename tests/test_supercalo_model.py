@@ -77,7 +77,11 @@ def test_upsampled_fine_voxels_sum_exactly_to_their_coarse_voxel(which, request)
     coarse, E = m.sample_coarse(einc, torch.zeros(6, 0, dtype=torch.float64), gen, "teacher")
     c = coarse.numpy()
     assert (c[c > 0] >= m.cut).all()  # the cut applies to FLOW-2's output
-    fine = m._upsample_rows(c, einc.numpy(), E.numpy(), np.zeros((6, 0)), gen)  # float64
+    m.batch_rows = 250  # several SUPERCALO calls per batch of showers
+    try:
+        fine = m._upsample_rows(c, einc.numpy(), E.numpy(), np.zeros((6, 0)), gen)  # float64
+    finally:
+        m.batch_rows = SuperCalo.batch_rows
     np.testing.assert_allclose(m.cmap.coarse_grain(fine), c, rtol=1e-12, atol=1e-12)
     assert ((fine == 0) | (fine >= m.cut)).all()
     # the public path (float32 file precision) and the full chain

@@ -47,7 +47,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +59,6 @@ from .. import flows as F
 from ..coarsegraining import CoarseGraining, CoarseMap
 from ..conditions import Conditions
 from ..errors import ConditionsError, ConfigError, GeometryError, ModelDirError, UsageError
-from ..geometry import Geometry, load_geometry
 from ..io import ShowerData, iter_showers, read_conditions
 from ..superres import SuperCaloPreprocessing, apply_cut, assemble_fine, build_conditions, build_rows
 from ..training.distributed import DistContext
@@ -237,19 +235,21 @@ class SuperCalo(Generator):
     # ------------------------------------------------------------------ training
     def _scan(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray, np.ndarray]:
         """One pass over the training showers: (coarse ShowerData with the conditions, fine layer
-        energies (N, L), parameter features (N, K)); fine showers are not kept for a file."""
+        energies (N, L), parameter features (N, K)); fine showers are not kept for a file (memory:
+        N x (n_coarse x 4 + L x 8) bytes, 270 MB for 100k ds2 showers with choice A)."""
         if isinstance(data, ShowerData):
             blocks = [data]
         else:
             blocks = iter_showers(data, max(1, self.cfg.chunk_showers), self.geometry)
-        einc, coarse, layers, conds = [], [], [], []
+        einc, coarse, layers = [], [], []
+        self._coarse_max = 0.0
         for blk in blocks:
-            sh = self.geometry.check_showers(blk.showers, "training showers")
+            sh = np.asarray(self.geometry.check_showers(blk.showers, "training showers"), dtype=np.float64)
             einc.append(np.asarray(blk.incident_energies, dtype=np.float64))
-            coarse.append(self.cmap.coarse_grain(sh).astype(np.float32))
-            layers.append(self.geometry.layer_energies(np.asarray(sh, dtype=np.float64)))
-            if blk.conditions is not None:
-                conds.append(np.asarray(blk.conditions, dtype=np.float64))
+            c = self.cmap.coarse_grain(sh)
+            self._coarse_max = max(self._coarse_max, float(c.max(initial=0.0)))
+            coarse.append(c.astype(np.float32))
+            layers.append(self.geometry.layer_energies(sh))
         e = np.concatenate(einc)
         if len(e) < 10:
             raise UsageError(f"need at least 10 training showers, got {len(e)}")
@@ -296,7 +296,7 @@ class SuperCalo(Generator):
         self.to(ctx.device(device))
         einc = np.asarray(cdata.incident_energies, dtype=np.float64)
         if self._prep is None or not resume:
-            self._prep = SuperCaloPreprocessing._from_maxima(float(cdata.showers.max(initial=0.0)),
+            self._prep = SuperCaloPreprocessing._from_maxima(self._coarse_max,
                                                               float(layers.max(initial=0.0)), self.cmap)
             self._ratio_max = float(np.max(layers.sum(1) / einc))
             self.einc_dist = einc_summary(einc)
@@ -377,12 +377,21 @@ class SuperCalo(Generator):
                        generator: torch.Generator | None) -> np.ndarray:
         """SUPERCALO on every coarse voxel of (M, n_coarse) coarse showers -> (M, V) fine showers."""
         cmap = self.cmap
-        cond = self._with_params(build_conditions(einc, coarse, layers, cmap, self.prep), feats)
-        ct = torch.as_tensor(cond.reshape(len(coarse) * cmap.n_coarse, -1), dtype=torch.float64, device=self.device)
-        with F.double_precision(self.upflow):
-            y = F.flow_sample(self.upflow, ct, generator=generator)
-        rel = self.prep.target_inverse(y).reshape(len(coarse), cmap.n_coarse, cmap.group_size)
-        return assemble_fine(rel, coarse, cmap, self.cut)
+        out = np.empty((len(coarse), self.geometry.n_voxels))
+        per = max(1, int(self.batch_rows) // cmap.n_coarse)  # showers per flow call (bounded memory)
+        for a in range(0, len(coarse), per):
+            s = slice(a, a + per)
+            cond = self._with_params(build_conditions(einc[s], coarse[s], layers[s], cmap, self.prep), feats[s])
+            m = len(cond)
+            ct = torch.as_tensor(cond.reshape(m * cmap.n_coarse, -1), dtype=torch.float64, device=self.device)
+            with F.double_precision(self.upflow):
+                y = F.flow_sample(self.upflow, ct, generator=generator)
+            rel = self.prep.target_inverse(y).reshape(m, cmap.n_coarse, cmap.group_size)
+            out[s] = assemble_fine(rel, coarse[s], cmap, self.cut)
+        return out
+
+    #: coarse voxels per SUPERCALO call when sampling (about 1 kB each in float64)
+    batch_rows: int = 100_000
 
     def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
                         generator: torch.Generator | None, resample: int) -> Tensor:
