@@ -47,6 +47,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -237,6 +238,7 @@ class SuperCalo(Generator):
         """One pass over the training showers: (coarse ShowerData with the conditions, fine layer
         energies (N, L), parameter features (N, K)); fine showers are not kept for a file (memory:
         N x (n_coarse x 4 + L x 8) bytes, 270 MB for 100k ds2 showers with choice A)."""
+        blocks: Iterable[ShowerData]
         if isinstance(data, ShowerData):
             blocks = [data]
         else:
