@@ -206,3 +206,16 @@ def test_coarse_and_resample_refused_for_other_families(tmp_path):
         api.generate(tmp_path / "cf", tmp_path / "o.h5", n=4, resample=2)
     with pytest.raises(UsageError, match="--coarse applies to supercalo models only"):
         api.generate(tmp_path / "cf", tmp_path / "o.h5", coarse=str(tmp_path / "cf" / "config.json"))
+
+
+def test_output_policy_sees_the_nested_coarse_model(model_b, model_a):
+    from caloflows.errors import OutputError
+    from caloflows.outputs import check_student_free, model_files
+
+    d = model_b[2].parent / "m"
+    files = model_files(d)
+    assert d / "coarse" / "config.json" in files and d / "coarse" / "flow2_teacher.safetensors" in files
+    assert d / "upsampler.safetensors" in files
+    check_student_free(d)  # no student yet
+    with pytest.raises(OutputError, match="flow2_student"):  # distilling again needs --force
+        check_student_free(model_a[2].parent / "m")

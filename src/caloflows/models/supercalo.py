@@ -108,8 +108,9 @@ class SuperCaloConfig(FlowSettings):
         CaloFlowConfig.from_dict(self.coarse)
 
     def coarse_config(self) -> CaloFlowConfig:
-        """The nested coarse CaloFlow's settings (its seed follows this one's)."""
-        return CaloFlowConfig.from_dict(self.coarse)
+        """The nested coarse CaloFlow's settings; its initialisation ``seed`` is this config's (so
+        ``--seed`` reaches it; ``coarse.seed`` is not used)."""
+        return CaloFlowConfig.from_dict({**self.coarse, "seed": self.seed})
 
     def replace_train(self, **entries: Any) -> "SuperCaloConfig":
         """Also sets ``entries`` in the coarse model's ``*_train`` dicts."""
