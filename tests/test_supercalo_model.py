@@ -67,6 +67,8 @@ def test_coarse_graining_and_nested_model(model_b, model_a):
     assert ma.coarse.geometry.n_voxels == 108 and ma.coarse.geometry.n_layers == 3
     with pytest.raises(ConfigError, match="coarse_graining"):
         SuperCaloConfig.preset("quick", GEOMETRY).override(["coarse_graining=2x2"])
+    with pytest.raises(ConfigError, match="coarse_graining='A' does not fit geometry 'ds2-coarse'"):
+        SuperCalo(GEOMETRY, SuperCaloConfig.preset("quick", GEOMETRY))  # 5 layers per coarse voxel, 9 layers
 
 
 @pytest.mark.parametrize("which", ["model_b", "model_a"])

@@ -304,7 +304,7 @@ def model_files(directory: "str | os.PathLike") -> list[Path]:
     found: list[Path] = []
     for pat in MODEL_PATTERNS:
         found.extend(x for x in d.glob(pat) if x.is_file() and not x.is_symlink())
-    if d.is_dir():
+    if (d / "config.json").is_file():
         for sub in sorted(d.iterdir()):
             if sub.is_dir() and not sub.is_symlink() and sub.name != "checkpoints" and (sub / "config.json").is_file():
                 found.extend(model_files(sub))
@@ -369,7 +369,9 @@ def check_student_free(model_dir: "str | os.PathLike", *, resume: bool = False, 
     d = Path(model_dir)
     if not d.is_dir():
         return  # the model loader reports it
-    found = sorted([*d.glob("*student*.safetensors"), *d.glob("*/*student*.safetensors")])  # nested: SuperCalo
+    found = sorted(d.glob("*student*.safetensors"))
+    if (d / "config.json").is_file():  # nested sub-models (SuperCalo's coarse/) of a model directory
+        found += sorted(x for x in d.glob("*/*student*.safetensors") if (x.parent / "config.json").is_file())
     if found and not (resume or force):
         raise OutputError(f"{d}: already holds a distilled student ({found[0].name}); pass --force to "
                           f"replace it or --resume to continue an interrupted distillation")

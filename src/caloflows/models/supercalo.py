@@ -169,7 +169,11 @@ class SuperCalo(Generator):
     # ------------------------------------------------------------------ networks
     def build(self) -> None:
         c, k = self.cfg, self.n_params
-        self.cmap: CoarseMap = CoarseGraining.parse(c.coarse_graining).bind(self.geometry)
+        try:
+            self.cmap: CoarseMap = CoarseGraining.parse(c.coarse_graining).bind(self.geometry)
+        except GeometryError as exc:
+            raise ConfigError(f"setting coarse_graining={c.coarse_graining!r} does not fit geometry "
+                              f"{self.geometry.name!r}: {exc} (try --set coarse_graining=B or RxAxZ)") from None
         ccfg = c.coarse_config()
         self.coarse = CaloFlow(self.cmap.coarse, ccfg, self.condition_spec)
         self.f_z = self.cmap.grouping.f_z
