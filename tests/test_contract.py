@@ -26,6 +26,10 @@ TINY = {
                  "embed_out": 4, "n_cond": 1, "bins": 4},
     "icaloflow": {"edf_transforms": 1, "edf_hidden": [8], "transforms": 1, "hidden": [8], "student_hidden": [8],
                   "bins": 4},
+    "supercalo": {"coarse_graining": "B", "coarse.flow1_transforms": 1, "coarse.flow1_hidden": [8],
+                  "coarse.flow2_transforms": 1, "coarse.flow2_hidden": 16, "coarse.student_hidden": 16,
+                  "coarse.bins": 4, "flow1_transforms": 1, "flow1_hidden": [8], "up_transforms": 1,
+                  "up_hidden": [8], "up_bins": 4, "bins": 4},
 }
 
 

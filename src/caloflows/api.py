@@ -222,9 +222,15 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
              energies_from: str | None = None, condition: Sequence[str] | None = None, batch_size: int = 10_000,
              variant: str | None = None, seed: int | None = None, device: str = "cpu",
              force: bool = False, progress: bool = True, shard: str | None = None,
-             backend: str = "torch", chunk_size: int = 10_000) -> dict:
+             backend: str = "torch", chunk_size: int = 10_000, coarse: str | None = None,
+             resample: int | None = None) -> dict:
     """Generate showers with a model directory into a CaloChallenge file, written chunk by chunk
     and renamed into place only when complete.
+
+    SuperCalo models only: ``coarse`` upsamples the coarse showers of that file (coarse or fine
+    geometry; E_inc and parameters from it) instead of generating from conditions (paper table
+    III); ``resample`` = N draws ceil(n / N) coarse showers and upsamples each N times (tables
+    V/VI; with ``coarse``: N upsamplings of every coarse shower).
 
     Conditions: ``n`` showers with E_inc from the training law, or those of ``energies_from``
     (E_inc and named parameters), with parameters from ``condition`` (``NAME=VALUE`` or
@@ -252,12 +258,16 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         raise UsageError("--n must be at least 1")
     if chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
+    if resample is not None and resample < 1:
+        raise UsageError(f"--resample must be at least 1, got {resample}")
+    if coarse is not None and (n is not None or energies_from is not None or condition):
+        raise UsageError("--coarse takes E_inc and parameters from the coarse file; drop --n/--energies/--condition")
     from .simulation.runner import parse_shard, shard_range
 
     si, sn = parse_shard(shard)
     if sn > 1 and seed is None:
         raise UsageError("--shard needs --seed: the shards of one run are defined by its seed")
-    check_output_file(out, [model_dir, energies_from], force=force)
+    check_output_file(out, [model_dir, energies_from, coarse], force=force)
     if backend == "onnxruntime":
         import torch
 
@@ -268,9 +278,16 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         model = load_model(model_dir, device=device)
     else:
         raise UsageError(f"--backend {backend!r}: use torch or onnxruntime")
+    if (coarse is not None or resample is not None) and not hasattr(model, "upsample"):
+        flag = "--coarse" if coarse is not None else "--resample"
+        raise UsageError(f"{flag} applies to supercalo models only; {model_dir} is a {model.kind} model")
+    if coarse is not None:
+        return _upsample_file(model, model_dir, coarse, out, resample or 1, batch_size, seed)
     what = generation_conditions(model, n=n, energies_from=energies_from, condition=condition, seed=seed)
     total = len(what) if isinstance(what, Conditions) else int(what)
     chunk = batch_size * max(1, math.ceil(chunk_size / batch_size))
+    if resample is not None:
+        chunk = max(resample, chunk - chunk % resample)  # a coarse shower's N upsamplings stay in one chunk
     starts = list(range(0, total, chunk))
     k0, k1 = shard_range(len(starts), (si, sn))
     if k1 <= k0:
@@ -291,11 +308,40 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
             m = min(chunk, total - a)
             part = what[a:a + m] if isinstance(what, Conditions) else m
             s = None if seed is None else seed * 100_003 + k
-            d = model.sample(part, batch_size, seed=s, device=device, progress=False, variant=variant)
+            if resample is not None:
+                d = model.sample_resampled(part, resample, batch_size, seed=s, device=device, progress=False,
+                                           variant=variant)
+            else:
+                d = model.sample(part, batch_size, seed=s, device=device, progress=False, variant=variant)
             w.append(d.incident_energies, d.showers, d.conditions)
             bar.update(m)
     dt = time.time() - t0
     return {"n": n_here, "seconds": dt, "ms_per_shower": 1e3 * dt / max(n_here, 1), "out": str(out)}
+
+
+def _upsample_file(model: Any, model_dir: Any, coarse: str, out: Any, resample: int, batch_size: int,
+                   seed: int | None) -> dict:
+    """``generate --coarse``: upsample every coarse shower of ``coarse`` ``resample`` times into ``out``."""
+    from .io import ShowerWriter
+    from .models.supercalo import load_coarse_file
+
+    c, layers, cond = load_coarse_file(coarse, model)
+    names = model.condition_spec.names or None
+    attrs = {"generator": model.kind, "model_dir": str(model_dir), "geometry": model.geometry.name,
+             "variant": "upsample", "coarse": str(coarse), "resample": int(resample),
+             "seed": "None" if seed is None else seed}
+    per = max(1, 10_000 // resample)
+    t0 = time.time()
+    with ShowerWriter(out, model.geometry.n_voxels, attrs=attrs, condition_names=names) as w:
+        for k, a in enumerate(range(0, len(c), per)):
+            sl = slice(a, a + per)
+            d = model.upsample(c[sl], cond.incident_energies[sl], resample, None if seed is None else seed * 100_003 + k,
+                               layer_energies=None if layers is None else layers[sl], conditions=cond[sl],
+                               batch_size=batch_size)
+            w.append(d.incident_energies, d.showers, d.conditions)
+    dt = time.time() - t0
+    total = len(c) * resample
+    return {"n": total, "seconds": dt, "ms_per_shower": 1e3 * dt / total, "out": str(out)}
 
 
 def evaluate(generated: str, reference: str, geometry: str, **kw: Any) -> dict:

@@ -298,11 +298,16 @@ def replace_dir(tmp: "str | os.PathLike", out: "str | os.PathLike", *, force: bo
 
 # ------------------------------------------------------------------ model directories
 def model_files(directory: "str | os.PathLike") -> list[Path]:
-    """The files in ``directory`` that caloflows training writes (:data:`MODEL_PATTERNS`)."""
+    """The files in ``directory`` that caloflows training writes (:data:`MODEL_PATTERNS`), also those
+    of nested sub-model directories (a sub-directory with its own ``config.json``: SuperCalo's ``coarse/``)."""
     d = Path(directory)
     found: list[Path] = []
     for pat in MODEL_PATTERNS:
         found.extend(x for x in d.glob(pat) if x.is_file() and not x.is_symlink())
+    if (d / "config.json").is_file():
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and not sub.is_symlink() and sub.name != "checkpoints" and (sub / "config.json").is_file():
+                found.extend(model_files(sub))
     return sorted(set(found))
 
 
@@ -365,6 +370,8 @@ def check_student_free(model_dir: "str | os.PathLike", *, resume: bool = False, 
     if not d.is_dir():
         return  # the model loader reports it
     found = sorted(d.glob("*student*.safetensors"))
+    if (d / "config.json").is_file():  # nested sub-models (SuperCalo's coarse/) of a model directory
+        found += sorted(x for x in d.glob("*/*student*.safetensors") if (x.parent / "config.json").is_file())
     if found and not (resume or force):
         raise OutputError(f"{d}: already holds a distilled student ({found[0].name}); pass --force to "
                           f"replace it or --resume to continue an interrupted distillation")

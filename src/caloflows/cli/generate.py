@@ -18,6 +18,10 @@ def register(sub: Any) -> None:
     p.add_argument("--energies", metavar="FILE.h5", help="take incident energies (and conditions) from this shower file")
     p.add_argument("--condition", action="append", metavar="NAME=VALUE|LOW:HIGH", default=[],
                    help="a detector parameter of the model, fixed or uniform in a range (repeatable)")
+    p.add_argument("--coarse", metavar="FILE.h5", help="supercalo: upsample the coarse showers of this file "
+                   "(coarse or fine geometry) instead of generating them")
+    p.add_argument("--resample", type=int, metavar="N", help="supercalo: upsample each coarse shower N times "
+                   "(ceil(n/N) coarse showers)")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--batch-size", type=int, default=10_000, help="showers per network batch (default 10000)")
     g = p.add_mutually_exclusive_group()
@@ -40,7 +44,7 @@ def run(args: Any) -> int:
 
     r = generate(args.model_dir, args.out, n=args.n, energies_from=args.energies, condition=args.condition,
                  batch_size=args.batch_size, variant=args.variant, seed=args.seed, device=args.device,
-                 force=args.force, shard=args.shard, backend=args.backend,
-                 chunk_size=args.chunk_size)
+                 force=args.force, shard=args.shard, backend=args.backend, chunk_size=args.chunk_size,
+                 coarse=args.coarse, resample=args.resample)
     print(f"generated {r['n']} showers in {r['seconds']:.1f} s ({r['ms_per_shower']:.3f} ms/shower) -> {args.out}")
     return 0

@@ -1,0 +1,543 @@
+"""SuperCalo: a coarse CaloFlow plus one super-resolution flow per coarse voxel
+(Pang, Raine, Shih, arXiv:2308.11700, sec. IV and appendix B; review sec. 4.4).
+
+The chain, ``E_inc -> fine layer energies -> coarse voxels -> fine voxels``:
+
+* **FLOW-1** ``p(E_0..E_{L-1} | E_inc)``, the *fine* layer energies (45 on ds2).  When a coarse
+  voxel spans one fine layer (``f_z = 1``, choice B) the coarse geometry has the fine layers,
+  so FLOW-1 is the nested coarse CaloFlow's flow-I.  When it spans several (``f_z > 1``, choice
+  A: 5), the coarse CaloFlow's flow-I would only learn the 9 coarse layer sums, but SUPERCALO
+  is conditioned on the fine layer energies: SuperCalo then owns a FLOW-1 network ``flow1``
+  (:class:`~caloflows.models.energy_flow.EnergyFlow`, the L2LFlows/iCaloFlow energy flow and
+  its preprocessing) on the fine layer energies, and the coarse CaloFlow's flow-I is trained
+  with it but not used for sampling.
+* **FLOW-2** ``p(coarse voxels | E_inc, coarse layer energies)``: the nested coarse CaloFlow's
+  flow-II (MAF teacher, or the distilled IAF student: variants ``teacher`` / ``student``),
+  conditioned on the coarse layer energies -- FLOW-1's fine layer energies summed over each
+  group of ``f_z`` layers.  The coarse model is a full
+  :class:`~caloflows.models.caloflow.CaloFlow` on ``CoarseMap.coarse`` (its own preprocessing,
+  CaloFlow's, instead of appendix B4/B5), saved in the sub-directory ``coarse/``.
+* **SUPERCALO** ``p(relative fine energies of one coarse voxel | conditions)``: the conditions
+  of table I (:func:`caloflows.superres.build_conditions`, B1-B9), followed by the named
+  detector-parameter features (beyond the paper), trained on (shower, coarse voxel) rows whose
+  fine showers are streamed from the training file chunk by chunk (the batch source is over
+  showers; every batch expands its showers into their coarse-voxel rows, noise B6/B8 drawn
+  from the training loop's counter-based generator).
+* The appendix-B cut (the geometry's readout threshold, 15.15 keV for ds2/ds3) is applied to
+  the outputs of all three flows; upsampled fine voxels of a coarse voxel are renormalised to
+  sum exactly to it (:func:`caloflows.superres.assemble_fine`).
+
+Resampling (sec. V C, tables V/VI): with factor ``N`` (``resample`` setting or the ``resample``
+argument of :meth:`SuperCalo.sample_resampled`), ``ceil(n / N)`` coarse showers are drawn and
+each is upsampled ``N`` times.  :meth:`SuperCalo.upsample` upsamples given coarse showers (the
+paper's table III study).
+
+``log_prob`` (of the preprocessed representation, noise at its mid-point / none):
+``log p_FLOW-1 + log p_FLOW-2 + sum over coarse voxels of log p_SUPERCALO``; for ``f_z = 1`` the
+first two are the coarse CaloFlow's ``log_prob`` of the coarse-grained shower.
+
+Example:
+    >>> from caloflows.models.supercalo import SuperCalo, SuperCaloConfig
+    >>> m = SuperCalo("ds2", SuperCaloConfig.preset("quick", "ds2"))              # doctest: +SKIP
+    >>> m.fit("train.h5", "model")                    # coarse model + SUPERCALO  # doctest: +SKIP
+    >>> m.fit("train.h5", "model", stage="distill")   # coarse FLOW-2 student     # doctest: +SKIP
+    >>> m.sample(1000, seed=1).showers.shape                                     # doctest: +SKIP
+    (1000, 6480)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import flows as F
+from ..coarsegraining import CoarseGraining, CoarseMap
+from ..conditions import Conditions
+from ..errors import ConditionsError, ConfigError, GeometryError, ModelDirError, UsageError
+from ..io import ShowerData, iter_showers, read_conditions
+from ..superres import SuperCaloPreprocessing, apply_cut, assemble_fine, build_conditions, build_rows
+from ..training.distributed import DistContext
+from ..training.loop import ArraySource, StreamSource, TrainConfig
+from .base import Generator, einc_summary, need
+from .caloflow import CaloFlow, CaloFlowConfig
+from .energy_flow import EnergyConstants, EnergyFlow
+from .settings import FlowSettings
+
+__all__ = ["SuperCalo", "SuperCaloConfig", "UpsamplerLogProb"]
+
+
+@dataclass
+class SuperCaloConfig(FlowSettings):
+    """SuperCalo settings: the coarse-graining, the nested coarse CaloFlow's settings (``coarse``,
+    a :class:`~caloflows.models.caloflow.CaloFlowConfig` dict: ``coarse.flow2_hidden=...``), the
+    own FLOW-1 for ``f_z > 1`` (``flow1_*``), the SUPERCALO flow (``up_*``, ``upsampler_train``;
+    its ``batch_size`` counts coarse voxels, as the paper's 60k) and the resampling factor."""
+
+    TITLE: ClassVar[str] = "SuperCalo"
+    RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True)}
+
+    coarse_graining: str = "A"
+    coarse: dict = field(default_factory=lambda: CaloFlowConfig().to_dict())
+    flow1_transforms: int = 6
+    flow1_hidden: list = field(default_factory=lambda: [64, 64])
+    max_ratio: float | None = None  # E_dep/E_inc bound of FLOW-1 (f_z > 1); None: training maximum
+    up_transforms: int = 8
+    up_hidden: list = field(default_factory=lambda: [128, 128])
+    up_bins: int = 8
+    up_bound: float = 14.0
+    resample: int = 1
+    chunk_showers: int = 256
+    flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
+    upsampler_train: dict = field(default_factory=lambda: asdict(TrainConfig(
+        epochs=40, batch_size=60_000, base_lr=2e-5, max_lr=1e-3, annihilation=0.1)))
+
+    def validate(self) -> None:
+        super().validate()
+        try:
+            CoarseGraining.parse(self.coarse_graining)
+        except (GeometryError, ConfigError, ValueError) as exc:
+            raise ConfigError(f"setting coarse_graining={self.coarse_graining!r}: {exc}") from None
+        if not isinstance(self.coarse, dict):
+            raise ConfigError(f"setting coarse={self.coarse!r}: must be a dict of CaloFlow settings")
+        CaloFlowConfig.from_dict(self.coarse)
+
+    def coarse_config(self) -> CaloFlowConfig:
+        """The nested coarse CaloFlow's settings; its initialisation ``seed`` is this config's (so
+        ``--seed`` reaches it; ``coarse.seed`` is not used)."""
+        return CaloFlowConfig.from_dict({**self.coarse, "seed": self.seed})
+
+    def replace_train(self, **entries: Any) -> "SuperCaloConfig":
+        """Also sets ``entries`` in the coarse model's ``*_train`` dicts."""
+        d = self.to_dict()
+        for dd in (d, d["coarse"]):
+            for k in dd:
+                if k.endswith("_train"):
+                    dd[k].update(entries)
+        return type(self).from_dict(d)
+
+
+def _quick(g: Any) -> SuperCaloConfig:
+    # 2 CPU cores, minutes: the quick CaloFlow on the coarse geometry, SUPERCALO as
+    # upsampler.PRESETS["quick"] (4 MADE blocks of 2 x 64, batches of 10k coarse voxels, 6 epochs).
+    return SuperCaloConfig(
+        coarse=CaloFlowConfig.preset("quick", g).to_dict(), flow1_transforms=4, flow1_hidden=[64, 64],
+        up_transforms=4, up_hidden=[64, 64],
+        flow1_train=asdict(TrainConfig(epochs=20, batch_size=256, base_lr=1e-4, max_lr=2e-3)),
+        upsampler_train=asdict(TrainConfig(epochs=6, batch_size=10_000, base_lr=2e-5, max_lr=2e-3, annihilation=0.1)))
+
+
+def _full(g: Any) -> SuperCaloConfig:
+    # table II: FLOW-1 6 MADE blocks of 2 x 64, FLOW-2 = CaloFlow's full flow-II, SUPERCALO 8 blocks
+    # of 2 x 128, 8 bins, tail bound 14, batches of 60k coarse voxels, OneCycle 2e-5 -> 1e-3, 40 epochs.
+    return SuperCaloConfig(coarse=CaloFlowConfig.preset("full", g).to_dict())
+
+
+SuperCaloConfig.PRESETS = {"quick": _quick, "full": _full}
+
+
+class UpsamplerLogProb(nn.Module):
+    """``forward(target (B, Vc, k), cond (B, Vc, C))`` = the sum over the ``Vc`` coarse voxels of
+    SUPERCALO's log p, one value per shower (so the training loop's per-shower batches and DDP
+    shards stay whole showers)."""
+
+    def __init__(self, flow: nn.Module) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, target: Tensor, cond: Tensor) -> Tensor:
+        b, v, k = target.shape
+        return self.flow(cond.reshape(b * v, -1)).log_prob(target.reshape(b * v, k)).reshape(b, v).sum(1)
+
+
+class SuperCalo(Generator):
+    """SuperCalo generator (see the module docstring)."""
+
+    kind = "supercalo"
+    Config = SuperCaloConfig
+    stages = {"train": "coarse CaloFlow (flow-I + flow-II teacher), FLOW-1 if f_z > 1, then the SUPERCALO upsampler",
+              "distill": "the coarse model's flow-II IAF student (distillation)"}
+    variants = ("teacher", "student")
+    weight_files = {"flow1": ("flow1.safetensors", "train"), "upsampler": ("upsampler.safetensors", "train")}
+    cfg: SuperCaloConfig
+
+    # ------------------------------------------------------------------ networks
+    def build(self) -> None:
+        c, k = self.cfg, self.n_params
+        try:
+            self.cmap: CoarseMap = CoarseGraining.parse(c.coarse_graining).bind(self.geometry)
+        except GeometryError as exc:
+            raise ConfigError(f"setting coarse_graining={c.coarse_graining!r} does not fit geometry "
+                              f"{self.geometry.name!r}: {exc} (try --set coarse_graining=B or RxAxZ)") from None
+        ccfg = c.coarse_config()
+        self.coarse = CaloFlow(self.cmap.coarse, ccfg, self.condition_spec)
+        self.f_z = self.cmap.grouping.f_z
+        self.flow1 = (EnergyFlow(self.geometry.n_layers, c.flow1_transforms, tuple(c.flow1_hidden), c.bins, c.bound,
+                                 seed=c.seed, n_params=k) if self.f_z > 1 else None)
+        # conditions: table I (prep.condition_dim) + detector parameters
+        cond_dim = 8 + self.f_z + self.cmap.nc_z + self.cmap.nc_r + k
+        self.upflow = F.build_maf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
+                                  c.up_bound)
+        self._prep: SuperCaloPreprocessing | None = None
+        self._energy: EnergyConstants | None = None
+        self._ratio_max: float | None = None
+        self.einc_dist: dict | None = None
+
+    def networks(self) -> dict[str, nn.Module]:
+        nets: dict[str, nn.Module] = {"upsampler": self.upflow}
+        if self.flow1 is not None:
+            nets["flow1"] = self.flow1
+        return nets
+
+    def submodels(self) -> dict[str, Generator]:
+        return {"coarse": self.coarse}
+
+    def _load_submodels(self, directory: Path, device: str) -> None:
+        sub = directory / "coarse"
+        if (sub / "config.json").exists():
+            self.coarse = CaloFlow.load(sub, device=device, geometry=self.cmap.coarse)
+            if self.coarse.condition_spec != self.condition_spec:
+                raise ModelDirError(f"{sub}: the coarse model's conditions differ from the SuperCalo model's")
+        elif any(self.trained.values()):
+            raise ModelDirError(f"{sub}: the coarse model directory is missing")
+
+    def stage_done(self, stage: str) -> bool:
+        own = all(self.trained.values()) if stage == "train" else True
+        return own and self.coarse.stage_done(stage)
+
+    def variant_ready(self, variant: str | None) -> bool:
+        return all(self.trained.values()) and self.coarse.variant_ready(variant)
+
+    def parameter_counts(self) -> dict[str, int]:
+        out = super().parameter_counts()
+        out.update({f"coarse.{k}": v for k, v in self.coarse.parameter_counts().items()})
+        return out
+
+    # ------------------------------------------------------------------ constants
+    @property
+    def prep(self) -> SuperCaloPreprocessing:
+        return need(self._prep, "SuperCalo preprocessing constants")
+
+    def constants(self) -> dict | None:
+        if self._prep is None:
+            return None
+        return {"coarse_graining": self.cmap.grouping.to_dict(), "upsampler": self.prep.to_dict(),
+                "flow1": None if self._energy is None else self._energy.to_dict(),
+                "ratio_max": self._ratio_max, "incident_energies": self.einc_dist}
+
+    def set_constants(self, c: dict) -> None:
+        if CoarseGraining.from_dict(c["coarse_graining"]).factors != self.cmap.grouping.factors:
+            raise ValueError("constants were written for another coarse-graining")
+        self._prep = SuperCaloPreprocessing.from_dict(c["upsampler"])
+        self._energy = None if c.get("flow1") is None else EnergyConstants.from_dict(c["flow1"])
+        self._ratio_max = c.get("ratio_max")
+        self.einc_dist = c["incident_energies"]
+
+    # ------------------------------------------------------------------ training
+    def _scan(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray, np.ndarray]:
+        """One pass over the training showers: (coarse ShowerData with the conditions, fine layer
+        energies (N, L), parameter features (N, K)); fine showers are not kept for a file (memory:
+        N x (n_coarse x 4 + L x 8) bytes, 270 MB for 100k ds2 showers with choice A)."""
+        blocks: Iterable[ShowerData]
+        if isinstance(data, ShowerData):
+            blocks = [data]
+        else:
+            blocks = iter_showers(data, max(1, self.cfg.chunk_showers), self.geometry)
+        einc, coarse, layers = [], [], []
+        self._coarse_max = 0.0
+        for blk in blocks:
+            sh = np.asarray(self.geometry.check_showers(blk.showers, "training showers"), dtype=np.float64)
+            einc.append(np.asarray(blk.incident_energies, dtype=np.float64))
+            c = self.cmap.coarse_grain(sh)
+            self._coarse_max = max(self._coarse_max, float(c.max(initial=0.0)))
+            coarse.append(c.astype(np.float32))
+            layers.append(self.geometry.layer_energies(sh))
+        e = np.concatenate(einc)
+        if len(e) < 10:
+            raise UsageError(f"need at least 10 training showers, got {len(e)}")
+        names, vals = read_conditions(data)
+        cd = ShowerData(e, np.concatenate(coarse), vals if names else None, tuple(names))
+        feats = self.condition_spec.features(vals if names else np.zeros((len(e), 0)))
+        return cd, np.concatenate(layers), np.asarray(feats, dtype=np.float64)
+
+    def _fine_source(self, data: "ShowerData | str | Path", n: int):
+        if isinstance(data, ShowerData):
+            return ArraySource(np.asarray(data.showers, dtype=np.float32))
+        from ..layerdata import LayerColumns
+
+        cols = LayerColumns(data, self.geometry, chunk_rows=max(1, self.cfg.chunk_showers))
+        V = self.geometry.n_voxels
+        return StreamSource(n, cols.chunk_rows, lambda a, b: cols.read(0, V, a, b))
+
+    def _up_inputs(self, einc: np.ndarray, feats: np.ndarray):
+        cmap, prep = self.cmap, self.prep
+
+        def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
+            ii = np.asarray(ii)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            r = build_rows(einc[ii], np.asarray(raw, dtype=np.float64), cmap, prep, rng)
+            b, v = len(ii), cmap.n_coarse
+            c = self._with_params(r.cond.reshape(b, v, -1), feats[ii])
+            return (torch.as_tensor(r.target.reshape(b, v, -1), dtype=torch.float32),
+                    torch.as_tensor(c, dtype=torch.float32))
+
+        return inputs
+
+    @staticmethod
+    def _with_params(cond: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Append the (N, K) parameter features to (N, Vc, C) SUPERCALO conditions."""
+        if feats.shape[1] == 0:
+            return cond
+        return np.concatenate([cond, np.broadcast_to(feats[:, None, :], cond.shape[:2] + feats.shape[1:])], -1)
+
+    def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                   progress: bool, ctx: DistContext) -> dict:
+        """Coarse CaloFlow (flow-I + teacher), FLOW-1 (f_z > 1), then SUPERCALO on streamed rows."""
+        self.training_conditions(data)
+        cdata, layers, feats = self._scan(data)
+        self.to(ctx.device(device))
+        einc = np.asarray(cdata.incident_energies, dtype=np.float64)
+        if self._prep is None or not resume:
+            self._prep = SuperCaloPreprocessing._from_maxima(self._coarse_max,
+                                                              float(layers.max(initial=0.0)), self.cmap)
+            self._ratio_max = float(np.max(layers.sum(1) / einc))
+            self.einc_dist = einc_summary(einc)
+            if self.flow1 is not None:
+                self._energy = EnergyConstants.fit(layers, einc, seed=self.cfg.seed, alpha=self.cfg.alpha)
+        if ctx.is_main:
+            self.save(out_dir)
+        out: dict[str, Any] = {"coarse": self.coarse.fit(cdata, out_dir / "coarse", stage="train", resume=resume,
+                                                         device=device, progress=progress, ctx=ctx)}
+        if self.flow1 is not None:
+            ec = need(self._energy, "FLOW-1 constants")
+            E_t = torch.as_tensor(layers)
+            e_t, p_t = torch.as_tensor(einc), torch.as_tensor(feats)
+
+            def f1_inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
+                k = torch.as_tensor(np.asarray(ii))
+                y = ec.forward(ec.noisy(E_t[k], gen)).float()
+                return y, EnergyFlow.context(ec, e_t[k], p_t[k]).float()
+
+            out["flow1"] = self.train_network("flow1", self.flow1, ArraySource(layers.astype(np.float32)), f1_inputs,
+                                              out_dir, self.cfg.flow1_train, ctx, norm=self.geometry.n_layers,
+                                              progress=progress, resume=resume)
+        tc = dict(self.cfg.upsampler_train)
+        tc["batch_size"] = max(1, int(round(tc["batch_size"] / self.cmap.n_coarse)))  # coarse voxels -> showers
+        out["upsampler"] = self.train_network("upsampler", UpsamplerLogProb(self.upflow),
+                                              self._fine_source(data, len(einc)), self._up_inputs(einc, feats),
+                                              out_dir, tc, ctx, norm=self.cmap.n_coarse, progress=progress,
+                                              resume=resume)
+        return out
+
+    def _fit_distill(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                     progress: bool, ctx: DistContext, epochs: int | None = None) -> dict:
+        """Distill the coarse model's flow-II IAF student (CaloFlow's distillation on coarse showers)."""
+        if not self.coarse.trained.get("teacher"):
+            raise ModelDirError(f"{out_dir}: the coarse flow-II teacher is not trained yet; "
+                                "run 'caloflows train supercalo' first")
+        self.training_conditions(data)
+        cdata, _, _ = self._scan(data)
+        r = self.coarse.fit(cdata, out_dir / "coarse", stage="distill", resume=resume, device=device,
+                            progress=progress, ctx=ctx, epochs=epochs)
+        if ctx.is_main:
+            self.save(out_dir)
+        return {"coarse": r}
+
+    # ------------------------------------------------------------------ sampling
+    @property
+    def cut(self) -> float:
+        """The appendix-B cut on every flow's output: the geometry's readout threshold (MeV)."""
+        return float(self.geometry.threshold_mev)
+
+    def _coarse_layer_sums(self, E: Tensor) -> Tensor:
+        return E.reshape(len(E), self.cmap.nc_z, self.f_z).sum(2)
+
+    @torch.no_grad()
+    def sample_coarse(self, einc: Tensor, params: Tensor, generator: torch.Generator | None,
+                      variant: str | None) -> tuple[Tensor, Tensor]:
+        """FLOW-1 and FLOW-2: E_inc -> (coarse showers (B, n_coarse), fine layer energies (B, L)),
+        float64 MeV, each flow's output cut at :attr:`cut`."""
+        einc = einc.to(self.device, torch.float64)
+        params = params.to(self.device, torch.float64)
+        if self.flow1 is None:
+            E = apply_cut(self.coarse.sample_layer_energies(einc, params, generator), self.cut)
+            Ec = E
+        else:
+            ec = need(self._energy, "FLOW-1 constants")
+            bound = self.cfg.max_ratio if self.cfg.max_ratio is not None else self._ratio_max
+            E = apply_cut(self.flow1.sample_energies(einc, ec, bound, self.cfg.max_resample, generator, params),
+                          self.cut)
+            Ec = self._coarse_layer_sums(E)
+        coarse = apply_cut(self.coarse.sample_voxels(Ec, einc, params, student=variant == "student",
+                                                     generator=generator), self.cut)
+        if self.flow1 is None:
+            E = torch.as_tensor(self.cmap.coarse.layer_energies(coarse.cpu().numpy()), device=self.device)
+        return coarse, E
+
+    @torch.no_grad()
+    def _upsample_rows(self, coarse: np.ndarray, einc: np.ndarray, layers: np.ndarray, feats: np.ndarray,
+                       generator: torch.Generator | None) -> np.ndarray:
+        """SUPERCALO on every coarse voxel of (M, n_coarse) coarse showers -> (M, V) fine showers."""
+        cmap = self.cmap
+        out = np.empty((len(coarse), self.geometry.n_voxels))
+        per = max(1, int(self.batch_rows) // cmap.n_coarse)  # showers per flow call (bounded memory)
+        for a in range(0, len(coarse), per):
+            s = slice(a, a + per)
+            cond = self._with_params(build_conditions(einc[s], coarse[s], layers[s], cmap, self.prep), feats[s])
+            m = len(cond)
+            ct = torch.as_tensor(cond.reshape(m * cmap.n_coarse, -1), dtype=torch.float64, device=self.device)
+            with F.double_precision(self.upflow):
+                y = F.flow_sample(self.upflow, ct, generator=generator)
+            rel = self.prep.target_inverse(y).reshape(m, cmap.n_coarse, cmap.group_size)
+            out[s] = assemble_fine(rel, coarse[s], cmap, self.cut)
+        return out
+
+    #: coarse voxels per SUPERCALO call when sampling (about 1 kB each in float64)
+    batch_rows: int = 100_000
+
+    def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
+                        generator: torch.Generator | None, resample: int) -> Tensor:
+        """Each of M coarse showers upsampled ``resample`` times, shower-major: (M N, V) float64."""
+        idx = np.repeat(np.arange(len(coarse)), resample)
+        c, e, L, p = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, einc, layers, params))
+        fine = self._upsample_rows(c[idx], e[idx], L[idx], p[idx], generator)
+        return torch.as_tensor(fine, device=self.device)
+
+    def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
+        """Full chain; with ``resample = N`` (setting) the coarse shower of row ``j`` is that of row
+        ``N * (j // N)``: ceil(B / N) coarse showers, each upsampled N times (E_inc of the first row)."""
+        n = len(einc)
+        N = max(1, int(self.cfg.resample))
+        lead = torch.arange(0, n, N, device=einc.device)
+        coarse, E = self.sample_coarse(einc[lead], params[lead], generator, variant)
+        out = self._upsample_batch(coarse, einc[lead], E, params[lead], generator, N)[:n]
+        return out
+
+    def sample_resampled(self, conditions: "int | np.ndarray | Conditions", resample: int, batch_size: int = 10_000,
+                         **kw: Any) -> ShowerData:
+        """:meth:`sample` with resampling factor ``resample`` (N): ``ceil(n / N)`` coarse showers, each
+        upsampled N times; consecutive groups of N output showers share one coarse shower and E_inc
+        (given E_inc / conditions are taken from every N-th row, and the output says so)."""
+        if int(resample) < 1:
+            raise UsageError(f"resampling factor must be at least 1, got {resample}")
+        old = self.cfg.resample
+        self.cfg.resample = int(resample)
+        bs = max(int(resample), int(batch_size) - int(batch_size) % int(resample))  # groups not split across batches
+        try:
+            d = self.sample(conditions, batch_size=bs, **kw)
+        finally:
+            self.cfg.resample = old
+        lead = (np.arange(len(d)) // int(resample)) * int(resample)  # the rows the coarse showers were drawn for
+        return ShowerData(d.incident_energies[lead], d.showers, None if d.conditions is None else d.conditions[lead],
+                          d.condition_names, {**d.attrs, "resample": int(resample)})
+
+    def upsample(self, coarse_showers: np.ndarray, einc: np.ndarray, resample: int = 1, seed: int | None = None, *,
+                 layer_energies: np.ndarray | None = None, conditions: Conditions | None = None,
+                 batch_size: int = 1000, threshold: bool = True) -> ShowerData:
+        """Upsample given coarse showers (M, n_coarse) MeV, ``resample`` times each (table III study).
+
+        The fine layer energies SUPERCALO is conditioned on: ``layer_energies`` if given, else the
+        coarse layers' for ``f_z = 1``, else drawn from FLOW-1 given E_inc and rescaled in every
+        group of ``f_z`` layers to the coarse layer's energy.  Returns the (M N, V) fine showers;
+        shower-major: rows ``j N .. j N + N - 1`` come from coarse shower ``j``.
+        """
+        if not all(self.trained.values()):
+            raise ModelDirError(f"the {self.kind} upsampler is not trained; run 'caloflows train supercalo' first")
+        if int(resample) < 1:
+            raise UsageError(f"resampling factor must be at least 1, got {resample}")
+        coarse = np.asarray(coarse_showers, dtype=np.float64)
+        if coarse.ndim != 2 or coarse.shape[1] != self.cmap.n_coarse:
+            raise ConditionsError(f"coarse showers: expected (M, {self.cmap.n_coarse}) for {self.cmap}, "
+                                  f"got {coarse.shape}")
+        einc = np.asarray(einc, dtype=np.float64).reshape(-1)
+        if len(einc) != len(coarse):
+            raise ConditionsError(f"{len(einc)} incident energies for {len(coarse)} coarse showers")
+        cond = conditions if conditions is not None else Conditions(einc)
+        cond = self.condition_spec.check(cond, "upsample conditions")
+        feats = np.asarray(self.condition_spec.features(cond.values), dtype=np.float64)
+        gen = torch.Generator(device=self.device).manual_seed(int(np.random.default_rng(seed).integers(2**62)))
+        for m in self.networks().values():
+            m.eval()
+        Ec = self.cmap.coarse.layer_energies(coarse)
+        if layer_energies is not None:
+            layers = np.asarray(layer_energies, dtype=np.float64)
+            if layers.shape != (len(coarse), self.geometry.n_layers):
+                raise ConditionsError(f"fine layer energies: expected ({len(coarse)}, {self.geometry.n_layers}), "
+                                      f"got {layers.shape}")
+        elif self.flow1 is None:
+            layers = Ec
+        else:
+            ec = need(self._energy, "FLOW-1 constants")
+            with torch.no_grad():
+                E = self.flow1.sample_energies(torch.as_tensor(einc, device=self.device), ec, None,
+                                               self.cfg.max_resample, gen,
+                                               torch.as_tensor(feats, device=self.device)).cpu().numpy()
+            g = E.reshape(len(E), self.cmap.nc_z, self.f_z)
+            s = g.sum(2, keepdims=True)
+            share = np.where(s > 0, g / np.where(s > 0, s, 1.0), 1.0 / self.f_z)
+            layers = (share * Ec[:, :, None]).reshape(len(E), -1)
+        N = int(resample)
+        idx = np.repeat(np.arange(len(coarse)), N)
+        out = np.empty((len(idx), self.geometry.n_voxels), dtype=np.float32)
+        per = max(1, int(batch_size))
+        with torch.no_grad():
+            for a in range(0, len(idx), per):
+                s_ = idx[a:a + per]
+                v = self._upsample_rows(coarse[s_], einc[s_], layers[s_], feats[s_], gen)
+                out[a:a + len(s_)] = self.geometry.apply_threshold(v) if threshold else v
+        return ShowerData(einc[idx], out, cond.values[idx] if self.n_params else None, cond.names,
+                          {"generator": self.kind, "variant": "upsample", "resample": N})
+
+    # ------------------------------------------------------------------ density
+    def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
+        """log p_FLOW-1 + log p_FLOW-2 (coarse model, teacher unless asked) + sum over coarse voxels
+        of log p_SUPERCALO (rows without noise)."""
+        fine = showers.detach().cpu().numpy().astype(np.float64)
+        e = einc.detach().cpu().numpy().astype(np.float64)
+        p = params.detach().cpu().numpy().astype(np.float64)
+        coarse_np = self.cmap.coarse_grain(fine)
+        coarse = torch.as_tensor(coarse_np, device=self.device)
+        if self.flow1 is None:
+            lp = self.coarse._log_prob_batch(coarse, einc, params, variant)
+        else:
+            ec = need(self._energy, "FLOW-1 constants")
+            E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
+            flow = self.coarse.student if variant == "student" else self.coarse.teacher
+            s = coarse + 0.5 * self.coarse.cfg.flow2_noise_kev * 1e-3
+            with F.double_precision(self.flow1, flow):
+                lp1 = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3), EnergyFlow.context(ec, einc, params))
+                y2, c2 = self.coarse.flow2_inputs(s, einc, params, noise=False)
+                lp = lp1 + flow(c2).log_prob(y2)
+        r = build_rows(e, fine, self.cmap, self.prep)
+        b, v = len(e), self.cmap.n_coarse
+        c = self._with_params(r.cond.reshape(b, v, -1), p)
+        with F.double_precision(self.upflow):
+            lpu = UpsamplerLogProb(self.upflow)(torch.as_tensor(r.target.reshape(b, v, -1), device=self.device),
+                                                torch.as_tensor(c, device=self.device))
+        return lp.to(torch.float64) + lpu.to(torch.float64)
+
+
+def load_coarse_file(path: str, model: SuperCalo) -> tuple[np.ndarray, np.ndarray | None, Conditions]:
+    """Coarse showers of ``path`` for :meth:`SuperCalo.upsample`: a file on the model's coarse
+    geometry, or a file of fine showers (coarse-grained here -- the table III study -- and their
+    fine layer energies returned too).  Returns ``(coarse (M, n_coarse), fine layer energies
+    (M, L) or None, conditions)``."""
+    from ..errors import ShowerFileError
+    from ..io import read_showers
+
+    g = model.cmap
+    d = read_showers(path)
+    cond = Conditions.from_data(d)
+    width = d.showers.shape[1] if d.showers.ndim == 2 else -1
+    if width == g.n_coarse:
+        return np.asarray(d.showers, dtype=np.float64), None, cond
+    if width == g.fine.n_voxels:
+        fine = np.asarray(d.showers, dtype=np.float64)
+        return g.coarse_grain(fine), g.fine.layer_energies(fine), cond
+    raise ShowerFileError(f"{path}: showers have {width} voxels; --coarse needs coarse showers of {g} "
+                          f"({g.n_coarse} voxels) or fine {g.fine.name} showers ({g.fine.n_voxels} voxels)")

@@ -1,0 +1,223 @@
+"""SuperCalo generator family (arXiv:2308.11700): exact upsampling, resampling, save/load, CLI modes.
+
+Tiny models on ds2-coarse (9 layers x 8 alpha x 9 r): choice B (3 r x 4 alpha x 1 z, f_z = 1: FLOW-1 is
+the coarse CaloFlow's flow-I) and 1 r x 2 alpha x 3 z (f_z = 3: SuperCalo's own fine FLOW-1).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from caloflows import api
+from caloflows.cli import main as cli_main
+from caloflows.conditions import Conditions, ConditionSpec
+from caloflows.errors import ConfigError, ModelDirError, ShowerFileError, UsageError
+from caloflows.geometry import load_geometry
+from caloflows.io import ShowerData, read_showers, write_showers
+from caloflows.models import load_model
+from caloflows.models.supercalo import SuperCalo, SuperCaloConfig
+from caloflows.toy_showers import toy_showers
+
+torch.set_num_threads(1)
+
+GEOMETRY = "ds2-coarse"
+TINY = ["coarse.flow1_transforms=1", "coarse.flow1_hidden=[8]", "coarse.flow2_transforms=1", "coarse.flow2_hidden=16",
+        "coarse.student_hidden=16", "coarse.bins=4", "flow1_transforms=1", "flow1_hidden=[8]", "up_transforms=1",
+        "up_hidden=[8]", "up_bins=4", "bins=4"]
+TRAIN = {"epochs": 1, "batch_size": 64, "val_fraction": 0.2}
+
+
+def _data(n=60, params=False, seed=0):
+    einc, sh = toy_showers(load_geometry(GEOMETRY), n, seed=seed)
+    if not params:
+        return ShowerData(einc, sh)
+    rng = np.random.default_rng(seed)
+    d, b = rng.uniform(0.5, 1.5, n), rng.uniform(50, 90, n)
+    return ShowerData(einc, (sh * (1.2 - 0.3 * d)[:, None]).astype(np.float32), np.column_stack([d, b]), ("d", "b"))
+
+
+def _fit(tmp, grouping, params=False, distill=False):
+    data = _data(params=params)
+    path = tmp / "train.h5"
+    write_showers(path, data.incident_energies, data.showers, conditions=data.conditions,
+                  condition_names=data.condition_names or None)
+    cfg = SuperCaloConfig.preset("quick", GEOMETRY).override(TINY + [f"coarse_graining={grouping}"]).replace_train(**TRAIN)
+    spec = ConditionSpec.fit(Conditions.from_data(data)) if params else ConditionSpec()
+    m = SuperCalo(GEOMETRY, cfg, spec)
+    m.fit(path, tmp / "m", progress=False)
+    if distill:
+        m.fit(path, tmp / "m", stage="distill", progress=False)
+    return m, data, path
+
+
+@pytest.fixture(scope="module")
+def model_b(tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("b"), "B")
+
+
+@pytest.fixture(scope="module")
+def model_a(tmp_path_factory):
+    return _fit(tmp_path_factory.mktemp("a"), "1x2x3", distill=True)
+
+
+def test_coarse_graining_and_nested_model(model_b, model_a):
+    mb, ma = model_b[0], model_a[0]
+    assert (mb.cmap.n_coarse, mb.cmap.group_size, mb.flow1) == (54, 12, None)  # FLOW-1 = coarse flow-I
+    assert (ma.cmap.n_coarse, ma.cmap.group_size) == (108, 6) and ma.flow1 is not None
+    assert ma.coarse.geometry.n_voxels == 108 and ma.coarse.geometry.n_layers == 3
+    with pytest.raises(ConfigError, match="coarse_graining"):
+        SuperCaloConfig.preset("quick", GEOMETRY).override(["coarse_graining=2x2"])
+    with pytest.raises(ConfigError, match="coarse_graining='A' does not fit geometry 'ds2-coarse'"):
+        SuperCalo(GEOMETRY, SuperCaloConfig.preset("quick", GEOMETRY))  # 5 layers per coarse voxel, 9 layers
+
+
+@pytest.mark.parametrize("which", ["model_b", "model_a"])
+def test_upsampled_fine_voxels_sum_exactly_to_their_coarse_voxel(which, request):
+    m, data, _ = request.getfixturevalue(which)
+    gen = torch.Generator().manual_seed(3)
+    einc = torch.as_tensor(data.incident_energies[:6], dtype=torch.float64)
+    coarse, E = m.sample_coarse(einc, torch.zeros(6, 0, dtype=torch.float64), gen, "teacher")
+    c = coarse.numpy()
+    assert (c[c > 0] >= m.cut).all()  # the cut applies to FLOW-2's output
+    m.batch_rows = 250  # several SUPERCALO calls per batch of showers
+    try:
+        fine = m._upsample_rows(c, einc.numpy(), E.numpy(), np.zeros((6, 0)), gen)  # float64
+    finally:
+        m.batch_rows = SuperCalo.batch_rows
+    np.testing.assert_allclose(m.cmap.coarse_grain(fine), c, rtol=1e-12, atol=1e-12)
+    assert ((fine == 0) | (fine >= m.cut)).all()
+    # the public path (float32 file precision) and the full chain
+    up = m.upsample(c, einc.numpy(), seed=1)
+    np.testing.assert_allclose(m.cmap.coarse_grain(up.showers.astype(np.float64)), c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["model_b", "model_a"])
+def test_resampling_gives_n_distinct_upsamplings_of_each_coarse_shower(which, request):
+    m, data, _ = request.getfixturevalue(which)
+    true_coarse = m.cmap.coarse_grain(data.showers[:3].astype(np.float64))
+    up = m.upsample(true_coarse, data.incident_energies[:3], resample=5, seed=2,
+                    layer_energies=m.geometry.layer_energies(data.showers[:3].astype(np.float64)))
+    assert up.showers.shape == (15, m.geometry.n_voxels)
+    for j in range(3):
+        grp = up.showers[5 * j:5 * j + 5].astype(np.float64)
+        np.testing.assert_allclose(m.cmap.coarse_grain(grp), np.repeat(true_coarse[j:j + 1], 5, 0), rtol=1e-5, atol=1e-5)
+        assert len({g.tobytes() for g in grp}) == 5  # 5 distinct upsamplings
+        assert (up.incident_energies[5 * j:5 * j + 5] == data.incident_energies[j]).all()
+    # the full chain: ceil(12 / 5) = 3 coarse showers, each upsampled 5 times
+    s = m.sample_resampled(data.incident_energies[:12], 5, batch_size=7, seed=4)
+    assert s.showers.shape == (12, m.geometry.n_voxels)
+    cg = m.cmap.coarse_grain(s.showers.astype(np.float64))
+    for a, b in [(0, 5), (5, 10), (10, 12)]:
+        np.testing.assert_allclose(cg[a:b], np.repeat(cg[a:a + 1], b - a, 0), rtol=1e-4, atol=1e-4)
+        assert len({x.tobytes() for x in s.showers[a:b]}) == b - a
+        assert (s.incident_energies[a:b] == data.incident_energies[a]).all()
+    assert not np.allclose(cg[0], cg[5])  # other groups, other coarse showers
+    np.testing.assert_array_equal(m.sample_resampled(data.incident_energies[:12], 5, batch_size=7, seed=4).showers,
+                                  s.showers)
+    assert m.cfg.resample == 1
+
+
+def test_save_load_round_trip(model_a, tmp_path):
+    m, data, path = model_a
+    d = path.parent / "m"
+    assert m.stage_done("train") and m.stage_done("distill")
+    assert (d / "coarse" / "config.json").exists() and (d / "upsampler.safetensors").exists()
+    assert (d / "flow1.safetensors").exists() and (d / "coarse" / "flow2_student.safetensors").exists()
+    loaded = load_model(d)
+    assert isinstance(loaded, SuperCalo) and loaded.cmap.grouping.factors == (1, 2, 3)
+    for v in ("teacher", "student"):
+        a = m.sample(data.incident_energies[:5], batch_size=3, seed=7, variant=v)
+        b = loaded.sample(data.incident_energies[:5], batch_size=3, seed=7, variant=v)
+        np.testing.assert_array_equal(a.showers, b.showers)
+    lp = loaded.log_prob(data.showers[:4], data.incident_energies[:4])
+    np.testing.assert_allclose(lp, m.log_prob(data.showers[:4], data.incident_energies[:4]), rtol=1e-10)
+    assert np.isfinite(lp).all()
+    # log p = FLOW-1 + FLOW-2 + sum of SUPERCALO over coarse voxels: perturbing one coarse voxel's fine split changes it
+    sh = data.showers[:1].astype(np.float64).copy()
+    mem = m.cmap.members[np.argmax(m.cmap.coarse_grain(sh)[0])]
+    sh2 = sh.copy()
+    sh2[0, mem] = sh[0, mem].sum() / len(mem)
+    assert m.log_prob(sh2, data.incident_energies[:1])[0] != pytest.approx(m.log_prob(sh, data.incident_energies[:1])[0])
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    shutil.rmtree(broken / "coarse")
+    with pytest.raises(ModelDirError, match="coarse"):
+        load_model(broken)
+
+
+def test_parameters_flow_into_coarse_model_and_upsampler(tmp_path):
+    m, data, _ = _fit(tmp_path, "B", params=True)
+    assert m.coarse.condition_spec == m.condition_spec and m.n_params == 2
+    # SUPERCALO's conditions: table I (8 + f_z + 9 coarse layers + 3 coarse radial bins) + the 2 parameters
+    assert m.upflow(torch.zeros(1, 8 + 1 + 9 + 3 + 2)).log_prob(torch.zeros(1, 12)).shape == (1,)
+    cond = Conditions.from_data(data)[:3]
+    other = Conditions(cond.incident_energies, cond.values * np.array([1.3, 1.0]), cond.names)
+    fine = data.showers[:3]
+    base = m.log_prob(fine, cond)
+    assert not np.allclose(base, m.log_prob(fine, other))
+    coarse = m.cmap.coarse_grain(fine.astype(np.float64))
+    up1 = m.upsample(coarse, cond.incident_energies, seed=1, conditions=cond)
+    up2 = m.upsample(coarse, cond.incident_energies, seed=1, conditions=other)
+    assert not np.array_equal(up1.showers, up2.showers) and up1.condition_names == ("d", "b")
+
+
+def test_generate_coarse_and_resample_through_the_api(model_b, tmp_path):
+    m, data, path = model_b
+    mdir = path.parent / "m"
+    cm = m.cmap
+    cfile = tmp_path / "coarse.h5"
+    write_showers(cfile, data.incident_energies[:4], cm.coarse_grain(data.showers[:4]).astype(np.float32),
+                  geometry=cm.coarse)
+    out = tmp_path / "up.h5"
+    r = api.generate(mdir, out, coarse=str(cfile), resample=3, seed=1, progress=False)
+    got = read_showers(out)
+    assert r["n"] == 12 and got.showers.shape == (12, m.geometry.n_voxels)
+    np.testing.assert_allclose(cm.coarse_grain(got.showers[:3]), np.repeat(cm.coarse_grain(data.showers[:1]), 3, 0),
+                               rtol=1e-4, atol=1e-4)
+    # a fine-geometry file is coarse-grained first (table III study); the CLI path
+    out2 = tmp_path / "up2.h5"
+    assert cli_main(["generate", str(mdir), "--coarse", str(path), "--out", str(out2), "--seed", "2"]) == 0
+    assert read_showers(out2).showers.shape == (len(data), m.geometry.n_voxels)
+    out3 = tmp_path / "res.h5"
+    assert api.generate(mdir, out3, n=10, resample=4, seed=3, progress=False)["n"] == 10
+    cg = cm.coarse_grain(read_showers(out3).showers)
+    np.testing.assert_allclose(cg[1:4], np.repeat(cg[:1], 3, 0), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UsageError, match="--resample must be at least 1"):
+        api.generate(mdir, tmp_path / "x.h5", n=3, resample=0)
+    with pytest.raises(UsageError, match="--coarse takes"):
+        api.generate(mdir, tmp_path / "x.h5", n=3, coarse=str(cfile))
+    bad = tmp_path / "bad.h5"
+    write_showers(bad, data.incident_energies[:2], data.showers[:2, :100], geometry=None)
+    with pytest.raises(ShowerFileError, match="100 voxels"):
+        api.generate(mdir, tmp_path / "x.h5", coarse=str(bad))
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_coarse_and_resample_refused_for_other_families(tmp_path):
+    from caloflows.models.caloflow import CaloFlow, CaloFlowConfig
+
+    data = _data(30)
+    cfg = CaloFlowConfig.preset("quick", GEOMETRY).override(
+        ["flow1_transforms=1", "flow1_hidden=[8]", "flow2_transforms=1", "flow2_hidden=8", "student_hidden=8",
+         "bins=4"]).replace_train(**TRAIN)
+    m = CaloFlow(GEOMETRY, cfg)
+    m.fit(data, tmp_path / "cf", progress=False)
+    with pytest.raises(UsageError, match="--resample applies to supercalo models only.*caloflow"):
+        api.generate(tmp_path / "cf", tmp_path / "o.h5", n=4, resample=2)
+    with pytest.raises(UsageError, match="--coarse applies to supercalo models only"):
+        api.generate(tmp_path / "cf", tmp_path / "o.h5", coarse=str(tmp_path / "cf" / "config.json"))
+
+
+def test_output_policy_sees_the_nested_coarse_model(model_b, model_a):
+    from caloflows.errors import OutputError
+    from caloflows.outputs import check_student_free, model_files
+
+    d = model_b[2].parent / "m"
+    files = model_files(d)
+    assert d / "coarse" / "config.json" in files and d / "coarse" / "flow2_teacher.safetensors" in files
+    assert d / "upsampler.safetensors" in files
+    check_student_free(d)  # no student yet
+    with pytest.raises(OutputError, match="flow2_student"):  # distilling again needs --force
+        check_student_free(model_a[2].parent / "m")
