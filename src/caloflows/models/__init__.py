@@ -9,7 +9,7 @@ imported only when used, so the CLI starts fast.  To add a family, add one entry
 Example:
     >>> from caloflows.models import FAMILIES, generator_class
     >>> sorted(FAMILIES)
-    ['caloflow', 'icaloflow', 'l2lflows']
+    ['caloflow', 'icaloflow', 'l2lflows', 'paraflow']
     >>> generator_class("caloflow").stages["distill"]
     'the flow-II IAF student (distillation)'
 """
@@ -77,6 +77,10 @@ FAMILIES: dict[str, Family] = {
     "icaloflow": Family(
         "icaloflow", "caloflows.models.icaloflow:ICaloFlow",
         "iCaloFlow: energy flow + first-layer flow + one shared layer flow; distill IAF students afterwards"),
+    "paraflow": Family(
+        "paraflow", "caloflows.models.paraflow:ParaFlow",
+        "ParaFlow: one MAF over all crystals conditioned on E_inc and detector parameters (eq. 1 log scaling); "
+        "distill an IAF student afterwards"),
 }
 
 #: kind -> module path (kept for code that listed the modules)
