@@ -307,6 +307,7 @@ class ParaFlow(Generator):
     def _flow(self, variant: str | None) -> nn.Module:
         return self.student if variant == "student" else self.teacher
 
+    @torch.no_grad()
     def sample_latent(self, z: Tensor, einc: Tensor, params: Tensor, variant: str | None = None) -> Tensor:
         """Crystals (MeV, float64, no cut) for given latent vectors ``z`` (the flow's inverse)."""
         flow = self._flow(variant)
