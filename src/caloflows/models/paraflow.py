@@ -114,13 +114,15 @@ def _full(g: Geometry) -> ParaFlowConfig:
 
 
 def _quick(g: Geometry) -> ParaFlowConfig:
-    # Sized for 2 CPU cores (minutes on a few thousand showers): 4 MADE blocks of 2 x 64, 8 bins;
-    # the student has the teacher's widths (warm start) and needs only a few epochs.
+    # Sized for 2 CPU cores (minutes on a few thousand showers): 4 MADE blocks of 2 x 64, 8 bins,
+    # batch 128 (a small file needs many steps: 1200 Geant4 showers at batch 256 gave only 4 steps
+    # per epoch and an underfitted flow); the student has the teacher's widths (warm start), so a
+    # few distillation epochs suffice.
     return ParaFlowConfig(
         transforms=4, hidden=[64, 64], bins=8, student_hidden=[64, 64],
-        flow_train=asdict(TrainConfig(epochs=30, batch_size=256, base_lr=1e-5, max_lr=1e-3, schedule="cosine",
-                                 cycle_epochs=10, val_fraction=0.15, patience=15)),
-        student_train=asdict(TrainConfig(epochs=6, batch_size=256, base_lr=1e-5, max_lr=5e-4, schedule="cosine",
+        flow_train=asdict(TrainConfig(epochs=60, batch_size=128, base_lr=1e-5, max_lr=1e-3, schedule="cosine",
+                                      cycle_epochs=10, val_fraction=0.15, patience=15)),
+        student_train=asdict(TrainConfig(epochs=6, batch_size=128, base_lr=1e-5, max_lr=5e-4, schedule="cosine",
                                          cycle_epochs=6, val_fraction=0.15, patience=None)),
     )
 
