@@ -123,6 +123,9 @@ def test_conditions_are_required_and_checked(trained, tmp_path):
         loaded.sample(Conditions(np.full(3, 4e3), np.array([[3.0, 70.0]] * 3), ("d", "b")), seed=1)
     with pytest.warns(ConditionsWarning, match="incident energies outside the training range"):
         loaded.sample(Conditions(np.full(3, 1e5), np.array([[1.0, 70.0]] * 3), ("d", "b")), seed=1)
+    with pytest.raises(ConditionsError, match="eq. 1 needs E_inc >"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConditionsWarning)
+        loaded.sample(Conditions(np.full(3, 10.0), np.array([[1.0, 70.0]] * 3), ("d", "b")), seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded.sample(Conditions(np.full(3, 4e3), np.array([[1.0, 70.0]] * 3), ("d", "b")), seed=1)

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from .. import flows as F
 from .. import preprocessing as P
 from ..conditions import ConditionsWarning, scale_condition
-from ..errors import ModelDirError, UsageError
+from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
 from ..io import ShowerData, read_showers
 from ..training.distributed import DistContext
@@ -219,6 +219,9 @@ class ParaFlow(Generator):
         if np.any(out):
             warnings.warn(f"{int(out.sum())} incident energies outside the training range [{lo:g}, {hi:g}] MeV; "
                           "the model extrapolates", ConditionsWarning, stacklevel=4)
+        if np.any(e <= lo - 1.0):
+            raise ConditionsError(f"incident energies down to {e.min():g} MeV: eq. 1 needs E_inc > {lo - 1.0:g} MeV "
+                                  f"(training range [{lo:g}, {hi:g}] MeV minus 1 MeV)")
         f = torch.as_tensor(einc_feature(e, lo, hi), dtype=params.dtype, device=params.device)
         return torch.cat([f[:, None], params], 1)
 
