@@ -17,6 +17,8 @@ from caloflows.toy_showers import toy_showers
 torch.set_num_threads(1)
 
 GEOMETRY = "ds2-coarse"
+#: families tested on another geometry (ParaFlow: the one-layer 8 x 16 crystal grid)
+GEOMETRIES = {"paraflow": "paraflow-8x16"}
 TRAIN = {"epochs": 1, "batch_size": 64, "val_fraction": 0.2}
 #: per family: the smallest networks (so that the contract test runs in seconds)
 TINY = {
@@ -30,12 +32,13 @@ TINY = {
                   "coarse.flow2_transforms": 1, "coarse.flow2_hidden": 16, "coarse.student_hidden": 16,
                   "coarse.bins": 4, "flow1_transforms": 1, "flow1_hidden": [8], "up_transforms": 1,
                   "up_hidden": [8], "up_bins": 4, "bins": 4},
+    "paraflow": {"transforms": 1, "hidden": [8, 8], "student_hidden": [8, 8], "bins": 4},
 }
 
 
-def _data(n: int, with_params: bool, seed: int = 0) -> ShowerData:
+def _data(n: int, with_params: bool, seed: int = 0, geometry: str = GEOMETRY) -> ShowerData:
     rng = np.random.default_rng(seed)
-    einc, sh = toy_showers(load_geometry(GEOMETRY), n, seed=seed)
+    einc, sh = toy_showers(load_geometry(geometry), n, seed=seed)
     if not with_params:
         return ShowerData(einc, sh)
     d, b = rng.uniform(0.5, 1.5, n), rng.uniform(50, 90, n)
@@ -45,9 +48,10 @@ def _data(n: int, with_params: bool, seed: int = 0) -> ShowerData:
 
 def _model(kind: str, data: ShowerData):
     G = generator_class(kind)
-    cfg = G.Config.preset("quick", GEOMETRY).override([f"{k}={v}" for k, v in TINY[kind].items()]).replace_train(**TRAIN)
-    spec = ConditionSpec.fit(Conditions.from_data(data)) if data.condition_names else ConditionSpec()
-    return G(GEOMETRY, cfg, spec)
+    geometry = GEOMETRIES.get(kind, GEOMETRY)
+    cfg = G.Config.preset("quick", geometry).override([f"{k}={v}" for k, v in TINY[kind].items()]).replace_train(**TRAIN)
+    spec = ConditionSpec.fit(Conditions.from_data(data), G.condition_scaling) if data.condition_names else ConditionSpec()
+    return G(geometry, cfg, spec)
 
 
 def test_every_family_is_registered_with_its_tiny_settings():
@@ -57,7 +61,8 @@ def test_every_family_is_registered_with_its_tiny_settings():
 @pytest.mark.parametrize("with_params", [False, True], ids=["einc-only", "two-params"])
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
 def test_fit_save_load_sample_log_prob(kind, with_params, tmp_path):
-    data = _data(120, with_params)
+    geometry = GEOMETRIES.get(kind, GEOMETRY)
+    data = _data(120, with_params, geometry=geometry)
     path = tmp_path / "train.h5"
     write_showers(path, data.incident_energies, data.showers, conditions=data.conditions,
                   condition_names=data.condition_names or None)
@@ -71,7 +76,7 @@ def test_fit_save_load_sample_log_prob(kind, with_params, tmp_path):
     what = cond if with_params else cond.incident_energies
     a = model.sample(what, batch_size=4, seed=11)
     b = loaded.sample(what, batch_size=4, seed=11)
-    assert a.showers.shape == (7, 648) and np.isfinite(a.showers).all() and (a.showers >= 0).all()
+    assert a.showers.shape == (7, load_geometry(geometry).n_voxels) and np.isfinite(a.showers).all() and (a.showers >= 0).all()
     np.testing.assert_allclose(a.showers, b.showers, rtol=1e-5, atol=1e-6)  # same seed, same showers
     assert a.condition_names == (("d", "b") if with_params else ())
     c = loaded.sample(what, batch_size=4, seed=12)

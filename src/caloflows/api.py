@@ -122,7 +122,8 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     else:
         cfg = G.Config.preset(preset, g)
         names, vals = read_conditions(data)
-        spec = ConditionSpec.fit(Conditions(np.ones(len(vals)), vals, names)) if names else ConditionSpec()
+        spec = ConditionSpec.fit(Conditions(np.ones(len(vals)), vals, names), G.condition_scaling) \
+            if names else ConditionSpec()
     if not (existing and resume):
         d: dict[str, Any] = {}
         if epochs is not None:

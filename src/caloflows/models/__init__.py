@@ -9,7 +9,7 @@ imported only when used, so the CLI starts fast.  To add a family, add one entry
 Example:
     >>> from caloflows.models import FAMILIES, generator_class
     >>> sorted(FAMILIES)
-    ['caloflow', 'icaloflow', 'l2lflows', 'supercalo']
+    ['caloflow', 'icaloflow', 'l2lflows', 'paraflow', 'supercalo']
     >>> generator_class("caloflow").stages["distill"]
     'the flow-II IAF student (distillation)'
 """
@@ -81,6 +81,10 @@ FAMILIES: dict[str, Family] = {
         "supercalo", "caloflows.models.supercalo:SuperCalo",
         "SuperCalo: coarse CaloFlow (FLOW-1, FLOW-2) + SUPERCALO flow upsampling every coarse voxel; "
         "distill the coarse IAF student afterwards"),
+    "paraflow": Family(
+        "paraflow", "caloflows.models.paraflow:ParaFlow",
+        "ParaFlow: one MAF over all crystals conditioned on E_inc and detector parameters (eq. 1 log scaling); "
+        "distill an IAF student afterwards"),
 }
 
 #: kind -> module path (kept for code that listed the modules)

@@ -80,6 +80,9 @@ class Generator(abc.ABC):
         stages: ``{stage: help}``; ``fit(stage=...)`` calls ``self._fit_<stage>``.
         variants: sampling variants (``("teacher", "student")``) or ``()``.
         weight_files: network name -> (file name in the model directory, stage that trains it).
+        condition_scaling: how the training pipeline (:func:`caloflows.api.train`) maps named
+            detector parameters to [-1, 1] (:meth:`ConditionSpec.fit`): ``linear`` or ``log``
+            (ParaFlow eq. 1).
     """
 
     kind: ClassVar[str] = ""
@@ -87,6 +90,7 @@ class Generator(abc.ABC):
     stages: ClassVar[dict[str, str]] = {"train": "train the model"}
     variants: ClassVar[tuple[str, ...]] = ()
     weight_files: ClassVar[dict[str, tuple[str, str]]] = {}
+    condition_scaling: ClassVar[str] = "linear"
 
     def __init__(self, geometry: Geometry | str, config: Any | None = None,
                  conditions: ConditionSpec | None = None) -> None:

@@ -51,7 +51,7 @@ _TRAIN_RULES: dict[str, tuple[type | tuple[type, ...], float | None, float | Non
     "grad_clip": (float, 1e-12, None, True),
     "weight_decay": (float, 0, None, False),
 }
-SCHEDULES = ("onecycle", "cyclic", "constant")
+SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
 
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:

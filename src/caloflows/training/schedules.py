@@ -11,17 +11,21 @@ Both are stepped after every batch.
 * ``cyclic``: triangular cycles of ``cycle_epochs`` (paper: 10, step size 5 epochs); after each
   cycle the distance between max and base LR halves -- :class:`torch.optim.lr_scheduler.CyclicLR`
   with ``mode="triangular2"``.
+* ``cosine``: cosine annealing with warm restarts (SGDR, Loshchilov & Hutter 1608.03983; the
+  ParaFlow schedule, ``paraflow.txt`` sec. 3): from ``max_lr`` down to ``base_lr`` over
+  ``cycle_epochs`` epochs, then restart at ``max_lr`` --
+  :class:`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts` stepped per batch.
 * ``constant``: no schedule (for tests).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.optim.lr_scheduler import CyclicLR, LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, CyclicLR, LambdaLR, LRScheduler, OneCycleLR
 
 __all__ = ["make_scheduler", "SCHEDULES"]
 
-SCHEDULES = ("onecycle", "cyclic", "constant")
+SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
 
 
 def _constant(_step: int) -> float:
@@ -66,6 +70,11 @@ def make_scheduler(
             mode="triangular2",
             cycle_momentum=False,
         )
+    if kind == "cosine":
+        for g in optimizer.param_groups:
+            g["lr"] = max_lr
+            g["initial_lr"] = max_lr
+        return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, steps_per_epoch * cycle_epochs), eta_min=base_lr)
     if kind == "constant":
         for g in optimizer.param_groups:
             g["lr"] = max_lr

@@ -1,0 +1,347 @@
+"""ParaFlow: one conditional MAF over all crystals, conditioned on E_inc and detector parameters
+(Erdmann, Kann, Mausolf, Wissmann, "ParaFlow: fast calorimeter simulations parameterized in
+upstream material configurations", ``paraflow.txt`` sec. 3).
+
+The flow learns ``p(I | E_inc, d, b)`` for the 8 x 16 crystal window (geometry ``paraflow-8x16``,
+one layer of 128 voxels; any geometry with at least two voxels works):
+
+* preprocessing (sec. 3): uniform noise U(0, 20 keV) on every crystal, division by E_inc,
+  logit (``alpha``), then a per-crystal standardisation (see deviations);
+* conditions (eq. 1): E_inc and every named detector parameter mapped to [-1, 1] over its
+  training range logarithmically, ``c -> 2 log(c - c_min + 1) / log(c_max - c_min + 1) - 1``
+  (:func:`caloflows.conditions.scale_condition`; E_inc in MeV, d in X0, b in cm).  The
+  parameters go through the model's :class:`~caloflows.conditions.ConditionSpec` (built with
+  ``scaling="log"``: :attr:`ParaFlow.condition_scaling`); the E_inc range is a preprocessing
+  constant;
+* the flow: a MAF of 10 MADE blocks (two hidden layers of 196, ReLU -- zuko's default MADE
+  activation) with rational-quadratic splines of 10 bins (Durkan et al. 1906.04032), random
+  feature permutations between blocks; ~8 M parameters on 128 crystals;
+* training (sec. 3): Adam, LR 1e-3, batch 1000, cosine annealing with warm restarts (SGDR,
+  schedule ``cosine``), early stopping after 15 epochs without improvement.
+
+Sampling: ``z ~ N(0, 1) -> y -> fraction = sigmoid-inverse of the logit -> E_inc * fraction``;
+crystals below ``zero_below_kev`` (default: the 20 keV noise ceiling, i.e. what the
+preprocessing turned empty crystals into) are set to 0; rows with non-finite values are drawn
+again (``max_resample``), rows with ``E_dep / E_inc`` above ``max_ratio`` too if it is set.  The
+teacher samples in float64 (sequential spline inverses), the student in float32 in one pass
+per block.
+
+Beyond the paper: a distilled IAF student (stage ``distill``, variant ``student``), trained by
+probability density distillation as in CaloFlow II (arXiv:2110.11377, sec. 3) with
+:class:`caloflows.flows.DistillationObjective`; with the teacher's MADE widths it starts from
+the teacher's weights (the MADE of IAF block k then computes the teacher's spline parameters,
+fed with latent-side coordinates).
+
+Deviations from the paper, and why:
+
+* Standardisation after the logit: zuko's splines act on [-bound, bound] and are the identity
+  outside, so raw logits of empty crystals (about -15) would bypass them (as in CaloFlow here).
+* The restart LR is not halved on a validation plateau of 10 epochs: the shared training loop
+  (:func:`caloflows.training.loop.fit_flow`) gives schedules no validation feedback.  The
+  ``full`` preset restarts every ``cycle_epochs`` = 10 epochs at ``max_lr`` = 1e-3 and anneals
+  to ``base_lr`` = 1e-5; early stopping (patience 15) is as in the paper.
+* The paper applies no sampling cut; ``zero_below_kev`` (default 20 keV, the noise ceiling)
+  removes the noise floor the flow learnt.  Set it to 0 to keep it.
+* The E_inc scaling uses MeV (the unit of the shower files): eq. 1's "+1" offset is unit
+  dependent and the paper does not state its unit.
+* ``log_prob`` is the density of the preprocessed representation (noise at its mid-point), not
+  of crystal energies in MeV (as for CaloFlow).
+
+Example:
+    >>> model = ParaFlow("paraflow-8x16", ParaFlowConfig.preset("quick", "paraflow-8x16"),
+    ...                  ConditionSpec(("d", "b"), (0.5, 50.0), (1.5, 90.0), "log"))   # doctest: +SKIP
+    >>> model.fit("pf.h5", "model")                                  # the MAF teacher   # doctest: +SKIP
+    >>> model.fit("pf.h5", "model", stage="distill")                 # the IAF student   # doctest: +SKIP
+    >>> cond = Conditions(np.full(5, 50e3), np.tile([1.0, 70.0], (5, 1)), ("d", "b"))  # doctest: +SKIP
+    >>> model.sample(cond, seed=1).showers.shape                                       # doctest: +SKIP
+    (5, 128)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import flows as F
+from .. import preprocessing as P
+from ..conditions import ConditionsWarning, scale_condition
+from ..errors import ConditionsError, ModelDirError, UsageError
+from ..geometry import Geometry
+from ..io import ShowerData, read_showers
+from ..training.distributed import DistContext
+from ..training.loop import ArraySource, TrainConfig
+from .base import Generator, einc_summary, need, sample_with_rejection
+from .settings import FlowSettings
+
+__all__ = ["ParaFlow", "ParaFlowConfig", "einc_feature"]
+
+
+@dataclass
+class ParaFlowConfig(FlowSettings):
+    """Hyper-parameters of ParaFlow (defaults: ``paraflow.txt`` sec. 3; shared ones in :class:`FlowSettings`)."""
+
+    TITLE: ClassVar[str] = "ParaFlow"
+    RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "noise_kev": (0, None, False),
+                              "zero_below_kev": (0, None, False)}
+
+    transforms: int = 10
+    hidden: list = field(default_factory=lambda: [196, 196])
+    bins: int = 10
+    random_permutations: bool = True  # sec. 3: "the variables are randomly permuted" between blocks
+    noise_kev: float = 20.0
+    zero_below_kev: float = 20.0
+    max_ratio: float | None = None  # E_dep/E_inc bound for redraws; None: only non-finite rows
+    student_hidden: list = field(default_factory=lambda: [196, 196])
+    distill_intermediate: bool = True
+    student_from_teacher: bool = True
+    flow_train: dict = field(default_factory=lambda: asdict(TrainConfig(
+        epochs=500, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine", cycle_epochs=10,
+        val_fraction=1 / 7, patience=15)))
+    student_train: dict = field(default_factory=lambda: asdict(TrainConfig(
+        epochs=100, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine", cycle_epochs=10,
+        val_fraction=1 / 7, patience=15)))
+
+
+def _full(g: Geometry) -> ParaFlowConfig:
+    # paper sec. 3: 60 % training / 10 % validation of the simulated showers -> val_fraction 1/7
+    return ParaFlowConfig()
+
+
+def _quick(g: Geometry) -> ParaFlowConfig:
+    # Sized for 2 CPU cores (minutes on a few thousand showers): 4 MADE blocks of 2 x 64, 8 bins,
+    # batch 128 (a small file needs many steps: 1200 Geant4 showers at batch 256 gave only 4 steps
+    # per epoch and an underfitted flow); the student has the teacher's widths (warm start), so a
+    # few distillation epochs suffice.
+    return ParaFlowConfig(
+        transforms=4, hidden=[64, 64], bins=8, student_hidden=[64, 64],
+        flow_train=asdict(TrainConfig(epochs=60, batch_size=128, base_lr=1e-5, max_lr=1e-3, schedule="cosine",
+                                      cycle_epochs=10, val_fraction=0.15, patience=15)),
+        student_train=asdict(TrainConfig(epochs=6, batch_size=128, base_lr=1e-5, max_lr=5e-4, schedule="cosine",
+                                         cycle_epochs=6, val_fraction=0.15, patience=None)),
+    )
+
+
+ParaFlowConfig.PRESETS = {"quick": _quick, "full": _full}
+
+
+def einc_feature(einc: Any, low: float, high: float) -> np.ndarray:
+    """E_inc (MeV) -> the flow's E_inc condition, eq. 1 over the training range ``[low, high]``."""
+    return scale_condition(np.asarray(einc, dtype=np.float64), low, high)
+
+
+# ---------------------------------------------------------------------------- the model
+class ParaFlow(Generator):
+    """ParaFlow generator (one MAF teacher over all voxels, optional IAF student)."""
+
+    kind = "paraflow"
+    Config = ParaFlowConfig
+    stages = {"train": "the MAF over all crystals (paper sec. 3)",
+              "distill": "the IAF student (probability density distillation)"}
+    variants = ("teacher", "student")
+    weight_files = {"teacher": ("teacher.safetensors", "train"), "student": ("student.safetensors", "distill")}
+    condition_scaling = "log"
+    cfg: ParaFlowConfig
+
+    def build(self) -> None:
+        g, c = self.geometry, self.cfg
+        if g.n_voxels < 2:
+            raise UsageError(f"ParaFlow needs a geometry with at least 2 voxels ({g.name} has {g.n_voxels})")
+        perm = int(c.seed) + 1 if c.random_permutations else None
+        ctx = 1 + self.n_params
+        self.teacher = F.build_maf(g.n_voxels, ctx, c.transforms, tuple(c.hidden), c.bins, c.bound, randperm_seed=perm)
+        self.student = F.build_iaf(g.n_voxels, ctx, c.transforms, tuple(c.student_hidden), c.bins, c.bound,
+                                   randperm_seed=perm)
+        self.logit = P.Logit(c.alpha)
+        self._std: P.Standardize | None = None
+        self._einc_range: tuple[float, float] | None = None
+        self.einc_dist: dict | None = None
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher, "student": self.student}
+
+    def variant_ready(self, variant: str | None) -> bool:
+        return self.trained["student" if variant == "student" else "teacher"]
+
+    # ------------------------------------------------------------------ constants
+    @property
+    def std(self) -> P.Standardize:
+        """Per-crystal standardisation of the logits (fitted on the training data)."""
+        return need(self._std, "ParaFlow standardisation")
+
+    @property
+    def einc_range(self) -> tuple[float, float]:
+        """Training range of E_inc (MeV) for eq. 1."""
+        return need(self._einc_range, "ParaFlow E_inc range")
+
+    def constants(self) -> dict | None:
+        if self._std is None:
+            return None
+        return {"logit": self.logit.to_dict(), "standardize": self.std.to_dict(),
+                "einc_range": list(self.einc_range), "incident_energies": self.einc_dist}
+
+    def set_constants(self, c: dict) -> None:
+        self.logit = P.from_dict(c["logit"])
+        self._std = P.from_dict(c["standardize"])
+        lo, hi = (float(x) for x in c["einc_range"])
+        if not hi > lo:
+            raise ValueError(f"einc_range {c['einc_range']} is not increasing")
+        self._einc_range = (lo, hi)
+        self.einc_dist = c["incident_energies"]
+
+    # ------------------------------------------------------------------ preprocessing
+    def _noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return x + self.cfg.noise_kev * P.KEV * torch.rand(x.shape, dtype=x.dtype, device=x.device,
+                                                           generator=generator)
+
+    def encode(self, showers: Tensor, einc: Tensor, noise: bool = True,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Crystals (MeV) -> flow space: (+ U(0, noise)) / E_inc, logit, standardise (sec. 3)."""
+        x = self._noise(showers, generator) if noise else showers
+        frac = (x / einc[:, None]).clamp(0.0, 1.0)
+        return self.std.forward(self.logit.forward(frac))
+
+    def decode(self, y: Tensor, einc: Tensor) -> Tensor:
+        """Flow space -> crystals (MeV), the inverse of :meth:`encode` without the noise."""
+        frac = self.logit.inverse(self.std.inverse(y))
+        return frac * einc[:, None]
+
+    def context(self, einc: Tensor, params: Tensor) -> Tensor:
+        """Eq. 1 of E_inc, then the parameter features (already mapped by the ConditionSpec)."""
+        lo, hi = self.einc_range
+        e = einc.detach().cpu().numpy()
+        out = (e < lo * (1 - 1e-9)) | (e > hi * (1 + 1e-9))
+        if np.any(out):
+            warnings.warn(f"{int(out.sum())} incident energies outside the training range [{lo:g}, {hi:g}] MeV; "
+                          "the model extrapolates", ConditionsWarning, stacklevel=4)
+        if np.any(e <= lo - 1.0):
+            raise ConditionsError(f"incident energies down to {e.min():g} MeV: eq. 1 needs E_inc > {lo - 1.0:g} MeV "
+                                  f"(training range [{lo:g}, {hi:g}] MeV minus 1 MeV)")
+        f = torch.as_tensor(einc_feature(e, lo, hi), dtype=params.dtype, device=params.device)
+        return torch.cat([f[:, None], params], 1)
+
+    def fit_constants(self, data: ShowerData, seed: int = 0, max_rows: int = 50_000) -> None:
+        """Standardisation (on noisy logits of up to ``max_rows`` showers), E_inc range and law."""
+        einc = np.asarray(data.incident_energies, dtype=np.float64)
+        lo, hi = float(einc.min()), float(einc.max())
+        self._einc_range = (lo, hi if hi > lo else lo + 1.0)
+        self.einc_dist = einc_summary(einc)
+        self._std = P.Standardize(mean=[0.0] * self.geometry.n_voxels, std=[1.0] * self.geometry.n_voxels)
+        sel = np.sort(np.random.default_rng(seed).permutation(len(einc))[:max_rows])
+        sh = torch.as_tensor(np.asarray(data.showers[sel], dtype=np.float64))
+        y = self.encode(sh, torch.as_tensor(einc[sel]), generator=torch.Generator().manual_seed(seed))
+        self._std = P.Standardize.fit(y.numpy())
+
+    # ------------------------------------------------------------------ training
+    def _training_arrays(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray]:
+        if not isinstance(data, ShowerData):
+            data = read_showers(data, geometry=self.geometry)
+        self.geometry.check_showers(data.showers, "training showers")
+        self.training_conditions(data)
+        if len(data) < 10:
+            raise UsageError(f"need at least 10 training showers, got {len(data)}")
+        vals = data.conditions if data.conditions is not None else np.zeros((len(data), 0))
+        return data, np.asarray(self.condition_spec.features(np.asarray(vals, dtype=np.float64)))
+
+    def _inputs(self, data: ShowerData, params: np.ndarray, with_z: bool = False):
+        einc64 = np.asarray(data.incident_energies, dtype=np.float64)
+        einc = torch.as_tensor(einc64, dtype=torch.float32)
+        ctx = torch.as_tensor(np.column_stack([einc_feature(einc64, *self.einc_range), params]), dtype=torch.float32)
+
+        def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
+            k = torch.as_tensor(np.asarray(ii))
+            y = self.encode(torch.as_tensor(raw), einc[k], generator=gen)
+            return (y, ctx[k], torch.randn(y.shape, generator=gen)) if with_z else (y, ctx[k])
+
+        return inputs
+
+    def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                   progress: bool, ctx: DistContext) -> dict:
+        """Train the MAF teacher (paper sec. 3), saving the model directory to ``out_dir``."""
+        data, params = self._training_arrays(data)
+        self.to(ctx.device(device))
+        if self._std is None or not resume:
+            self.fit_constants(data, seed=int(self.cfg.flow_train.get("seed", 0)))
+        if ctx.is_main:
+            self.save(out_dir)
+        src = ArraySource(np.asarray(data.showers, dtype=np.float32))
+        return {"teacher": self.train_network("teacher", F.LogProb(self.teacher), src, self._inputs(data, params),
+                                              out_dir, self.cfg.flow_train, ctx, norm=self.geometry.n_voxels,
+                                              progress=progress, resume=resume)}
+
+    def warm_start_student(self) -> bool:
+        """Copy the teacher's MADE weights into the student (same widths), or the one-hidden-layer
+        warm start of :func:`caloflows.flows.init_student_from_teacher`; False if neither fits."""
+        if list(self.cfg.student_hidden) == list(self.cfg.hidden):
+            self.student.load_state_dict(self.teacher.state_dict())
+            return True
+        return F.init_student_from_teacher(self.student, self.teacher)
+
+    def _fit_distill(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
+                     progress: bool, ctx: DistContext, epochs: int | None = None) -> dict:
+        """Train the IAF student from the trained teacher (CaloFlow II, arXiv:2110.11377, sec. 3)."""
+        if not self.trained["teacher"]:
+            raise ModelDirError(f"{out_dir}: the ParaFlow teacher is not trained yet; run 'caloflows train paraflow' first")
+        data, params = self._training_arrays(data)
+        self.to(ctx.device(device))
+        if epochs is not None:
+            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
+        self.teacher.eval()
+        resuming = resume and (out_dir / "checkpoints" / "student_last.pt").exists()
+        if self.cfg.student_from_teacher and not resuming:
+            self.warm_start_student()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        try:
+            obj = F.DistillationObjective(self.teacher, self.student, self.cfg.distill_intermediate)
+            src = ArraySource(np.asarray(data.showers, dtype=np.float32))
+            r = self.train_network("student", obj, src, self._inputs(data, params, with_z=True), out_dir,
+                                   self.cfg.student_train, ctx, progress=progress, resume=resume,
+                                   params=list(self.student.parameters()))
+        finally:
+            for p in self.teacher.parameters():
+                p.requires_grad_(True)
+        return {"student": r}
+
+    # ------------------------------------------------------------------ sampling
+    def _flow(self, variant: str | None) -> nn.Module:
+        return self.student if variant == "student" else self.teacher
+
+    @torch.no_grad()
+    def sample_latent(self, z: Tensor, einc: Tensor, params: Tensor, variant: str | None = None) -> Tensor:
+        """Crystals (MeV, float64, no cut) for given latent vectors ``z`` (the flow's inverse)."""
+        flow = self._flow(variant)
+        c = self.context(einc.to(torch.float64), params.to(torch.float64))
+        if variant == "student":
+            y = F.inverse_path(flow, z.float(), c.float())[0].double()
+        else:
+            with F.double_precision(flow):
+                y = F.inverse_path(flow, z.double(), c)[0]
+        return self.decode(y, einc.to(torch.float64))
+
+    def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
+        dtype = torch.float32 if variant == "student" else torch.float64
+        D = self.geometry.n_voxels
+
+        def draw(e: Tensor, p: Tensor) -> Tensor:
+            z = torch.randn(len(e), D, dtype=dtype, device=self.device, generator=generator)
+            return self.sample_latent(z, e, p, variant)
+
+        x = sample_with_rejection(draw, einc.to(torch.float64), params.to(torch.float64), self.cfg.max_ratio,
+                                  self.cfg.max_resample)
+        x = x.clamp_min(0.0)
+        return torch.where(x < self.cfg.zero_below_kev * P.KEV, torch.zeros_like(x), x)
+
+    # ------------------------------------------------------------------ density
+    def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
+        """log p of the preprocessed shower (noise at its mid-point; teacher unless asked)."""
+        flow = self._flow(variant)
+        s = showers + 0.5 * self.cfg.noise_kev * P.KEV
+        with F.double_precision(flow):
+            y = self.encode(s, einc, noise=False)
+            return flow(self.context(einc, params)).log_prob(y)
