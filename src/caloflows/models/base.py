@@ -208,6 +208,55 @@ class Generator(abc.ABC):
         return {"best_val": r.best_val, "epochs": r.epochs_run, "seconds": r.seconds,
                 "seconds_per_epoch": float(np.mean(sec)) if sec else None}
 
+    def train_student(self, name: str, teacher: nn.Module, student: nn.Module, source: Any,
+                      inputs: Callable[..., tuple[Tensor, ...]], out_dir: Path, train: Mapping[str, Any],
+                      ctx: DistContext, *, intermediate: bool = True, warm_start: Callable[[], object] | None = None,
+                      progress: bool = True, resume: bool = False, checkpoint: str | None = None) -> dict:
+        """Distill IAF ``student`` from MAF ``teacher`` (zuko flows, or modules with a ``.flow``) by
+        probability density distillation (CaloFlow II, arXiv:2110.11377, sec. 3; x- and z-loss,
+        per MADE block with ``intermediate``; :class:`caloflows.flows.DistillationObjective`).
+
+        The teacher is frozen while the student trains; ``warm_start()`` runs unless an interrupted
+        distillation is resumed; ``inputs`` must also return the latent ``z`` of the z-loss.
+        """
+        from .. import flows as F
+
+        ckpt = out_dir / "checkpoints" / f"{checkpoint or name}_last.pt"
+        if warm_start is not None and not (resume and ckpt.exists()):
+            warm_start()
+        teacher.eval()
+        frozen = [p for p in teacher.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            obj = F.DistillationObjective(getattr(teacher, "flow", teacher), getattr(student, "flow", student),
+                                          intermediate)
+            return self.train_network(name, obj, source, inputs, out_dir, train, ctx, progress=progress,
+                                      resume=resume, params=list(student.parameters()), checkpoint=checkpoint)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def with_student_epochs(self, epochs: int | None) -> None:
+        """``distill --epochs N``: set the epochs of the student's training settings."""
+        if epochs is not None:
+            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
+
+    def training_arrays(self, data: "ShowerData | str | os.PathLike[str]",
+                        min_showers: int = 10) -> tuple[ShowerData, np.ndarray]:
+        """Training showers in memory (read from a file and validated if a path), checked against the
+        geometry and the model's parameters, with the parameters' network features ``(N, K)``."""
+        from ..io import read_showers
+
+        if not isinstance(data, ShowerData):
+            data = read_showers(data, geometry=self.geometry)
+        self.geometry.check_showers(data.showers, "training showers")
+        self.training_conditions(data)
+        if len(data) < min_showers:
+            raise UsageError(f"need at least {min_showers} training showers, got {len(data)}")
+        vals = data.conditions if data.conditions is not None else np.zeros((len(data), 0))
+        return data, np.asarray(self.condition_spec.features(np.asarray(vals, dtype=np.float64)))
+
     def training_conditions(self, data: "ShowerData | str | os.PathLike[str]") -> None:
         """Check that ``data`` carries exactly the model's named parameters (ConditionsError otherwise)."""
         from ..io import read_conditions

@@ -66,7 +66,7 @@ from .. import flows as F
 from .. import preprocessing as P
 from ..errors import ModelDirError, UsageError
 from ..geometry import Geometry
-from ..io import ShowerData, read_showers
+from ..io import ShowerData
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
@@ -247,17 +247,6 @@ class CaloFlow(Generator):
         self.einc_dist = einc_summary(einc)
 
     # ------------------------------------------------------------------ training
-    def _training_arrays(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray]:
-        if not isinstance(data, ShowerData):
-            data = read_showers(data, geometry=self.geometry)
-        self.geometry.check_showers(data.showers, "training showers")
-        self.training_conditions(data)
-        if len(data) < 10:
-            raise UsageError(f"need at least 10 training showers, got {len(data)}")
-        params = self.condition_spec.features(np.asarray(data.conditions if data.conditions is not None
-                                                         else np.zeros((len(data), 0)), dtype=np.float64))
-        return data, params
-
     def _inputs(self, data: ShowerData, params: np.ndarray, which: str, with_z: bool = False):
         einc = torch.as_tensor(np.asarray(data.incident_energies, dtype=np.float32))
         par = torch.as_tensor(params, dtype=torch.float32)
@@ -273,7 +262,7 @@ class CaloFlow(Generator):
     def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
                    progress: bool, ctx: DistContext) -> dict:
         """Train flow-I and the flow-II teacher, saving to ``out_dir`` after each."""
-        data, params = self._training_arrays(data)
+        data, params = self.training_arrays(data)
         self.to(ctx.device(device))
         if self._unit is None or not resume:
             self.fit_constants(data, seed=int(self.cfg.flow1_train.get("seed", 0)))
@@ -296,26 +285,15 @@ class CaloFlow(Generator):
         """Train the IAF student of flow-II from the trained teacher (probability density distillation)."""
         if not self.trained["teacher"]:
             raise ModelDirError(f"{out_dir}: the flow-II teacher is not trained yet; run 'caloflows train caloflow' first")
-        data, params = self._training_arrays(data)
+        data, params = self.training_arrays(data)
         self.to(ctx.device(device))
-        if epochs is not None:
-            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
-        self.teacher.eval()
-        resuming = resume and (out_dir / "checkpoints" / "flow2_student_last.pt").exists()
-        if self.cfg.student_from_teacher and not resuming:
-            F.init_student_from_teacher(self.student, self.teacher)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        try:
-            obj = F.DistillationObjective(self.teacher, self.student, self.cfg.distill_intermediate)
-            src = ArraySource(np.asarray(data.showers, dtype=np.float32))
-            r = self.train_network("student", obj, src, self._inputs(data, params, "flow2", with_z=True), out_dir,
-                                   self.cfg.student_train, ctx, progress=progress, resume=resume,
-                                   params=list(self.student.parameters()), checkpoint="flow2_student")
-        finally:
-            for p in self.teacher.parameters():
-                p.requires_grad_(True)
-        return {"student": r}
+        self.with_student_epochs(epochs)
+        warm = (lambda: F.init_student_from_teacher(self.student, self.teacher)) if self.cfg.student_from_teacher else None
+        return {"student": self.train_student(
+            "student", self.teacher, self.student, ArraySource(np.asarray(data.showers, dtype=np.float32)),
+            self._inputs(data, params, "flow2", with_z=True), out_dir, self.cfg.student_train, ctx,
+            intermediate=self.cfg.distill_intermediate, warm_start=warm, progress=progress, resume=resume,
+            checkpoint="flow2_student")}
 
     # ------------------------------------------------------------------ sampling
     def decode_flow1(self, y: Tensor, einc: Tensor) -> tuple[Tensor, Tensor]:

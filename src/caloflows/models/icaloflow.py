@@ -304,23 +304,11 @@ class ICaloFlow(EnergyFlowModel, Generator):
                 raise ModelDirError(f"{out_dir}: the {name} flow is not trained yet; run 'caloflows train icaloflow' first")
         t = self.training_showers(data)
         self.to(ctx.device(device))
-        if epochs is not None:
-            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
-        summary = {}
-        for which in (2, 3):
-            teacher, student = self.flows[f"teacher{which}"], self.flows[f"student{which}"]
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            obj = _DistillObjective(teacher, student, self.cfg.distill_intermediate)
-            try:
-                summary[f"student{which}"] = self.train_network(
-                    f"student{which}", obj, t.source(which), self._data_inputs(t, which, True), out_dir,
-                    self.cfg.student_train, ctx, progress=progress, resume=resume, params=list(student.parameters()))
-            finally:
-                for p in teacher.parameters():
-                    p.requires_grad_(True)
-        return summary
+        self.with_student_epochs(epochs)
+        return {f"student{w}": self.train_student(
+            f"student{w}", self.flows[f"teacher{w}"], self.flows[f"student{w}"], t.source(w),
+            self._data_inputs(t, w, True), out_dir, self.cfg.student_train, ctx,
+            intermediate=self.cfg.distill_intermediate, progress=progress, resume=resume) for w in (2, 3)}
 
     # ------------------------------------------------------------------ sampling
     def _flow(self, which: int, student: bool) -> ConditionalFlow:
@@ -389,15 +377,3 @@ class ICaloFlow(EnergyFlowModel, Generator):
                 lp = lp + f3(y, self.context3(yp, E[:, i], E[:, i - 1], einc, lay, params))
                 yp = y
         return lp
-
-
-class _DistillObjective(nn.Module):
-    """Teacher + student :class:`ConditionalFlow` pair whose ``-forward(...)`` per row is the
-    distillation loss (:class:`caloflows.flows.DistillationObjective` on the inner flows)."""
-
-    def __init__(self, teacher: ConditionalFlow, student: ConditionalFlow, intermediate: bool) -> None:
-        super().__init__()
-        self.teacher, self.student, self.intermediate = teacher, student, intermediate
-
-    def forward(self, y: Tensor, c: Tensor, z: Tensor) -> Tensor:
-        return -F.distillation_loss(self.teacher.flow, self.student.flow, y, c, z, self.intermediate, reduce=False)

@@ -73,7 +73,7 @@ from .. import preprocessing as P
 from ..conditions import ConditionsWarning, scale_condition
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
-from ..io import ShowerData, read_showers
+from ..io import ShowerData
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
@@ -238,16 +238,6 @@ class ParaFlow(Generator):
         self._std = P.Standardize.fit(y.numpy())
 
     # ------------------------------------------------------------------ training
-    def _training_arrays(self, data: "ShowerData | str | Path") -> tuple[ShowerData, np.ndarray]:
-        if not isinstance(data, ShowerData):
-            data = read_showers(data, geometry=self.geometry)
-        self.geometry.check_showers(data.showers, "training showers")
-        self.training_conditions(data)
-        if len(data) < 10:
-            raise UsageError(f"need at least 10 training showers, got {len(data)}")
-        vals = data.conditions if data.conditions is not None else np.zeros((len(data), 0))
-        return data, np.asarray(self.condition_spec.features(np.asarray(vals, dtype=np.float64)))
-
     def _inputs(self, data: ShowerData, params: np.ndarray, with_z: bool = False):
         einc64 = np.asarray(data.incident_energies, dtype=np.float64)
         einc = torch.as_tensor(einc64, dtype=torch.float32)
@@ -263,7 +253,7 @@ class ParaFlow(Generator):
     def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
                    progress: bool, ctx: DistContext) -> dict:
         """Train the MAF teacher (paper sec. 3), saving the model directory to ``out_dir``."""
-        data, params = self._training_arrays(data)
+        data, params = self.training_arrays(data)
         self.to(ctx.device(device))
         if self._std is None or not resume:
             self.fit_constants(data, seed=int(self.cfg.flow_train.get("seed", 0)))
@@ -287,26 +277,15 @@ class ParaFlow(Generator):
         """Train the IAF student from the trained teacher (CaloFlow II, arXiv:2110.11377, sec. 3)."""
         if not self.trained["teacher"]:
             raise ModelDirError(f"{out_dir}: the ParaFlow teacher is not trained yet; run 'caloflows train paraflow' first")
-        data, params = self._training_arrays(data)
+        data, params = self.training_arrays(data)
         self.to(ctx.device(device))
-        if epochs is not None:
-            self.cfg = self.cfg.override([f"student_train.epochs={int(epochs)}"])
-        self.teacher.eval()
-        resuming = resume and (out_dir / "checkpoints" / "student_last.pt").exists()
-        if self.cfg.student_from_teacher and not resuming:
-            self.warm_start_student()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        try:
-            obj = F.DistillationObjective(self.teacher, self.student, self.cfg.distill_intermediate)
-            src = ArraySource(np.asarray(data.showers, dtype=np.float32))
-            r = self.train_network("student", obj, src, self._inputs(data, params, with_z=True), out_dir,
-                                   self.cfg.student_train, ctx, progress=progress, resume=resume,
-                                   params=list(self.student.parameters()))
-        finally:
-            for p in self.teacher.parameters():
-                p.requires_grad_(True)
-        return {"student": r}
+        self.with_student_epochs(epochs)
+        return {"student": self.train_student(
+            "student", self.teacher, self.student, ArraySource(np.asarray(data.showers, dtype=np.float32)),
+            self._inputs(data, params, with_z=True), out_dir, self.cfg.student_train, ctx,
+            intermediate=self.cfg.distill_intermediate,
+            warm_start=self.warm_start_student if self.cfg.student_from_teacher else None,
+            progress=progress, resume=resume)}
 
     # ------------------------------------------------------------------ sampling
     def _flow(self, variant: str | None) -> nn.Module:
