@@ -200,19 +200,25 @@ def make_physics(g4, cut_mm: float):
     return Physics()
 
 
+def particle_gun(g4, particle: str):
+    """A ``G4ParticleGun`` of one ``particle`` travelling along +z (both detectors use it)."""
+    gun = g4.G4ParticleGun(1)
+    pdef = g4.G4ParticleTable.GetParticleTable().FindParticle(particle)
+    if pdef is None:
+        raise ValueError(f"unknown Geant4 particle {particle!r}")
+    gun.SetParticleDefinition(pdef)
+    gun.SetParticleMomentumDirection(g4.G4ThreeVector(0, 0, 1))
+    return gun
+
+
 def _make_gun(g4, particle: str):
     class Gun(g4.G4VUserPrimaryGeneratorAction):
         """Particle at (0,0,0) along +z; reseeds the engine so event k depends only on its seed."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.gun = g4.G4ParticleGun(1)
-            pdef = g4.G4ParticleTable.GetParticleTable().FindParticle(particle)
-            if pdef is None:
-                raise ValueError(f"unknown Geant4 particle {particle!r}")
-            self.gun.SetParticleDefinition(pdef)
+            self.gun = particle_gun(g4, particle)
             self.gun.SetParticlePosition(g4.G4ThreeVector(0, 0, 0))
-            self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(0, 0, 1))
             self.energy_mev = 1000.0
             self.seed = 1
 

@@ -387,12 +387,9 @@ def _make_gun(g4, particle: str):
 
         def __init__(self) -> None:
             super().__init__()
-            self.gun = g4.G4ParticleGun(1)
-            pdef = g4.G4ParticleTable.GetParticleTable().FindParticle(particle)
-            if pdef is None:
-                raise ValueError(f"unknown Geant4 particle {particle!r}")
-            self.gun.SetParticleDefinition(pdef)
-            self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(0, 0, 1))
+            from .par04 import particle_gun
+
+            self.gun = particle_gun(g4, particle)
             self.energy_mev, self.seed, self.xy = 1000.0, 1, (0.0, 0.0)
 
         def GeneratePrimaries(self, event) -> None:  # noqa: N802
