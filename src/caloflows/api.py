@@ -74,7 +74,8 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
           preset: str = "quick", epochs: int | None = None, seed: int | None = None,
           overrides: Sequence[str] | None = None, device: str = "cpu", resume: bool = False,
           force: bool = False, progress: bool = True, options: Mapping[str, Any] | None = None) -> dict:
-    """Train a generator of family ``kind`` (``caloflow``, ``l2lflows``, ``icaloflow``) on ``data``.
+    """Train a generator of family ``kind`` (one of :data:`caloflows.models.FAMILIES`: ``caloflow``,
+    ``l2lflows``, ``icaloflow``, ``supercalo``, ``paraflow``) on ``data``.
 
     The settings (preset, ``epochs`` for every network, ``seed`` for initialisation, split,
     shuffling and noise, ``overrides`` as ``KEY=VALUE``) are validated before any work; the
