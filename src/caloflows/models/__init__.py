@@ -87,10 +87,6 @@ FAMILIES: dict[str, Family] = {
         "distill an IAF student afterwards"),
 }
 
-#: kind -> module path (kept for code that listed the modules)
-MODELS: dict[str, str] = {k: f.path.split(":")[0] for k, f in FAMILIES.items()}
-
-
 def family(kind: str) -> Family:
     """The registry entry of ``kind`` (UsageError naming the known kinds otherwise)."""
     if kind not in FAMILIES:

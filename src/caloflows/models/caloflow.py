@@ -191,14 +191,10 @@ class CaloFlow(Generator):
         out = torch.zeros(x.shape[0], self.geometry.n_layers, dtype=x.dtype, device=x.device)
         return out.index_add_(1, self._layer_index.to(x.device), x)
 
-    @staticmethod
-    def _noise(x: Tensor, kev: float, generator: torch.Generator | None) -> Tensor:
-        return x + kev * P.KEV * torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-
     def flow1_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit unit-space layer energies, condition) for flow-I."""
-        x = self._noise(showers, self.cfg.flow1_noise_kev, generator) if noise else showers
+        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV, generator) if noise else showers
         u = self.unit.forward(self._layer_sums(x), einc).clamp(0.0, 1.0)
         y = self.std1.forward(self.logit.forward(u))
         return y, self.flow1_context(einc, params)
@@ -206,7 +202,7 @@ class CaloFlow(Generator):
     def flow2_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit layer-normalised voxels, conditions) for flow-II."""
-        x = self._noise(showers, self.cfg.flow2_noise_kev, generator) if noise else showers
+        x = P.add_uniform_noise(showers, self.cfg.flow2_noise_kev * P.KEV, generator) if noise else showers
         E = self._layer_sums(x)
         frac = x / E.clamp_min(1e-30)[:, self._layer_index.to(x.device)]
         y = self.std2.forward(self.logit.forward(frac.clamp(0.0, 1.0)))
@@ -237,10 +233,10 @@ class CaloFlow(Generator):
         sh_t = torch.as_tensor(sh[sel])
         e_t = torch.as_tensor(einc[sel])
         gen = torch.Generator().manual_seed(seed)
-        x1 = self._noise(sh_t, self.cfg.flow1_noise_kev, gen)
+        x1 = P.add_uniform_noise(sh_t, self.cfg.flow1_noise_kev * P.KEV, gen)
         u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
         self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
-        x2 = self._noise(sh_t, self.cfg.flow2_noise_kev, gen)
+        x2 = P.add_uniform_noise(sh_t, self.cfg.flow2_noise_kev * P.KEV, gen)
         E = self._layer_sums(x2)
         frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
         self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
