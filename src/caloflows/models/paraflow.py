@@ -16,8 +16,10 @@ one layer of 128 voxels; any geometry with at least two voxels works):
 * the flow: a MAF of 10 MADE blocks (two hidden layers of 196, ReLU -- zuko's default MADE
   activation) with rational-quadratic splines of 10 bins (Durkan et al. 1906.04032), random
   feature permutations between blocks; ~8 M parameters on 128 crystals;
-* training (sec. 3): Adam, LR 1e-3, batch 1000, cosine annealing with warm restarts (SGDR,
-  schedule ``cosine``), early stopping after 15 epochs without improvement.
+* training (sec. 3): Adam, LR 1e-3, batch 1000, cosine annealing with warm restarts (SGDR) whose
+  restart LR is halved after a validation plateau of 10 epochs (schedule ``cosine_plateau``,
+  :class:`caloflows.training.schedules.CosineRestartsOnPlateau`), early stopping after 15
+  epochs without improvement.
 
 Sampling: ``z ~ N(0, 1) -> y -> fraction = sigmoid-inverse of the logit -> E_inc * fraction``;
 crystals below ``zero_below_kev`` (default: the 20 keV noise ceiling, i.e. what the
@@ -36,10 +38,10 @@ Deviations from the paper, and why:
 
 * Standardisation after the logit: zuko's splines act on [-bound, bound] and are the identity
   outside, so raw logits of empty crystals (about -15) would bypass them (as in CaloFlow here).
-* The restart LR is not halved on a validation plateau of 10 epochs: the shared training loop
-  (:func:`caloflows.training.loop.fit_flow`) gives schedules no validation feedback.  The
-  ``full`` preset restarts every ``cycle_epochs`` = 10 epochs at ``max_lr`` = 1e-3 and anneals
-  to ``base_lr`` = 1e-5; early stopping (patience 15) is as in the paper.
+* The paper gives neither the cycle length nor the LR the cycles anneal to: the presets restart
+  every ``cycle_epochs`` = 10 epochs and anneal to ``base_lr`` = 1e-5.  A plateau counts the
+  epochs since the best validation loss or the last reduction (10 -> halve); the halved LR
+  takes effect at the next restart.
 * The paper applies no sampling cut; ``zero_below_kev`` (default 20 keV, the noise ceiling)
   removes the noise floor the flow learnt.  Set it to 0 to keep it.
 * The E_inc scaling uses MeV (the unit of the shower files): eq. 1's "+1" offset is unit
@@ -101,11 +103,11 @@ class ParaFlowConfig(FlowSettings):
     distill_intermediate: bool = True
     student_from_teacher: bool = True
     flow_train: dict = field(default_factory=lambda: asdict(TrainConfig(
-        epochs=500, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine", cycle_epochs=10,
-        val_fraction=1 / 7, patience=15)))
+        epochs=500, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine_plateau", cycle_epochs=10,
+        val_fraction=1 / 7, patience=15, restart_factor=0.5, restart_patience=10)))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(
-        epochs=100, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine", cycle_epochs=10,
-        val_fraction=1 / 7, patience=15)))
+        epochs=100, batch_size=1000, base_lr=1e-5, max_lr=1e-3, schedule="cosine_plateau", cycle_epochs=10,
+        val_fraction=1 / 7, patience=15, restart_factor=0.5, restart_patience=10)))
 
 
 def _full(g: Geometry) -> ParaFlowConfig:
@@ -120,8 +122,9 @@ def _quick(g: Geometry) -> ParaFlowConfig:
     # few distillation epochs suffice.
     return ParaFlowConfig(
         transforms=4, hidden=[64, 64], bins=8, student_hidden=[64, 64],
-        flow_train=asdict(TrainConfig(epochs=60, batch_size=128, base_lr=1e-5, max_lr=1e-3, schedule="cosine",
-                                      cycle_epochs=10, val_fraction=0.15, patience=15)),
+        flow_train=asdict(TrainConfig(epochs=60, batch_size=128, base_lr=1e-5, max_lr=1e-3, schedule="cosine_plateau",
+                                      cycle_epochs=10, val_fraction=0.15, patience=15, restart_factor=0.5,
+                                      restart_patience=10)),
         student_train=asdict(TrainConfig(epochs=6, batch_size=128, base_lr=1e-5, max_lr=5e-4, schedule="cosine",
                                          cycle_epochs=6, val_fraction=0.15, patience=None)),
     )

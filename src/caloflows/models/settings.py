@@ -50,8 +50,10 @@ _TRAIN_RULES: dict[str, tuple[type | tuple[type, ...], float | None, float | Non
     "seed": (int, 0, None, False),
     "grad_clip": (float, 1e-12, None, True),
     "weight_decay": (float, 0, None, False),
+    "restart_factor": (float, 1e-12, 1.0, False),
+    "restart_patience": (int, 1, None, False),
 }
-SCHEDULES = ("onecycle", "cyclic", "cosine", "constant")
+SCHEDULES = ("onecycle", "cyclic", "cosine", "cosine_plateau", "constant")
 
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:

@@ -6,7 +6,8 @@ sec. 2-3; L2LFlows appendix A; CaloFlow II distillation).
 batches from a :class:`BatchSource`:
 
 * a fixed train/validation split drawn from ``seed`` (CaloFlow: 70/30);
-* Adam with the per-batch LR schedules of :mod:`caloflows.training.schedules`;
+* Adam with the per-batch LR schedules of :mod:`caloflows.training.schedules` (``cosine_plateau``
+  also gets every epoch's validation loss: ParaFlow's restart LR halved on plateaus);
 * *counter-based randomness*: the shuffling depends only on ``(seed, epoch)`` and the noise of
   batch ``k`` of epoch ``e`` only on ``(seed, e, k)`` (:func:`batch_generator`), so a run killed
   at any moment (even ``kill -9``) and resumed from its last checkpoint continues exactly as the
@@ -94,6 +95,20 @@ class TrainConfig:  # validated by caloflows.models.settings.check_train_config
     seed: int = 0
     grad_clip: float | None = 10.0
     weight_decay: float = 0.0
+    #: ``cosine_plateau`` only: the restart LR is multiplied by ``restart_factor`` after
+    #: ``restart_patience`` epochs without a better validation loss (ParaFlow: 0.5 and 10)
+    restart_factor: float = 0.5
+    restart_patience: int = 10
+
+    def identity(self) -> dict:
+        """The settings a checkpoint must match to be resumed (the ``cosine_plateau`` entries
+        only for that schedule, so checkpoints of the other schedules from before they existed
+        still resume)."""
+        d = asdict(self)
+        if self.schedule != "cosine_plateau":
+            d.pop("restart_factor")
+            d.pop("restart_patience")
+        return d
 
 
 @dataclass
@@ -221,8 +236,9 @@ def fit_flow(
     model = ctx.wrap(module, device)
     opt = torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
     sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
-                           epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs)
-    cfg_json = json.dumps({**asdict(cfg), "world_size_independent": True}, sort_keys=True)
+                           epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs,
+                           restart_factor=cfg.restart_factor, restart_patience=cfg.restart_patience)
+    cfg_json = json.dumps({**cfg.identity(), "world_size_independent": True}, sort_keys=True)
     history: dict = new_history()
     best_val, best_epoch, bad, start, stopped = math.inf, 0, 0, 0, False
     if resume and last_path.exists():
@@ -284,6 +300,8 @@ def fit_flow(
         if cnt == 0:
             raise TrainingError(f"{name}: every batch of epoch {epoch} gave a non-finite loss (try a lower learning rate)")
         val = evaluate()
+        if hasattr(sched, "epoch_end"):  # cosine_plateau: before the checkpoint, which stores its counters
+            sched.epoch_end(val)
         record_epoch(history, epoch, tot / cnt, val, lr_used, time.time() - te, skipped)
         if val < best_val:
             best_val, best_epoch, bad = val, epoch, 0
