@@ -56,7 +56,7 @@ def test_presets_follow_the_paper_and_work_on_one_layer():
     full = ParaFlowConfig.preset("full", GEOMETRY)
     assert (full.transforms, list(full.hidden), full.bins, full.noise_kev) == (10, [196, 196], 10, 20.0)
     t = full.flow_train
-    assert (t["batch_size"], t["max_lr"], t["schedule"], t["patience"]) == (1000, 1e-3, "cosine", 15)
+    assert (t["batch_size"], t["max_lr"], t["schedule"], t["patience"]) == (1000, 1e-3, "cosine_plateau", 15)
     spec = ConditionSpec(("d", "b"), (0.5, 50.0), (1.5, 90.0), "log")
     n = ParaFlow(GEOMETRY, full, spec).parameter_counts()["teacher"]
     assert 7.5e6 < n < 8.5e6  # paper sec. 3: "approximately 8 million parameters"
