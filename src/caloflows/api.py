@@ -31,7 +31,7 @@ from .conditions import Conditions, draw_conditions, parse_condition_args
 from .errors import ConditionsError, ShowerFileError, UsageError
 from .geometry import load_geometry
 
-__all__ = ["simulate", "train", "distill", "generate", "evaluate", "generation_conditions"]
+__all__ = ["simulate", "train", "training_data", "distill", "generate", "evaluate", "generation_conditions"]
 
 
 def simulate(geometry: str | Sequence[str] | None, particle: str | None, energy: str | None, n: int, out: str, *,
@@ -70,10 +70,48 @@ def simulate(geometry: str | Sequence[str] | None, particle: str | None, energy:
                           jobs=jobs, progress=progress, force=force))
 
 
+def training_data(data: str | os.PathLike[str], bands: Sequence[Any], geometry: Any = None,
+                  chunk_size: int = 10_000) -> tuple["str | os.PathLike[str] | Any", int, int]:
+    """The training showers of ``data`` without those inside any of ``bands``
+    (:class:`caloflows.conditions.Band`): ``(data, n_kept, n_file)``.
+
+    Without bands ``data`` (the path) is returned as it is (families stream big files); with
+    bands the kept showers are read in chunks into one in-memory :class:`~caloflows.io.ShowerData`.
+    A band on a condition the file lacks, or bands that remove every shower, raise
+    :class:`~caloflows.errors.ConditionsError` before any showers are read.
+
+    Example:
+        >>> from caloflows.conditions import parse_bands
+        >>> data, kept, total = training_data("pf.h5", parse_bands(["d=0.9:1.1"]))   # doctest: +SKIP
+    """
+    from .conditions import in_bands
+    from .io import ShowerData, iter_showers, read_conditions
+
+    names, vals = read_conditions(data)
+    if not bands:
+        return data, len(vals), len(vals)
+    drop = in_bands(names, vals, bands, where=str(data))
+    text = " ".join(f"--exclude {b.text}" for b in bands)
+    if drop.all():
+        raise ConditionsError(f"{text}: removes all {len(vals)} showers of {data}; nothing left to train on")
+    parts = []
+    for a, blk in zip(range(0, len(vals), chunk_size), iter_showers(data, chunk_size, geometry)):
+        keep = ~drop[a:a + len(blk)]
+        if keep.any():
+            parts.append(blk.subset(np.flatnonzero(keep)))
+    first = parts[0]
+    kept = ShowerData(np.concatenate([p.incident_energies for p in parts]), np.concatenate([p.showers for p in parts]),
+                      np.concatenate([p.conditions for p in parts]) if first.conditions is not None else None,
+                      first.condition_names, {**first.attrs, "excluded": "; ".join(b.text for b in bands)},
+                      first.condition_units)
+    return kept, len(kept), len(vals)
+
+
 def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], *, geometry: str,
           preset: str = "quick", epochs: int | None = None, seed: int | None = None,
           overrides: Sequence[str] | None = None, device: str = "cpu", resume: bool = False,
-          force: bool = False, progress: bool = True, options: Mapping[str, Any] | None = None) -> dict:
+          force: bool = False, progress: bool = True, options: Mapping[str, Any] | None = None,
+          exclude: Sequence[str] | None = None) -> dict:
     """Train a generator of family ``kind`` (one of :data:`caloflows.models.FAMILIES`: ``caloflow``,
     ``l2lflows``, ``icaloflow``, ``supercalo``, ``paraflow``) on ``data``.
 
@@ -84,10 +122,18 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     (replace only the files a model writes; :func:`caloflows.outputs.check_model_dir`).
     Under ``torchrun`` every process takes a share of each batch (DDP).  Returns a summary.
 
+    ``exclude`` (``["d=0.9:1.1"]``, any named condition of the file, closed intervals, a row is
+    dropped if it lies in any band) holds showers out of training: the interpolation test.  The
+    bands are recorded in ``config.json`` (``conditions.excluded``), applied again on ``resume``
+    and by :func:`distill`; the kept showers are read into memory.
+
     Example:
         >>> train("caloflow", "train.h5", "model", geometry="ds2-coarse", seed=3)   # doctest: +SKIP
+        >>> train("paraflow", "pf.h5", "pf_model", geometry="paraflow-8x16", exclude=["d=0.9:1.1"])  # doctest: +SKIP
     """
-    from .conditions import ConditionSpec
+    from dataclasses import replace
+
+    from .conditions import ConditionSpec, parse_bands
     from .io import read_conditions, require_energy
     from .models import family
     from .outputs import check_model_dir, clear_model_dir
@@ -99,6 +145,9 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     if epochs is not None and epochs < 1:
         raise UsageError("--epochs must be at least 1")
     opts = dict(options or {})
+    bands = parse_bands(exclude)
+    if bands and opts.get("gather"):
+        raise UsageError("--exclude applies to training, not to --gather")
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks and clears --out
     if main_rank:
         check_model_dir(out, [data, *(opts.get("gather") or [])], resume=resume, force=force)
@@ -120,11 +169,19 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
         model = G.load(out, geometry=g, **({"require_complete": False} if kind == "l2lflows" else {}))  # type: ignore[arg-type]
         cfg = model.cfg
         spec = model.condition_spec
+        if exclude is not None and bands != spec.excluded:
+            had = " ".join(b.text for b in spec.excluded) or "none"
+            raise ConditionsError(f"--exclude {' '.join(b.text for b in bands) or '(none)'}: {out} was trained with "
+                                  f"excluded bands {had}; resume with the same bands (or leave --exclude out)")
+        bands = spec.excluded
+        train_data, n_kept, n_file = training_data(data, bands, g)
     else:
         cfg = G.Config.preset(preset, g)
-        names, vals = read_conditions(data)
+        train_data, n_kept, n_file = training_data(data, bands, g)
+        names, vals = read_conditions(train_data)
         spec = ConditionSpec.fit(Conditions(np.ones(len(vals)), vals, names), G.condition_scaling) \
             if names else ConditionSpec()
+        spec = replace(spec, excluded=bands)
     if not (existing and resume):
         d: dict[str, Any] = {}
         if epochs is not None:
@@ -145,11 +202,13 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     ctx = init_from_env()
     t0 = time.time()
     try:
-        summary = model.fit(data, out, stage="train", resume=resume, device=device, progress=progress, ctx=ctx,
+        summary = model.fit(train_data, out, stage="train", resume=resume, device=device, progress=progress, ctx=ctx,
                             **fit_kw)
     finally:
         ctx.shutdown()
     summary["seconds_total"] = time.time() - t0
+    if bands:
+        summary["excluded"] = {"bands": [b.text for b in bands], "showers_used": n_kept, "showers_in_file": n_file}
     return summary
 
 
@@ -157,7 +216,8 @@ def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, 
             device: str = "cpu", resume: bool = False, force: bool = False, progress: bool = True) -> dict:
     """Distill the fast IAF student(s) of a trained teacher model (CaloFlow II, arXiv:2110.11377).
 
-    An existing student is refused unless ``resume`` or ``force`` (replace it).
+    An existing student is refused unless ``resume`` or ``force`` (replace it).  Condition bands
+    the teacher was trained without (``train(exclude=...)``) are left out of ``data`` here too.
 
     Example:
         >>> distill("model", "train.h5", epochs=8)   # doctest: +SKIP
@@ -172,10 +232,12 @@ def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, 
     model = load_model(model_dir)
     if "distill" not in model.stages:
         raise UsageError(f"{model_dir}: a {model.kind!r} model has no student to distill")
+    # the bands the teacher was trained without (config.json) are held out of distillation too
+    train_data, _, _ = training_data(data, model.condition_spec.excluded, model.geometry)
     ctx = init_from_env()
     try:
-        return model.fit(data, model_dir, stage="distill", resume=resume, device=device, progress=progress, ctx=ctx,
-                         epochs=epochs)
+        return model.fit(train_data, model_dir, stage="distill", resume=resume, device=device, progress=progress,
+                         ctx=ctx, epochs=epochs)
     finally:
         ctx.shutdown()
 

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import ConditionsError
 
 __all__ = ["Conditions", "ConditionSpec", "ConditionsWarning", "parse_condition_args", "to_unit_interval",
-           "from_unit_interval", "scale_condition", "unscale_condition"]
+           "from_unit_interval", "scale_condition", "unscale_condition", "Band", "parse_bands", "in_bands"]
 
 
 class ConditionsWarning(UserWarning):
@@ -135,6 +135,56 @@ class Conditions:
 
 
 @dataclass(frozen=True)
+class Band:
+    """A closed interval ``[low, high]`` of one named condition held out of training: the
+    interpolation test of issue 12 (beyond ``paraflow.txt``, which trains on the full ranges):
+    train without d in [0.9, 1.1] X0, then compare with Geant4 simulated inside the band.
+
+    >>> Band("d", 0.9, 1.1).text
+    'd=0.9:1.1'
+    """
+
+    name: str
+    low: float
+    high: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}={self.low:g}:{self.high:g}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "low": self.low, "high": self.high}
+
+
+def parse_bands(items: Sequence[str] | None) -> tuple[Band, ...]:
+    """``["d=0.9:1.1"]`` -> (Band("d", 0.9, 1.1),); ``NAME=VALUE`` holds out that one value.
+
+    Raises :class:`~caloflows.errors.ConditionsError` naming the bad item.
+    """
+    return tuple(Band(n, lo, hi) for n, (lo, hi) in parse_condition_args(items).items())
+
+
+def in_bands(names: Sequence[str], values: np.ndarray, bands: Sequence[Band], where: str = "data") -> np.ndarray:
+    """Boolean (N,): rows whose value of any band's condition lies inside that band (closed).
+
+    A band naming a condition the data lacks raises :class:`~caloflows.errors.ConditionsError`.
+
+    >>> in_bands(("d", "b"), np.array([[0.8, 60.0], [1.0, 70.0]]), [Band("d", 0.9, 1.1)]).tolist()
+    [False, True]
+    """
+    names = tuple(names)
+    v = np.asarray(values, dtype=np.float64).reshape(-1, len(names)) if names else np.zeros((len(values), 0))
+    out = np.zeros(len(v), dtype=bool)
+    for b in bands:
+        if b.name not in names:
+            raise ConditionsError(f"--exclude {b.text}: {where} has no condition {b.name!r} "
+                                  f"(it has {list(names) or 'E_inc only'})")
+        col = v[:, names.index(b.name)]
+        out |= (col >= b.low) & (col <= b.high)
+    return out
+
+
+@dataclass(frozen=True)
 class ConditionSpec:
     """The detector parameters a model was trained with: names and training ranges.
 
@@ -148,6 +198,8 @@ class ConditionSpec:
     high: tuple[float, ...] = ()
     #: ``linear`` (default) or ``log`` (ParaFlow eq. 1, :func:`scale_condition`)
     scaling: str = "linear"
+    #: bands of the conditions held out of the training data (``caloflows train --exclude``)
+    excluded: tuple[Band, ...] = ()
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.low) == len(self.high)):
@@ -167,7 +219,10 @@ class ConditionSpec:
         return cls(conditions.names, tuple(float(x) for x in lo), tuple(float(x) for x in hi), scaling)
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "low": list(self.low), "high": list(self.high), "scaling": self.scaling}
+        d = {"names": list(self.names), "low": list(self.low), "high": list(self.high), "scaling": self.scaling}
+        if self.excluded:
+            d["excluded"] = [b.to_dict() for b in self.excluded]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "ConditionSpec":
@@ -175,7 +230,8 @@ class ConditionSpec:
             return cls()
         try:
             return cls(tuple(d["names"]), tuple(float(x) for x in d["low"]), tuple(float(x) for x in d["high"]),
-                       str(d.get("scaling", "linear")))
+                       str(d.get("scaling", "linear")),
+                       tuple(Band(str(b["name"]), float(b["low"]), float(b["high"])) for b in d.get("excluded", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConditionsError(f"malformed condition spec {dict(d)!r} ({exc})") from None
 

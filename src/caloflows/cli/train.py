@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
         mp.add_argument("--force", action="store_true",
                         help="replace the model files of an existing --out (other files are kept)")
         mp.add_argument("--seed", type=int, help="seed of the initialisation, data split, shuffling and noise")
+        mp.add_argument("--exclude", action="append", metavar="NAME=LOW:HIGH",
+                        help="hold out the training showers with condition NAME in [LOW, HIGH] (interpolation "
+                             "test; recorded in config.json and applied by distill; repeatable: any band)")
         mp.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override one setting, e.g. flow2_hidden=128 or flow2_train.batch_size=500 (repeatable)")
         for o in fam.options:
@@ -48,7 +51,7 @@ def run(args: Any) -> int:
     t0 = time.time()
     summary = train(args.model, args.data, args.out, geometry=args.geometry, preset=args.preset, epochs=args.epochs,
                     seed=args.seed, overrides=args.set, device=args.device, resume=args.resume, force=args.force,
-                    options={k: getattr(args, k) for k in args.family_options})
+                    options={k: getattr(args, k) for k in args.family_options}, exclude=args.exclude)
     print(f"trained {args.model} model in {time.time() - t0:.0f} s -> {args.out}")
     print(json.dumps(summary, indent=1, default=str))
     return 0
