@@ -86,9 +86,8 @@ def _stage_done(model_dir: Path, stage: str) -> bool:
 
 def run(args: Any) -> int:
     from .. import api
-    from .evaluate import summary_lines
-
     from ..errors import UsageError
+    from .evaluate import summary_lines
 
     cfg = dict(PRESETS[args.preset])
     for key in ("n_train", "n_reference", "n_band", "epochs"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,7 @@ def run_paraflow(args: Any, cfg: dict) -> int:
     for name, path, n, seed, cond in (("simulate training set", train, cfg["n_train"], 1, full_range),
                                       ("simulate held-out reference", ref, cfg["n_reference"], 2, full_range),
                                       (f"simulate held-out band {BAND}", band, cfg["n_band"], 3, [BAND, "b=50:90"])):
-        _step(name, lambda path=path, n=n, seed=seed, cond=cond: api.simulate(n=n, out=str(path), seed=seed,
-                                                                              conditions=cond, **sim),
+        _step(name, partial(api.simulate, n=n, out=str(path), seed=seed, conditions=cond, **sim),
               path.exists() and not force, log)
     resume = (model / "config.json").exists() and not force
     epochs = cfg.get("epochs")
@@ -98,9 +98,8 @@ def run_paraflow(args: Any, cfg: dict) -> int:
           _stage_done(model, "distill") and not force, log)
     for name, out, src in (("generate at the held-out (E_inc, d, b)", gen_ref, ref),
                            ("generate in the band", gen_band, band)):
-        _step(name, lambda out=out, src=src: api.generate(str(model), str(out), energies_from=str(src),
-                                                          variant="student", device=args.device, force=force,
-                                                          seed=cfg["seed"], progress=False),
+        _step(name, partial(api.generate, str(model), str(out), energies_from=str(src), variant="student",
+                            device=args.device, force=force, seed=cfg["seed"], progress=False),
               out.exists() and not force, log)
     trend: list = []
     _step("generate on the (d, b) diagonal", lambda: trend.extend(_grid_trend(model, cfg["n_grid"], cfg["seed"])),
