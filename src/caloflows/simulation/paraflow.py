@@ -22,8 +22,15 @@ CHOICES NOT FIXED BY THE PAPER (recorded in every file):
 * the crystals abut without gaps or wrapping, so the matrix is built as one PbWO4 block
   (identical physics, much cheaper navigation) read out per crystal: every step's
   energy is scored at the step midpoint and summed into the crystal that contains it;
-* physics: ``G4EmStandardPhysics_option1`` (electromagnetic only, as for Par04), production
-  cut 0.7 mm; no noise, no digitisation, no threshold (paper sec. 2).
+* physics: ``G4EmStandardPhysics_option1`` (electromagnetic only, as for Par04), the production
+  cut and the field-propagation accuracy of :data:`DEFAULT_G4` (:class:`G4Settings`; set with
+  ``/run/setCut``: the physics list's ``SetDefaultCutValue`` does not reach the kernel through
+  geant4_pybind, so files written before this fix used Geant4's 1 mm default although their
+  attributes said 0.7 mm); no noise, no digitisation, no threshold (paper sec. 2).
+* speed (``benchmarks/bench_paraflow_g4_speed.py``): > 99.7 % of the Geant4 steps of a shower
+  are in the PbWO4 (the plate, the world and the field outside the crystals cost < 0.2 % of
+  the time); switching the field off saves ~10 % of the CPU time; the production cut sets the
+  number of charged steps.
 
 Geant4 allows one run manager per process (see :mod:`.runner`): :class:`ParaflowSimulation`
 must live in its own spawned worker; :func:`simulate_paraflow` runs and merges them.
@@ -53,6 +60,8 @@ from .energies import EnergySpec, parse_energy, shower_energies_mev, shower_seed
 
 __all__ = [
     "ParaflowSimulation",
+    "G4Settings",
+    "DEFAULT_G4",
     "ConditionRange",
     "parse_conditions",
     "shower_conditions",
@@ -84,7 +93,7 @@ WINDOW_ROWS, WINDOW_COLS = 16, 8
 #: condition names, units and default ranges (paper sec. 2)
 CONDITION_UNITS = {"d": "X0", "b": "cm"}
 DEFAULT_CONDITIONS = {"d": (0.5, 1.5), "b": (50.0, 90.0)}
-PHYSICS_LIST = "G4EmStandardPhysics_option1 (EM only), production cut 0.7 mm"
+PHYSICS_LIST = "G4EmStandardPhysics_option1 (EM only)"
 #: elements of the detector: H (vacuum), O, W, Pb (PbWO4), Fe
 PARAFLOW_Z = (1, 8, 26, 74, 82)
 #: uniform-number streams of :func:`.energies.shower_uniforms`
@@ -233,6 +242,52 @@ def crop_window(images: np.ndarray, rows: int = WINDOW_ROWS, cols: int = WINDOW_
 
 
 # ------------------------------------------------------------------ Geant4
+@dataclass(frozen=True)
+class G4Settings:
+    """Geant4 tracking settings of the ParaFlow detector that the paper does not fix.
+
+    Attributes:
+        production_cut_mm: range cut for gamma, e-, e+ (all volumes).
+        delta_chord_mm: maximum sagitta of a chord of a curved track in the field
+            (``G4ChordFinder::SetDeltaChord``); None: Geant4's default (0.25 mm).
+        delta_one_step_mm, delta_intersection_mm: accuracy of the field integration per step and
+            of the boundary intersection (``G4FieldManager``); None: Geant4's defaults (0.01 mm,
+            0.001 mm).
+        lowest_electron_kev: e+- below this kinetic energy stop and deposit it where they are
+            (``G4EmParameters::SetLowestElectronEnergy``); None: Geant4's default (1 keV).
+        world_min_ekin_mev: charged and neutral particles below this kinetic energy are killed
+            in the vacuum world only (``G4UserLimits`` on the world volume with
+            ``G4StepLimiterPhysics``); never in the plate or the crystals.  0: off.
+        field: the 4 T field (False only for profiling: not the paper's detector).
+    """
+
+    production_cut_mm: float = 0.7
+    delta_chord_mm: float | None = None
+    delta_one_step_mm: float | None = None
+    delta_intersection_mm: float | None = None
+    lowest_electron_kev: float | None = None
+    world_min_ekin_mev: float = 0.0
+    field: bool = True
+
+    def describe(self) -> str:
+        def d(v: float | None, default: str) -> str:
+            return default if v is None else f"{v:g} mm"
+
+        kill = (f"particles below {self.world_min_ekin_mev:g} MeV killed in the vacuum world (G4UserLimits)"
+                if self.world_min_ekin_mev > 0 else "no kinetic-energy cut in the world")
+        return (f"production cut {self.production_cut_mm:g} mm; field {'4 T' if self.field else 'OFF'}, delta chord "
+                f"{d(self.delta_chord_mm, '0.25 mm (default)')}, delta one step "
+                f"{d(self.delta_one_step_mm, '0.01 mm (default)')}, delta intersection "
+                f"{d(self.delta_intersection_mm, '0.001 mm (default)')}; lowest e+- energy "
+                f"{'1 keV (default)' if self.lowest_electron_kev is None else f'{self.lowest_electron_kev:g} keV'}; "
+                f"{kill}")
+
+
+#: the settings :func:`simulate_paraflow` uses (see the module docstring and the README for the
+#: speed measurement and the physics check behind them)
+DEFAULT_G4 = G4Settings()
+
+
 class ParaflowSimulation:
     """One Geant4 run manager with the ParaFlow detector; :meth:`shower` runs one photon.
 
@@ -240,19 +295,26 @@ class ParaflowSimulation:
     elements :data:`PARAFLOW_Z`).
     """
 
-    def __init__(self, particle: str = "gamma", production_cut_mm: float = 0.7, calorimeter: bool = True) -> None:
-        """``calorimeter=False`` replaces the PbWO4 by vacuum (no showers): a fast mode for
-        checking photon conversions in the plate."""
+    def __init__(self, particle: str = "gamma", settings: G4Settings | None = None, calorimeter: bool = True) -> None:
+        """``settings``: tracking settings (default :data:`DEFAULT_G4`).  ``calorimeter=False``
+        replaces the PbWO4 by vacuum (no showers): a fast mode for checking photon conversions
+        in the plate."""
         import geant4_pybind as g4
 
         from .par04 import make_physics
 
         self.g4 = g4
+        self.settings = st = settings or DEFAULT_G4
         self._conv: list[float] = []
         self._image = np.zeros(N_CRYSTALS * N_CRYSTALS)
         self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.SerialOnly)
-        self._det = _make_detector(g4, self._conv, calorimeter)
-        self._phys = make_physics(g4, production_cut_mm)
+        self._det = _make_detector(g4, self._conv, calorimeter, st)
+        self._phys = make_physics(g4, st.production_cut_mm)
+        if st.lowest_electron_kev is not None:
+            g4.G4EmParameters.Instance().SetLowestElectronEnergy(st.lowest_electron_kev * g4.keV)
+        if st.world_min_ekin_mev > 0:  # G4UserSpecialCuts, acting where G4UserLimits are set (the world)
+            self._limiter = g4.G4StepLimiterPhysics()
+            self._phys.RegisterPhysics(self._limiter)
         self.run_manager.SetUserInitialization(self._det)
         self.run_manager.SetUserInitialization(self._phys)
         self._gun = _make_gun(g4, particle)
@@ -263,6 +325,9 @@ class ParaflowSimulation:
         for cmd in ("/control/verbose 0", "/run/verbose 0", "/event/verbose 0", "/tracking/verbose 0",
                     "/process/verbose 0", "/process/em/verbose 0"):
             ui.ApplyCommand(cmd)
+        # the physics list's SetDefaultCutValue does not reach the kernel through geant4_pybind (the
+        # couples kept Geant4's 1 mm default: G4ProductionCutsTable DumpCouples); /run/setCut does
+        ui.ApplyCommand(f"/run/setCut {st.production_cut_mm:.12g} mm")
         self.run_manager.Initialize()
         self._plate: tuple[float | None, float | None] = (None, None)
         self.set_plate(1.0, 70.0)
@@ -293,7 +358,7 @@ class ParaflowSimulation:
         return img.copy(), (self._conv[0] if self._conv else None)
 
 
-def _make_detector(g4, conv: list, calorimeter: bool = True):
+def _make_detector(g4, conv: list, calorimeter: bool = True, settings: G4Settings = DEFAULT_G4):
     mm = g4.mm
 
     class PlateSD(g4.G4VSensitiveDetector):
@@ -320,6 +385,10 @@ def _make_detector(g4, conv: list, calorimeter: bool = True):
             half = 0.5 * N_CRYSTALS * CRYSTAL_MM * mm
             world_s = g4.G4Box("World", 600 * mm, 600 * mm, 1400 * mm)
             world_lv = g4.G4LogicalVolume(world_s, vac, "World")
+            if settings.world_min_ekin_mev > 0:  # applies to the world volume only, not to its daughters
+                big = float(np.finfo(np.float64).max)  # DBL_MAX: no step, track length or time limit
+                self.world_limits = g4.G4UserLimits(big, big, big, settings.world_min_ekin_mev * g4.MeV)
+                world_lv.SetUserLimits(self.world_limits)
             world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), world_lv, "World", None, False, 0, False)
             hz = 0.5 * CRYSTAL_LENGTH_MM * mm
             cell = CRYSTAL_MM * mm
@@ -353,10 +422,18 @@ def _make_detector(g4, conv: list, calorimeter: bool = True):
             self.psd = PlateSD("PlateSD")
             sdm.AddNewDetector(self.psd)
             self.SetSensitiveDetector(self.plate_lv, self.psd)
+            if not settings.field:
+                return
             self.field = g4.G4UniformMagField(g4.G4ThreeVector(FIELD_TESLA * g4.tesla, 0.0, 0.0))
             fm = g4.G4TransportationManager.GetTransportationManager().GetFieldManager()
             fm.SetDetectorField(self.field)
             fm.CreateChordFinder(self.field)
+            if settings.delta_chord_mm is not None:
+                fm.GetChordFinder().SetDeltaChord(settings.delta_chord_mm * mm)
+            if settings.delta_one_step_mm is not None:
+                fm.SetDeltaOneStep(settings.delta_one_step_mm * mm)
+            if settings.delta_intersection_mm is not None:
+                fm.SetDeltaIntersection(settings.delta_intersection_mm * mm)
 
     return Detector()
 
@@ -530,7 +607,7 @@ def simulate_paraflow(
             "Gaussian; uniform 4 T field along x everywhere; iron plate 1 x 1 m2, thickness d (X0 = 1.757 cm), centre "
             "at distance b from the face, one Geant4 run per shower; vacuum (G4_Galactic) world"
         ),
-        "physics_list": PHYSICS_LIST,
+        "physics_list": f"{PHYSICS_LIST}; {DEFAULT_G4.describe()}",
         **data.attrs(),
         "geant4_pybind_version": geant4_pybind_version(),
         "particle": particle,
@@ -561,22 +638,23 @@ def simulate_paraflow(
     return [out]
 
 
-def _raw_worker(particle, energies, seeds, conds, gun, env, calorimeter=True):
+def _raw_worker(particle, energies, seeds, conds, gun, env, calorimeter=True, settings=None):
     from .runner import _quiet_stdout
 
     _quiet_stdout()
     os.environ.update(env)
     t0 = time.perf_counter()
-    sim = ParaflowSimulation(particle, calorimeter=calorimeter)
+    sim = ParaflowSimulation(particle, settings=settings, calorimeter=calorimeter)
     init = time.perf_counter() - t0
-    imgs, zs, secs = [], [], []
+    imgs, zs, secs, cpu = [], [], [], []
     for e, s, c, g in zip(energies, seeds, conds, gun):
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.process_time()
         img, z = sim.shower(float(e), int(s), float(c[0]), float(c[1]), (float(g[0]), float(g[1])))
         secs.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - tc)
         imgs.append(img.astype(np.float32))
         zs.append(np.nan if z is None else z)
-    return np.stack(imgs), np.asarray(zs), np.asarray(secs), init
+    return np.stack(imgs), np.asarray(zs), np.asarray(secs), init, np.asarray(cpu)
 
 
 @dataclass
@@ -588,16 +666,20 @@ class RawParaflow:
     gun_xy_mm: np.ndarray
     images: np.ndarray  # (N, 24, 24) MeV
     conversion_z_mm: np.ndarray  # NaN: the primary did not convert in the plate
-    seconds: np.ndarray
+    seconds: np.ndarray  # wall time per shower
     init_seconds: float
     tables: str
+    cpu_seconds: np.ndarray | None = None  # CPU time of the worker process per shower (robust under load)
 
 
 def simulate_paraflow_raw(energies_mev, conditions, *, particle: str = "gamma", seed: int = 0,
-                          calorimeter: bool = True, cache_dir: str | os.PathLike | None = None) -> RawParaflow:
+                          calorimeter: bool = True, cache_dir: str | os.PathLike | None = None,
+                          settings: G4Settings | None = None, cpu: int | None = None) -> RawParaflow:
     """Simulate showers with given energies and (d, b) rows in one spawned worker; return the
     full images, conversion truth and per-shower Geant4 times (physics tests, benchmark).
-    ``calorimeter=False``: vacuum instead of PbWO4 (conversion checks only, no showers)."""
+    ``calorimeter=False``: vacuum instead of PbWO4 (conversion checks only, no showers);
+    ``settings``: Geant4 tracking settings (default :data:`DEFAULT_G4`); ``cpu``: pin the worker
+    to this core (timings)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from .g4data import configure_geant4_data
@@ -609,7 +691,10 @@ def simulate_paraflow_raw(energies_mev, conditions, *, particle: str = "gamma", 
     data = configure_geant4_data(cache_dir, elements=PARAFLOW_Z)
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
         try:
-            imgs, zs, secs, init = ex.submit(_raw_worker, particle, e, seeds, c, gun, dict(data.env), calorimeter).result()
+            if cpu is not None and hasattr(os, "sched_setaffinity"):
+                ex.submit(os.sched_setaffinity, 0, {int(cpu)}).result()
+            imgs, zs, secs, init, cpu_s = ex.submit(_raw_worker, particle, e, seeds, c, gun, dict(data.env), calorimeter,
+                                             settings).result()
         except Exception as exc:  # BrokenProcessPool when Geant4 aborts
             raise SimulationError(f"Geant4 worker failed: {exc}") from None
-    return RawParaflow(e, c, gun, imgs, zs, secs, float(init), data.tables)
+    return RawParaflow(e, c, gun, imgs, zs, secs, float(init), data.tables, cpu_s)
