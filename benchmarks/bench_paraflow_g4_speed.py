@@ -30,19 +30,20 @@ import numpy as np
 
 
 def _variants() -> dict:
-    from caloflows.simulation.paraflow import G4Settings
+    from caloflows.simulation.paraflow import DEFAULT_G4, G4Settings
 
     return {
-        "baseline": G4Settings(),
-        "cut_0.7mm": G4Settings(production_cut_mm=0.7),
-        "field_off (profiling only)": G4Settings(field=False),
+        "baseline": G4Settings(production_cut_mm=0.7),  # the cut the files' attributes used to state
+        "adopted (DEFAULT_G4)": DEFAULT_G4,
+        "field_off (profiling only)": G4Settings(production_cut_mm=0.7, field=False),
         "cut_1.0mm": G4Settings(production_cut_mm=1.0),
         "cut_2.0mm": G4Settings(production_cut_mm=2.0),
         "cut_5.0mm": G4Settings(production_cut_mm=5.0),
-        "field_accuracy_relaxed": G4Settings(delta_chord_mm=1.0, delta_one_step_mm=0.1, delta_intersection_mm=0.01),
-        "world_kill_1MeV": G4Settings(world_min_ekin_mev=1.0),
-        "world_kill_10MeV": G4Settings(world_min_ekin_mev=10.0),
-        "lowest_e_100keV": G4Settings(lowest_electron_kev=100.0),
+        "field_accuracy_relaxed": G4Settings(production_cut_mm=0.7, delta_chord_mm=1.0, delta_one_step_mm=0.1,
+                                             delta_intersection_mm=0.01),
+        "world_kill_1MeV": G4Settings(production_cut_mm=0.7, world_min_ekin_mev=1.0),
+        "world_kill_10MeV": G4Settings(production_cut_mm=0.7, world_min_ekin_mev=10.0),
+        "lowest_e_100keV": G4Settings(production_cut_mm=0.7, lowest_electron_kev=100.0),
         "combined": G4Settings(production_cut_mm=2.0, delta_chord_mm=1.0, delta_one_step_mm=0.1,
                                delta_intersection_mm=0.01, lowest_electron_kev=100.0),
     }
