@@ -34,8 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "classifier_epochs": 30, "metrics": "hist,corr,fpd,kpd,prdc,cls-low,cls-logit,cls-high"},
     "full": {"n_train": 70000, "n_reference": 30000, "energy": "pow2:1:64", "classifier_seeds": 5,
              "classifier_epochs": 50, "metrics": "all"},
-    # ParaFlow (caloflows.cli.demo_paraflow): 3200 Geant4 photons of 20-100 GeV at ~0.45 s each per
-    # worker on a free core (README) -> ~12 min with 2 workers; training + evaluation ~5 min
+    # ParaFlow (caloflows.cli.demo_paraflow): 3200 Geant4 photons of 20-100 GeV at 0.27-0.45 s each per
+    # worker on a free core (measured CPU time with the 2 mm cut / older unloaded wall time; README)
+    # -> 7-12 min with 2 workers; training, generation and evaluation ~4-6 min
     "paraflow-quick": {"n_train": 2000, "n_reference": 800, "n_band": 400, "n_grid": 500, "energy": "U:20:100",
                        "classifier_seeds": 1, "classifier_epochs": 30, "seed": 4,
                        "metrics": "paraflow,hist,cls-low,cls-high"},
