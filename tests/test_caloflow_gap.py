@@ -98,3 +98,25 @@ def test_gap_model_trains_samples_and_reloads(geometry, tmp_path):
     back = CaloFlow.load(tmp_path / "m")
     assert back.cfg.empty_voxel_noise_mev == 0.1
     np.testing.assert_array_equal(back.sample(inc[:40], seed=2, variant="teacher").showers, a)
+
+
+def test_empty_layers_are_dequantised_for_flow1_and_the_conditions(geometry):
+    inc, sh = toy_showers(geometry, 100, seed=2)
+    a, b = geometry.layer_offsets[2], geometry.layer_offsets[3]
+    sh[:50, a:b] = 0.0  # the last layer is empty in half of the showers
+    x = torch.as_tensor(sh, dtype=torch.float64)
+    t = 0.4
+    base, gap = _model(geometry), _model(geometry, empty_layer_noise_mev=t)
+    E0 = base.flow1_energies(x, generator=torch.Generator().manual_seed(0))
+    E1 = gap.flow1_energies(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(E1[50:], E0[50:])  # non-empty layers untouched
+    d = (E1 - E0)[:50, 2]
+    assert (d > 0).all() and (d < t).all() and d.std() > t / 10  # empty layers spread over (0, t)
+    torch.testing.assert_close(E1[:, :2], E0[:, :2])
+    # flow-II is conditioned on the same dequantised energies (what flow-I generates)
+    _, Ec = gap.flow2_fractions(x, generator=torch.Generator().manual_seed(0))
+    assert (Ec[:50, 2] > 1e-3 * 4).all() and (Ec[50:, 2] == E0[50:, 2]).all()
+    # the mid-point version (densities) sees an empty layer as t / 2 above its keV noise
+    mid = gap.flow1_energies(x + 0.5e-3, noise=False)
+    torch.testing.assert_close(mid[:50, 2] - base._layer_sums(x + 0.5e-3)[:50, 2], torch.full((50,), t / 2, dtype=torch.float64))
+    assert gap.generation_cut == t

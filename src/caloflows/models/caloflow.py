@@ -82,7 +82,8 @@ class CaloFlowConfig(FlowSettings):
     """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`FlowSettings`)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **FlowSettings.RANGES, "empty_voxel_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False)}
+        **FlowSettings.RANGES, "empty_voxel_noise_mev": (0, None, False),
+        "empty_layer_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False)}
 
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)
@@ -97,6 +98,8 @@ class CaloFlowConfig(FlowSettings):
     #: dequantisation of empty voxels (issue 15): flow-II sees an empty voxel as U(0, t) MeV
     #: (t = this value) instead of the 1 keV noise; 0 keeps the paper's preprocessing
     empty_voxel_noise_mev: float = 0.0
+    #: the same for empty layers in flow-I (and flow-II's conditions): E_i of an empty layer + U(0, t) MeV
+    empty_layer_noise_mev: float = 0.0
     #: generation cut (MeV) with threshold-aware renormalisation (L2LFlows eqs. B.8-B.9); None: the
     #: paper's renormalise-then-cut at the geometry threshold, or ``empty_voxel_noise_mev`` if that is set
     voxel_cut_mev: float | None = None
@@ -206,10 +209,28 @@ class CaloFlow(Generator):
     def flow1_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit unit-space layer energies, condition) for flow-I."""
-        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV, generator) if noise else showers
-        u = self.unit.forward(self._layer_sums(x), einc).clamp(0.0, 1.0)
+        u = self.unit.forward(self.flow1_energies(showers, noise, generator), einc).clamp(0.0, 1.0)
         y = self.std1.forward(self.logit.forward(u))
         return y, self.flow1_context(einc, params)
+
+    def flow1_energies(self, showers: Tensor, noise: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Layer energies flow-I learns: sums of the voxels with U(0, 1 keV) noise (the paper),
+        dequantised where a layer is empty; ``noise=False``: no noise (the caller puts it at its mid-point)."""
+        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV, generator) if noise else showers
+        return self._dequantise_layers(self._layer_sums(x), showers, noise, generator)
+
+    def _dequantise_layers(self, E: Tensor, showers: Tensor, noise: bool, generator: torch.Generator | None) -> Tensor:
+        """With ``empty_layer_noise_mev = t > 0``, an empty layer's energy becomes U(0, t) more than its
+        keV noise sum (issue 15: the spike of empty layers next to energies >= 1 MIP); the generation
+        cut (>= t) empties such layers again.  A layer at or below its keV noise sum counts as empty."""
+        t = self.cfg.empty_layer_noise_mev
+        if t <= 0:
+            return E
+        kev = max(self.cfg.flow1_noise_kev, self.cfg.flow2_noise_kev) * P.KEV
+        sizes = torch.as_tensor(self.geometry.layer_sizes, dtype=E.dtype, device=E.device)
+        empty = (self._layer_sums(showers) <= kev * sizes).to(E.dtype)
+        u = torch.rand(E.shape, dtype=E.dtype, device=E.device, generator=generator) if noise else 0.5
+        return E + empty * t * u
 
     def flow2_fractions(self, showers: Tensor, noise: bool = True,
                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -222,15 +243,16 @@ class CaloFlow(Generator):
         density is continuous and the generation cut at ``t`` (threshold-aware, L2LFlows B.9)
         removes it again.  The fractions are then of the dequantised layer sum, while the
         conditions stay the layer energies with the 1 keV noise (what flow-I generates).
-        ``noise=False`` puts every noise at its mid-point (for densities).
+        A voxel at or below the keV noise level counts as empty.  ``noise=False``: no noise is added
+        (the caller puts the keV noise at its mid-point) and the dequantisation takes its mid-point.
         """
         kev = self.cfg.flow2_noise_kev * P.KEV
-        x = P.add_uniform_noise(showers, kev, generator) if noise else showers + 0.5 * kev
-        E = self._layer_sums(x)
+        x = P.add_uniform_noise(showers, kev, generator) if noise else showers
+        E = self._dequantise_layers(self._layer_sums(x), showers, noise, generator)
         t = self.cfg.empty_voxel_noise_mev
         if t > 0:
             u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) if noise else 0.5
-            x = x + (showers <= 0).to(x.dtype) * t * u
+            x = x + (showers <= kev).to(x.dtype) * t * u
         frac = x / self._layer_sums(x).clamp_min(1e-30)[:, self._layer_index.to(x.device)]
         return frac.clamp(0.0, 1.0), E
 
@@ -261,12 +283,12 @@ class CaloFlow(Generator):
         sel = rng.permutation(len(sh))[:max_rows]
         # u0_max: maximum of sum E / E_inc over the training set (noise included as in training)
         nz1 = self.cfg.flow1_noise_kev * P.KEV * np.asarray(self.geometry.layer_sizes).sum()
+        nz1 += self.cfg.empty_layer_noise_mev * self.geometry.n_layers  # bound of the empty-layer dequantisation
         self._unit = P.UnitSpaceEnergies.fit(sh.sum(1, keepdims=True) + nz1, einc)
         sh_t = torch.as_tensor(sh[sel])
         e_t = torch.as_tensor(einc[sel])
         gen = torch.Generator().manual_seed(seed)
-        x1 = P.add_uniform_noise(sh_t, self.cfg.flow1_noise_kev * P.KEV, gen)
-        u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
+        u = self.unit.forward(self.flow1_energies(sh_t, generator=gen), e_t).clamp(0, 1)
         self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
         frac = self.flow2_fractions(sh_t, generator=gen)[0]
         self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
@@ -363,7 +385,9 @@ class CaloFlow(Generator):
     def generation_cut(self) -> float | None:
         """The cut (MeV) of the threshold-aware renormalisation, or None for the paper's renormalisation."""
         c = self.cfg
-        return c.voxel_cut_mev if c.voxel_cut_mev is not None else (c.empty_voxel_noise_mev or None)
+        if c.voxel_cut_mev is not None:
+            return c.voxel_cut_mev
+        return max(c.empty_voxel_noise_mev, c.empty_layer_noise_mev) or None
 
     def voxels_from_fractions(self, frac: Tensor, layer_energies: Tensor) -> Tensor:
         """Fractions -> voxels (MeV) whose layers sum exactly to ``E_i``.
@@ -395,8 +419,8 @@ class CaloFlow(Generator):
     def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
         """log p_1 + log p_2 of the preprocessed shower (noise at its mid-point; teacher unless asked)."""
         flow = self.student if variant == "student" else self.teacher
-        s = showers + 0.5 * self.cfg.flow1_noise_kev * P.KEV
+        s = showers + 0.5 * self.cfg.flow2_noise_kev * P.KEV
         with F.double_precision(self.flow1, flow):
             y1, c1 = self.flow1_inputs(s, einc, params, noise=False)
-            y2, c2 = self.flow2_inputs(showers, einc, params, noise=False)
+            y2, c2 = self.flow2_inputs(s, einc, params, noise=False)
             return self.flow1(c1).log_prob(y1) + flow(c2).log_prob(y2)
