@@ -129,8 +129,9 @@ def train_run(run: dict, train_file: Path, workdir: Path, settings: dict, studen
     d = workdir / f"{run['variant']}_{run['n_train']}_{run['preset']}_s{seed}"
     info: dict = {"dir": str(d)}
     cfgfile = d / "config.json"
-    trained = cfgfile.exists() and json.loads(cfgfile.read_text()).get("trained", {}).get("teacher")
-    if trained and (not student or json.loads(cfgfile.read_text())["trained"].get("student")):
+    flags = json.loads(cfgfile.read_text())["config"]["trained"] if cfgfile.exists() else {}
+    trained = bool(flags.get("teacher"))
+    if trained and (not student or flags.get("student")):
         info["reused"] = True
     else:
         g = load_geometry("ds2-coarse")
@@ -166,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, type=Path, help="Geant4 ds2-coarse training file")
     p.add_argument("--test", required=True, type=Path, help="Geant4 ds2-coarse held-out file (>= 5k showers)")
-    p.add_argument("--runs", nargs="+", required=True, help="VARIANT[@BASE]:N_TRAIN[:PRESET] ...")
+    p.add_argument("--runs", nargs="*", default=[], help="VARIANT[@BASE]:N_TRAIN[:PRESET] ...")
     p.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE[,KEY=VALUE] extra variant")
     p.add_argument("--workdir", type=Path, required=True, help="model directories (reused when trained)")
     p.add_argument("--student", action="store_true", help="also distil and evaluate the IAF student")
+    p.add_argument("--evaluate", default="teacher,student", help="which of teacher,student to evaluate")
     p.add_argument("--cls-seeds", type=int, default=3)
     p.add_argument("--cls-epochs", type=int, default=30)
     p.add_argument("--metrics", default="hist,cls-high,cls-low")
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         model = CaloFlow.load(entry["training"]["dir"])
         for k, v in post.items():
             model.cfg = type(model.cfg).from_dict({**model.cfg.to_dict(), k: v})
-        for variant in (("teacher", "student") if a.student else ("teacher",)):
+        for variant in [v for v in a.evaluate.split(",") if v == "teacher" or a.student]:
             t0 = time.time()
             torch.set_num_threads(1)
             gen = model.sample(test.incident_energies, batch_size=2000, seed=a.seed + 17, variant=variant)

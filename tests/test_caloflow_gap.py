@@ -120,3 +120,31 @@ def test_empty_layers_are_dequantised_for_flow1_and_the_conditions(geometry):
     mid = gap.flow1_energies(x + 0.5e-3, noise=False)
     torch.testing.assert_close(mid[:50, 2] - base._layer_sums(x + 0.5e-3)[:50, 2], torch.full((50,), t / 2, dtype=torch.float64))
     assert gap.generation_cut == t
+
+
+def test_generate_set_changes_the_cut_of_a_trained_model(geometry, tmp_path):
+    from dataclasses import asdict
+
+    from caloflows import api
+    from caloflows.errors import UsageError
+    from caloflows.io import ShowerData, read_showers, write_showers
+    from caloflows.training.loop import TrainConfig
+
+    inc, sh = toy_showers(geometry, 200, seed=4)
+    tc = asdict(TrainConfig(epochs=1, batch_size=100, patience=None))
+    m = _model(geometry, flow1_train=tc, flow2_train=tc, student_train=tc)
+    m.fit(ShowerData(inc, sh), tmp_path / "m", progress=False)
+    write_showers(tmp_path / "e.h5", inc[:60], sh[:60], geometry=geometry)
+    cut = float(np.quantile(sh[sh > 0], 0.3))
+    api.generate(tmp_path / "m", tmp_path / "a.h5", energies_from=str(tmp_path / "e.h5"), seed=1, progress=False,
+                 variant="teacher", settings=[f"voxel_cut_mev={cut}"])
+    a = read_showers(tmp_path / "a.h5")
+    assert not ((a.showers > 0) & (a.showers < cut * (1 - 1e-6))).any()
+    assert a.attrs["generation_settings"] == f"voxel_cut_mev={cut}"
+    api.generate(tmp_path / "m", tmp_path / "b.h5", energies_from=str(tmp_path / "e.h5"), seed=1, progress=False,
+                 variant="teacher")
+    b = read_showers(tmp_path / "b.h5")
+    assert ((b.showers > 0) & (b.showers < cut)).any()  # without the cut the flow fills the gap
+    with pytest.raises(UsageError, match="not a generation setting"):
+        api.generate(tmp_path / "m", tmp_path / "c.h5", n=5, seed=1, progress=False, settings=["flow2_hidden=3"])
+    assert not (tmp_path / "c.h5").exists()

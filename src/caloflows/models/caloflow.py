@@ -149,6 +149,7 @@ class CaloFlow(Generator):
     Config = CaloFlowConfig
     stages = {"train": "flow-I and the flow-II MAF teacher", "distill": "the flow-II IAF student (distillation)"}
     variants = ("teacher", "student")
+    generation_settings = ("voxel_cut_mev", "max_ratio")
     weight_files = {"flow1": ("flow1.safetensors", "train"), "teacher": ("flow2_teacher.safetensors", "train"),
                     "student": ("flow2_student.safetensors", "distill")}
     cfg: CaloFlowConfig
