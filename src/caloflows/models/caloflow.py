@@ -65,10 +65,10 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from ..postprocess import threshold_renormalise_layers
 from ..errors import ModelDirError, UsageError
 from ..geometry import Geometry
 from ..io import ShowerData
+from ..postprocess import threshold_renormalise_layers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
