@@ -149,3 +149,27 @@ def test_generate_backend_onnxruntime_and_shards(trained, tmp_path):
     np.testing.assert_array_equal(a.incident_energies, b.incident_energies)
     np.testing.assert_array_equal(a.showers, b.showers)
     assert main(["generate", model_dir, "--n", "5", "--shard", "0/2", "--out", str(tmp_path / "x.h5")]) == 2  # no seed
+
+
+def test_export_with_threshold_aware_cut(trained, tmp_path):
+    """A model with a generation cut (L2LFlows B.9 in CaloFlow, issue 15) exports the same chain."""
+    import dataclasses
+
+    m = trained["model"]
+    old = m.cfg
+    m.cfg = dataclasses.replace(old, voxel_cut_mev=float(np.quantile(trained["einc"], 0.5)) * 1e-3)
+    try:
+        einc = torch.as_tensor(trained["einc"][:150], dtype=torch.float64)
+        gen = torch.Generator().manual_seed(9)
+        E = m.sample_layer_energies(einc, generator=gen)
+        ref = m.geometry.apply_threshold(m.sample_voxels(E, einc, student=True, generator=gen).numpy())
+        z1, z2 = _noise(m, len(einc), 9)
+        with torch.no_grad():
+            out = CaloFlowSampler(m)(z1, z2, einc).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.max())
+        assert not ((out > 0) & (out < 0.999 * m.cfg.voxel_cut_mev)).any()
+        path = export_onnx(m, tmp_path / "cut.onnx")
+        onnx_out = OnnxSampler(path).run(z1.numpy(), z2.numpy(), einc.numpy())
+        np.testing.assert_allclose(onnx_out, out, rtol=1e-4, atol=1e-5 * out.max())
+    finally:
+        m.cfg = old

@@ -287,7 +287,7 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
              variant: str | None = None, seed: int | None = None, device: str = "cpu",
              force: bool = False, progress: bool = True, shard: str | None = None,
              backend: str = "torch", chunk_size: int = 10_000, coarse: str | None = None,
-             resample: int | None = None) -> dict:
+             resample: int | None = None, settings: Sequence[str] | None = None) -> dict:
     """Generate showers with a model directory into a CaloChallenge file, written chunk by chunk
     and renamed into place only when complete.
 
@@ -306,7 +306,8 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     writes chunks ``[i K / N, (i + 1) K / N)`` of the ``K`` chunks and ``caloflows merge`` of the N
     shards equals the unsharded file bit for bit (same options, same machine).
     ``backend="onnxruntime"``: ``model_dir`` is a ``.onnx`` file from ``caloflows export``
-    (:class:`caloflows.export.OnnxGenerator`).
+    (:class:`caloflows.export.OnnxGenerator`).  ``settings``: ``KEY=VALUE`` generation-time settings
+    of the family (CaloFlow: ``voxel_cut_mev``, ``max_ratio``), recorded in the output's attributes.
     Returns ``{"n", "seconds", "ms_per_shower", "out"}``.
 
     Example:
@@ -333,13 +334,16 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         raise UsageError("--shard needs --seed: the shards of one run are defined by its seed")
     check_output_file(out, [model_dir, energies_from, coarse], force=force)
     if backend == "onnxruntime":
+        if settings:
+            raise UsageError("--set does not apply to --backend onnxruntime: the exported graph fixes its settings "
+                             "(export the model after changing them)")
         import torch
 
         from .export import OnnxGenerator
 
         model: Any = OnnxGenerator(model_dir, threads=torch.get_num_threads())
     elif backend == "torch":
-        model = load_model(model_dir, device=device)
+        model = load_model(model_dir, device=device).with_generation_settings(settings)
     else:
         raise UsageError(f"--backend {backend!r}: use torch or onnxruntime")
     if (coarse is not None or resample is not None) and not hasattr(model, "upsample"):
@@ -359,7 +363,7 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
                          "use fewer shards or a smaller --chunk-size")
     attrs = {"generator": model.kind, "model_dir": str(model_dir), "geometry": model.geometry.name,
              "variant": variant or "default", "seed": "None" if seed is None else seed, "backend": backend,
-             "shard": f"{si}/{sn}", "n_showers_run": total}
+             "shard": f"{si}/{sn}", "n_showers_run": total, "generation_settings": ",".join(settings or [])}
     names = model.condition_spec.names or None
     n_here = sum(min(chunk, total - starts[k]) for k in range(k0, k1))
     t0 = time.time()

@@ -49,6 +49,7 @@ from . import preprocessing as P
 from .errors import ModelDirError, OutputError, UsageError
 from .io import ShowerData
 from .lean import LeanFlow
+from .postprocess import threshold_renormalise_layers
 
 __all__ = ["CaloFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
 
@@ -77,6 +78,7 @@ class CaloFlowSampler(nn.Module):
         self.logit, self.unit, self.std1, self.std2 = model.logit, model.unit, model.std1, model.std2
         self.offsets = [int(o) for o in model.geometry.layer_offsets]
         self.threshold = float(model.geometry.threshold_mev) if threshold else None
+        self.cut = model.generation_cut  # threshold-aware renormalisation (L2LFlows B.9) when set
         self.bound = float(model.cfg.max_ratio if model.cfg.max_ratio is not None else model.unit.u0_max)
         self.n_layers, self.n_voxels = model.geometry.n_layers, model.geometry.n_voxels
         self.student_dtype = torch.float32
@@ -103,7 +105,9 @@ class CaloFlowSampler(nn.Module):
         y = self.flow2(z2.to(self.student_dtype), c).double()
         frac = self.logit.inverse(self.std2.inverse(y))
         frac = torch.where(torch.isfinite(frac), frac, torch.zeros_like(frac))
-        return P.renormalise_layers(frac, E, np.asarray(self.offsets))
+        if self.cut is None:
+            return P.renormalise_layers(frac, E, np.asarray(self.offsets))
+        return threshold_renormalise_layers(frac, E, np.asarray(self.offsets), self.cut)
 
     def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:
         einc = einc.double().reshape(-1)

@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
                    help="showers generated and written per chunk (bounded memory; the unit of --shard; default 10000)")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: MODEL_DIR is a .onnx file written by 'caloflows export'")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="generation-time setting of the model, e.g. caloflow: voxel_cut_mev=0.5 (threshold-aware "
+                        "cut at 0.5 MeV, L2LFlows B.9)")
     p.set_defaults(func=run, variant=None)
 
 
@@ -45,6 +48,6 @@ def run(args: Any) -> int:
     r = generate(args.model_dir, args.out, n=args.n, energies_from=args.energies, condition=args.condition,
                  batch_size=args.batch_size, variant=args.variant, seed=args.seed, device=args.device,
                  force=args.force, shard=args.shard, backend=args.backend, chunk_size=args.chunk_size,
-                 coarse=args.coarse, resample=args.resample)
+                 coarse=args.coarse, resample=args.resample, settings=args.settings)
     print(f"generated {r['n']} showers in {r['seconds']:.1f} s ({r['ms_per_shower']:.3f} ms/shower) -> {args.out}")
     return 0

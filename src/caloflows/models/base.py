@@ -91,6 +91,9 @@ class Generator(abc.ABC):
     variants: ClassVar[tuple[str, ...]] = ()
     weight_files: ClassVar[dict[str, tuple[str, str]]] = {}
     condition_scaling: ClassVar[str] = "linear"
+    #: settings that act only at generation time and may be changed on a trained model
+    #: (``caloflows generate --set KEY=VALUE``)
+    generation_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, geometry: Geometry | str, config: Any | None = None,
                  conditions: ConditionSpec | None = None) -> None:
@@ -343,6 +346,19 @@ class Generator(abc.ABC):
                 out[a:a + bs] = self.geometry.apply_threshold(v) if threshold else v
         return ShowerData(cond.incident_energies, out, cond.values if self.n_params else None, cond.names,
                           {"generator": self.kind, "variant": variant or "default"})
+
+    def with_generation_settings(self, items: Sequence[str] | None) -> "Generator":
+        """Apply ``KEY=VALUE`` generation-time settings (only those in :attr:`generation_settings`)."""
+        if not items:
+            return self
+        for item in items:
+            key = item.split("=", 1)[0].strip()
+            if key not in self.generation_settings:
+                allowed = ", ".join(self.generation_settings) or "none"
+                raise UsageError(f"--set {item!r}: {key!r} is not a generation setting of {self.kind} models "
+                                 f"(allowed: {allowed}; other settings are fixed by training)")
+        self.cfg = self.cfg.override(list(items))
+        return self
 
     # ------------------------------------------------------------------ density
     def log_prob(self, showers: np.ndarray, conditions: "np.ndarray | Conditions", batch_size: int = 1000,

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ from .. import preprocessing as P
 from ..errors import ModelDirError, UsageError
 from ..geometry import Geometry
 from ..io import ShowerData
+from ..postprocess import threshold_renormalise_layers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
@@ -79,6 +81,10 @@ __all__ = ["CaloFlow", "CaloFlowConfig"]
 class CaloFlowConfig(FlowSettings):
     """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`FlowSettings`)."""
 
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
+        **FlowSettings.RANGES, "empty_voxel_noise_mev": (0, None, False),
+        "empty_layer_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False)}
+
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)
     flow1_noise_kev: float = 1.0
@@ -89,6 +95,14 @@ class CaloFlowConfig(FlowSettings):
     distill_intermediate: bool = True
     student_from_teacher: bool = True  # warm start (flows.init_student_from_teacher)
     max_ratio: float | None = None  # E_dep/E_inc bound; None: training-set maximum
+    #: dequantisation of empty voxels (issue 15): flow-II sees an empty voxel as U(0, t) MeV
+    #: (t = this value) instead of the 1 keV noise; 0 keeps the paper's preprocessing
+    empty_voxel_noise_mev: float = 0.0
+    #: the same for empty layers in flow-I (and flow-II's conditions): E_i of an empty layer + U(0, t) MeV
+    empty_layer_noise_mev: float = 0.0
+    #: generation cut (MeV) with threshold-aware renormalisation (L2LFlows eqs. B.8-B.9); None: the
+    #: paper's renormalise-then-cut at the geometry threshold, or ``empty_voxel_noise_mev`` if that is set
+    voxel_cut_mev: float | None = None
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=4e-5, max_lr=1e-3)))
     flow2_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=5e-5, max_lr=2e-3, schedule="cyclic")))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=175, base_lr=4e-5, max_lr=1e-3)))
@@ -126,6 +140,7 @@ def _full(g: Geometry) -> CaloFlowConfig:
 CaloFlowConfig.PRESETS = {"quick": _quick, "full": _full}
 
 
+
 # ---------------------------------------------------------------------------- the model
 class CaloFlow(Generator):
     """CaloFlow generator (flow-I, flow-II teacher, flow-II student) for one geometry."""
@@ -134,6 +149,7 @@ class CaloFlow(Generator):
     Config = CaloFlowConfig
     stages = {"train": "flow-I and the flow-II MAF teacher", "distill": "the flow-II IAF student (distillation)"}
     variants = ("teacher", "student")
+    generation_settings = ("voxel_cut_mev", "max_ratio")
     weight_files = {"flow1": ("flow1.safetensors", "train"), "teacher": ("flow2_teacher.safetensors", "train"),
                     "student": ("flow2_student.safetensors", "distill")}
     cfg: CaloFlowConfig
@@ -194,19 +210,58 @@ class CaloFlow(Generator):
     def flow1_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit unit-space layer energies, condition) for flow-I."""
-        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV, generator) if noise else showers
-        u = self.unit.forward(self._layer_sums(x), einc).clamp(0.0, 1.0)
+        u = self.unit.forward(self.flow1_energies(showers, noise, generator), einc).clamp(0.0, 1.0)
         y = self.std1.forward(self.logit.forward(u))
         return y, self.flow1_context(einc, params)
+
+    def flow1_energies(self, showers: Tensor, noise: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """Layer energies flow-I learns: sums of the voxels with U(0, 1 keV) noise (the paper),
+        dequantised where a layer is empty; ``noise=False``: no noise (the caller puts it at its mid-point)."""
+        x = P.add_uniform_noise(showers, self.cfg.flow1_noise_kev * P.KEV, generator) if noise else showers
+        return self._dequantise_layers(self._layer_sums(x), showers, noise, generator)
+
+    def _dequantise_layers(self, E: Tensor, showers: Tensor, noise: bool, generator: torch.Generator | None) -> Tensor:
+        """With ``empty_layer_noise_mev = t > 0``, an empty layer's energy becomes U(0, t) more than its
+        keV noise sum (issue 15: the spike of empty layers next to energies >= 1 MIP); the generation
+        cut (>= t) empties such layers again.  A layer at or below its keV noise sum counts as empty."""
+        t = self.cfg.empty_layer_noise_mev
+        if t <= 0:
+            return E
+        kev = max(self.cfg.flow1_noise_kev, self.cfg.flow2_noise_kev) * P.KEV
+        sizes = torch.as_tensor(self.geometry.layer_sizes, dtype=E.dtype, device=E.device)
+        empty = (self._layer_sums(showers) <= kev * sizes).to(E.dtype)
+        u = torch.rand(E.shape, dtype=E.dtype, device=E.device, generator=generator) if noise else 0.5
+        return E + empty * t * u
+
+    def flow2_fractions(self, showers: Tensor, noise: bool = True,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(voxel fractions of their layer, layer energies E_i of the conditions) for flow-II.
+
+        The paper adds U(0, 1 keV) to every voxel and conditions on the noisy layer sums.  With
+        ``empty_voxel_noise_mev = t > 0`` an *empty* voxel is moreover dequantised to U(0, t):
+        Geant4 voxels are either empty or mostly above one MIP (~1 MeV in ds2-coarse), a gap a
+        continuous flow cannot leave empty at the keV scale; with noise of the gap's size the
+        density is continuous and the generation cut at ``t`` (threshold-aware, L2LFlows B.9)
+        removes it again.  The fractions are then of the dequantised layer sum, while the
+        conditions stay the layer energies with the 1 keV noise (what flow-I generates).
+        A voxel at or below the keV noise level counts as empty.  ``noise=False``: no noise is added
+        (the caller puts the keV noise at its mid-point) and the dequantisation takes its mid-point.
+        """
+        kev = self.cfg.flow2_noise_kev * P.KEV
+        x = P.add_uniform_noise(showers, kev, generator) if noise else showers
+        E = self._dequantise_layers(self._layer_sums(x), showers, noise, generator)
+        t = self.cfg.empty_voxel_noise_mev
+        if t > 0:
+            u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) if noise else 0.5
+            x = x + (showers <= kev).to(x.dtype) * t * u
+        frac = x / self._layer_sums(x).clamp_min(1e-30)[:, self._layer_index.to(x.device)]
+        return frac.clamp(0.0, 1.0), E
 
     def flow2_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(standardised logit layer-normalised voxels, conditions) for flow-II."""
-        x = P.add_uniform_noise(showers, self.cfg.flow2_noise_kev * P.KEV, generator) if noise else showers
-        E = self._layer_sums(x)
-        frac = x / E.clamp_min(1e-30)[:, self._layer_index.to(x.device)]
-        y = self.std2.forward(self.logit.forward(frac.clamp(0.0, 1.0)))
-        return y, self.flow2_context(E, einc, params)
+        frac, E = self.flow2_fractions(showers, noise, generator)
+        return self.std2.forward(self.logit.forward(frac)), self.flow2_context(E, einc, params)
 
     @staticmethod
     def _with_params(c: Tensor, params: Tensor | None) -> Tensor:
@@ -229,16 +284,14 @@ class CaloFlow(Generator):
         sel = rng.permutation(len(sh))[:max_rows]
         # u0_max: maximum of sum E / E_inc over the training set (noise included as in training)
         nz1 = self.cfg.flow1_noise_kev * P.KEV * np.asarray(self.geometry.layer_sizes).sum()
+        nz1 += self.cfg.empty_layer_noise_mev * self.geometry.n_layers  # bound of the empty-layer dequantisation
         self._unit = P.UnitSpaceEnergies.fit(sh.sum(1, keepdims=True) + nz1, einc)
         sh_t = torch.as_tensor(sh[sel])
         e_t = torch.as_tensor(einc[sel])
         gen = torch.Generator().manual_seed(seed)
-        x1 = P.add_uniform_noise(sh_t, self.cfg.flow1_noise_kev * P.KEV, gen)
-        u = self.unit.forward(self._layer_sums(x1), e_t).clamp(0, 1)
+        u = self.unit.forward(self.flow1_energies(sh_t, generator=gen), e_t).clamp(0, 1)
         self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
-        x2 = P.add_uniform_noise(sh_t, self.cfg.flow2_noise_kev * P.KEV, gen)
-        E = self._layer_sums(x2)
-        frac = (x2 / E[:, self._layer_index]).clamp(0, 1)
+        frac = self.flow2_fractions(sh_t, generator=gen)[0]
         self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
         self.einc_dist = einc_summary(einc)
 
@@ -327,8 +380,28 @@ class CaloFlow(Generator):
         else:
             y = F.flow_sample(flow, c.float(), generator=generator).double()
         frac = self.logit.inverse(self.std2.inverse(y))
-        frac = torch.nan_to_num(frac, nan=0.0, posinf=1.0, neginf=0.0)
-        return P.renormalise_layers(frac, E, self.geometry.layer_offsets)
+        return self.voxels_from_fractions(torch.nan_to_num(frac, nan=0.0, posinf=1.0, neginf=0.0), E)
+
+    @property
+    def generation_cut(self) -> float | None:
+        """The cut (MeV) of the threshold-aware renormalisation, or None for the paper's renormalisation."""
+        c = self.cfg
+        if c.voxel_cut_mev is not None:
+            return c.voxel_cut_mev
+        return max(c.empty_voxel_noise_mev, c.empty_layer_noise_mev) or None
+
+    def voxels_from_fractions(self, frac: Tensor, layer_energies: Tensor) -> Tensor:
+        """Fractions -> voxels (MeV) whose layers sum exactly to ``E_i``.
+
+        The paper (sec. 2.3) renormalises every layer to E_i; the geometry threshold is applied
+        afterwards by :meth:`sample`.  With a :attr:`generation_cut` the dimmest voxels are dropped
+        until the renormalised survivors are all above it (L2LFlows eqs. B.8-B.9,
+        :func:`caloflows.postprocess.threshold_renormalise`).
+        """
+        cut = self.generation_cut
+        if cut is None:
+            return P.renormalise_layers(frac, layer_energies, self.geometry.layer_offsets)
+        return threshold_renormalise_layers(frac, layer_energies, self.geometry.layer_offsets, cut)
 
     #: on CPU the student runs a batch in pieces of this many rows (its spline arithmetic is memory-bound)
     micro_batch: int = 512
