@@ -13,9 +13,9 @@ runs here, more than the output of a run that fits a unit-test budget).  Speed i
 """
 
 import json
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +63,7 @@ def test_streamed_generation_memory_is_bounded_by_the_chunk(tmp_path):
     r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "model"), str(tmp_path / "one.h5"),
                         str(tmp_path / "many.h5"), str(CHUNK), str(CHUNKS)],
                        capture_output=True, text=True, timeout=300,
-                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     peaks = json.loads(r.stdout.strip().splitlines()[-1])
     d = read_showers(tmp_path / "many.h5")

@@ -37,8 +37,8 @@ from __future__ import annotations
 import math
 import os
 from bisect import bisect_left
-from itertools import accumulate
 from collections.abc import Callable
+from itertools import accumulate
 from typing import cast
 
 import numpy as np
