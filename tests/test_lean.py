@@ -197,3 +197,17 @@ def test_caloflow_batch1_chain_matches_zuko_path(tmp_path):
             b = m.sample(e, batch_size=n, seed=5, variant="student").showers
         assert a.shape == (n, g.n_voxels) and np.isfinite(a).all()
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * b.max())
+
+
+def test_generator_eval_sees_submodules_in_training_mode():
+    """``Generator.sample`` skips the eval() walk when nothing trains, but a submodule left in
+    training mode (a distillation objective trains the inner flow, not its wrapper) is caught."""
+    from caloflows.models.base import _eval
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Dropout()))
+    _eval(m)
+    assert not any(x.training for x in m.modules())
+    m[1][0].train()
+    assert not m.training
+    _eval(m)
+    assert not any(x.training for x in m.modules())
