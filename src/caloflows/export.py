@@ -23,6 +23,16 @@ The graph instead scales such rows down to the bound (the torch path's own fallb
 construction (the unit-space decoding clamps ``u_0 <= 1``), so the two agree; a model trained
 with a lower ``max_ratio`` gets the bound itself more often than the torch path would.
 
+iCaloFlow (:class:`caloflows.models.icaloflow.ICaloFlow`, review sec. 4.2) exports the same way
+(:class:`ICaloFlowSampler`, same graph inputs and output): ``E_inc -> flow-1 (MAF, float64,
+unrolled) -> layer energies -> flow-2 student (layer 0) -> flow-3 student for layers 1..L-1,
+each conditioned on the previous layer (the layer loop unrolled; flow-3's weights are stored
+once and shared by the L-1 calls) -> per-layer post-processing (threshold-aware
+renormalisation, L2LFlows appendix B.3, or plain renormalisation and cut)``.  ``z2`` holds the
+students' latent noise layer after layer; ``conditions`` carries the model's detector-parameter
+features (:meth:`caloflows.conditions.ConditionSpec.features`, ``K`` columns, ``K = 0`` for a
+model without parameters).  Flow-1's outlier rejection becomes the same scaling to the bound.
+
 The model's metadata go into the ONNX ``metadata_props`` under the key ``caloflows`` (JSON):
 format, kind, network, caloflows version, geometry (:meth:`Geometry.to_dict`), preprocessing
 constants, threshold, latent dimensions and input/output names.
@@ -51,7 +61,7 @@ from .io import ShowerData
 from .lean import LeanFlow
 from .postprocess import threshold_renormalise_layers
 
-__all__ = ["CaloFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
+__all__ = ["CaloFlowSampler", "ICaloFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
 
 METADATA_KEY = "caloflows"
 FORMAT = "caloflows-onnx-sampler/1"
@@ -121,7 +131,88 @@ class CaloFlowSampler(nn.Module):
         return v
 
 
+class ICaloFlowSampler(nn.Module):
+    """The iCaloFlow student sampling chain as one traceable module (fixed latent noise in).
+
+    ``forward(z1, z2, einc, conditions) -> showers`` with ``z1`` (B, L) float64 flow-1 noise,
+    ``z2`` (B, V) the students' noise (layer 0 for flow-2, then layer i for flow-3), ``einc``
+    (B,) MeV and ``conditions`` (B, K) the detector-parameter features.  Same arithmetic as
+    :meth:`ICaloFlow.sample_layers` with ``student=True`` given the same noise (flow-1 in
+    float64, students in float32), except flow-1's outlier redraw (scaled to the bound instead).
+    """
+
+    def __init__(self, model, threshold: bool = True) -> None:
+        super().__init__()
+        if not model.variant_ready("student"):
+            raise ModelDirError("export needs an iCaloFlow model with trained flow-1 and students "
+                                "(run 'caloflows train icaloflow' and 'caloflows distill')")
+        self.model = model  # constants and condition helpers (not a submodule: its flows are not traced)
+        self.flow1 = LeanFlow.from_flow(model.energy_flow.flow).double()
+        self.flow2 = LeanFlow.from_flow(model.flows["student2"].flow).float()
+        self.flow3 = LeanFlow.from_flow(model.flows["student3"].flow).float()
+        g = model.geometry
+        self.n, self.n_layers, self.n_voxels = model.n, g.n_layers, g.n_voxels
+        self.threshold = float(g.threshold_mev) if threshold else 0.0
+        self.max_ratio = None if model.cfg.max_ratio is None else float(model.cfg.max_ratio)
+        self.postprocess = model.cfg.postprocess
+
+    def __setattr__(self, name, value) -> None:
+        if name == "model":  # keep the Generator out of nn.Module's registries
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def layer_energies(self, z1: Tensor, einc: Tensor, params: Tensor) -> Tensor:
+        """Flow-1: latent (B, L) float64 -> layer energies (B, L) MeV, outliers scaled to the bound."""
+        from .models.energy_flow import EnergyFlow
+
+        ec = self.model.energy_consts
+        E = ec.inverse(self.flow1(z1, EnergyFlow.context(ec, einc, params)))
+        E = torch.where(torch.isfinite(E), E, torch.zeros_like(E)).clamp_min(0.0)
+        if self.max_ratio is None:
+            return E
+        s = E.sum(1, keepdim=True)
+        lim = self.max_ratio * einc[:, None]
+        return torch.where(s > lim, E * (lim / s.clamp_min(1e-30)), E)
+
+    def _place(self, y: Tensor, E_i: Tensor, first: bool) -> Tensor:
+        from .postprocess import threshold_renormalise
+
+        m = self.model
+        frac = m.normed_inverse(y, first)
+        frac = torch.where(torch.isfinite(frac), frac, torch.zeros_like(frac))
+        if self.postprocess == "threshold":
+            return threshold_renormalise(frac, E_i, self.threshold)
+        v = P.renormalise_layers(frac, E_i[:, None], np.array([0, self.n]))
+        return torch.where(v >= self.threshold, v, torch.zeros_like(v))
+
+    @staticmethod
+    def _clean(y: Tensor) -> Tensor:  # torch.nan_to_num(nan=0, posinf=50, neginf=-50), ONNX-friendly
+        y = torch.where(torch.isnan(y), torch.zeros_like(y), y)
+        return torch.where(torch.isinf(y), torch.sign(y) * 50.0, y)
+
+    def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:
+        m, n = self.model, self.n
+        einc = einc.double().reshape(-1)
+        params = (conditions.double() if conditions is not None
+                  else torch.zeros(einc.shape[0], 0, dtype=torch.float64))
+        E = self.layer_energies(z1.double(), einc, params)
+        z2 = z2.float()
+        y = self._clean(self.flow2(z2[:, :n], m.context2(E[:, 0], einc, params).float()).double())
+        parts = [self._place(y, E[:, 0], True)]
+        y_prev = m.normed_forward(m.normed_inverse(y, True), False)
+        for i in range(1, self.n_layers):
+            lay = torch.zeros_like(einc, dtype=torch.long) + i
+            c = m.context3(y_prev, E[:, i], E[:, i - 1], einc, lay, params).float()
+            y = self._clean(self.flow3(z2[:, i * n:(i + 1) * n], c).double())
+            parts.append(self._place(y, E[:, i], False))
+            y_prev = y
+        return torch.cat(parts, 1).float()
+
+
 def _metadata(model) -> dict:
+    if getattr(model, "kind", "caloflow") == "icaloflow":
+        return _metadata_icaloflow(model)
     g = model.geometry
     return {
         "format": FORMAT,
@@ -149,8 +240,36 @@ def _metadata(model) -> dict:
     }
 
 
+def _metadata_icaloflow(model) -> dict:
+    g, k = model.geometry, model.n_params
+    return {
+        "format": FORMAT,
+        "kind": "icaloflow",
+        "network": "student",
+        "caloflows_version": __version__,
+        "torch_version": torch.__version__,
+        "opset": OPSET,
+        "geometry": g.to_dict(),
+        "n_layers": g.n_layers,
+        "n_voxels": g.n_voxels,
+        "n_conditions": k,
+        "condition_spec": model.condition_spec.to_dict(),
+        "threshold_mev": float(g.threshold_mev),
+        "max_ratio": None if model.cfg.max_ratio is None else float(model.cfg.max_ratio),
+        "postprocess": model.cfg.postprocess,
+        "constants": model.constants(),
+        "config": model.cfg.to_dict(),
+        "inputs": {"z1": ["batch", g.n_layers, "float64"],
+                   "z2": ["batch", g.n_voxels, "float32", "layer 0 (flow-2) then layers 1.. (flow-3)"],
+                   "einc": ["batch", "float64", "MeV"],
+                   "conditions": ["batch", k, "float32", "detector-parameter features in [-1, 1]"]},
+        "outputs": {"showers": ["batch", g.n_voxels, "float32", "MeV"]},
+        "notes": "flow-1 outliers (E_dep/E_inc > max_ratio) are scaled to the bound, not redrawn",
+    }
+
+
 def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: int = OPSET) -> Path:
-    """Export the student sampler of a trained CaloFlow ``model`` to ``out`` (one ONNX graph).
+    """Export the student sampler of a trained CaloFlow or iCaloFlow ``model`` to ``out`` (one ONNX graph).
 
     Refuses an existing ``out`` unless ``force``; writes atomically.  Needs the ``onnx``
     package (``pip install caloflows[onnx]``).  Returns the path.
@@ -161,19 +280,21 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
         raise OutputError("ONNX export needs the onnx package: pip install 'caloflows[onnx]'") from None
     from .io import atomic_output
     from .models.caloflow import CaloFlow
+    from .models.icaloflow import ICaloFlow
 
-    if not isinstance(model, CaloFlow):
-        raise ModelDirError(f"ONNX export supports CaloFlow models, not {type(model).__name__}")
+    if not isinstance(model, (CaloFlow, ICaloFlow)):
+        raise ModelDirError(f"ONNX export supports CaloFlow and iCaloFlow models, not {type(model).__name__}")
     if opset < 17:
         raise ValueError("opset must be >= 17")
     out = Path(out)
     if out.exists() and not force:
         raise OutputError(f"{out} exists; use --force to overwrite it")
-    sampler = CaloFlowSampler(model).eval()
+    icalo = isinstance(model, ICaloFlow)
+    sampler = (ICaloFlowSampler(model) if icalo else CaloFlowSampler(model)).eval()
     g = model.geometry
     B = 2
     args = (torch.zeros(B, g.n_layers, dtype=torch.float64), torch.zeros(B, g.n_voxels),
-            torch.full((B,), 1e4, dtype=torch.float64), torch.zeros(B, 0))
+            torch.full((B,), 1e4, dtype=torch.float64), torch.zeros(B, model.n_params if icalo else 0))
     dyn = {"z1": {0: "batch"}, "z2": {0: "batch"}, "einc": {0: "batch"}, "conditions": {0: "batch"},
            "showers": {0: "batch"}}
     with atomic_output(out) as tmp, warnings.catch_warnings():
@@ -184,7 +305,7 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
         m = onnx.load(tmp)
         meta = m.metadata_props.add()
         meta.key, meta.value = METADATA_KEY, json.dumps(_metadata(model))
-        m.doc_string = f"caloflows {__version__} CaloFlow student sampler for geometry {g.name}"
+        m.doc_string = f"caloflows {__version__} {'iCaloFlow' if icalo else 'CaloFlow'} student sampler for geometry {g.name}"
         m.producer_name = "caloflows"
         onnx.checker.check_model(m)
         onnx.save(m, tmp)
@@ -230,6 +351,7 @@ class OnnxSampler:
             raise ModelDirError(f"{self.path}: unexpected graph inputs/outputs {names}")
         self.metadata = meta
         self.n_layers, self.n_voxels = int(meta["n_layers"]), int(meta["n_voxels"])
+        self.n_conditions = int(meta.get("n_conditions", 0))
 
     @property
     def geometry(self):
@@ -237,16 +359,24 @@ class OnnxSampler:
 
         return geometry_from_dict(self.metadata["geometry"])
 
-    def run(self, z1: np.ndarray, z2: np.ndarray, einc: np.ndarray) -> np.ndarray:
-        """The graph on given latent noise: (B, L), (B, V), (B,) -> showers (B, V) float32 MeV."""
+    def run(self, z1: np.ndarray, z2: np.ndarray, einc: np.ndarray, conditions: np.ndarray | None = None) -> np.ndarray:
+        """The graph on given latent noise: (B, L), (B, V), (B,) [, (B, K) condition features]
+        -> showers (B, V) float32 MeV."""
+        k = self.n_conditions
+        if conditions is None:
+            if k:
+                raise UsageError(f"{self.path}: the sampler needs {k} detector-parameter feature column(s)")
+            conditions = np.zeros((len(einc), 0), dtype=np.float32)
+        conditions = np.ascontiguousarray(conditions, dtype=np.float32).reshape(len(einc), k)
         feeds = {"z1": np.ascontiguousarray(z1, dtype=np.float64), "z2": np.ascontiguousarray(z2, dtype=np.float32),
-                 "einc": np.ascontiguousarray(einc, dtype=np.float64).reshape(-1),
-                 "conditions": np.zeros((len(einc), 0), dtype=np.float32)}
+                 "einc": np.ascontiguousarray(einc, dtype=np.float64).reshape(-1), "conditions": conditions}
         return self.session.run(None, feeds)[0]
 
-    def sample(self, n_or_energies, seed: int | None = None, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n_or_energies, seed: int | None = None, batch_size: int = 1000,
+               conditions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(E_inc (N,) MeV, showers (N, V) float32 MeV)``: ``n`` draws from the training E_inc law
-        stored in the metadata, or the given energies; latent noise from ``numpy`` seeded by ``seed``."""
+        stored in the metadata, or the given energies (with ``conditions`` (N, K), the detector-
+        parameter features, for a model that has parameters); latent noise from ``numpy`` seeded by ``seed``."""
         from .models.base import incident_energies
 
         rng = np.random.default_rng(seed)
@@ -257,25 +387,33 @@ class OnnxSampler:
             e = einc[a:a + bs]
             z1 = rng.standard_normal((len(e), self.n_layers))
             z2 = rng.standard_normal((len(e), self.n_voxels), dtype=np.float32)
-            out[a:a + bs] = self.run(z1, z2, e)
+            out[a:a + bs] = self.run(z1, z2, e, None if conditions is None else conditions[a:a + bs])
         return einc, out
 
 
 class OnnxGenerator:
     """An exported sampler with the part of the :class:`~caloflows.models.base.Generator` interface
     that generation uses (``caloflows generate FILE.onnx --backend onnxruntime``): geometry, the
-    training E_inc law, no detector parameters, ``sample(...) -> ShowerData`` (student only)."""
+    training E_inc law, the detector-parameter spec (iCaloFlow models may have parameters),
+    ``sample(...) -> ShowerData`` (student only)."""
 
     variants = ("student",)
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
         from .conditions import ConditionSpec
+        from .errors import ConditionsError
 
         self.sampler = OnnxSampler(path, threads=threads)
         self.geometry = self.sampler.geometry
         self.kind = str(self.sampler.metadata.get("kind", "caloflow"))
-        self.condition_spec = ConditionSpec()
-        self.n_params = 0
+        try:
+            self.condition_spec = ConditionSpec.from_dict(self.sampler.metadata.get("condition_spec"))
+        except (ConditionsError, KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{self.sampler.path}: malformed condition spec in the metadata ({exc})") from None
+        self.n_params = len(self.condition_spec)
+        if self.n_params != self.sampler.n_conditions:
+            raise ModelDirError(f"{self.sampler.path}: metadata lists {self.n_params} parameters but the graph "
+                                f"takes {self.sampler.n_conditions}")
 
     def einc_law(self) -> dict:
         return self.sampler.metadata["constants"]["incident_energies"]
@@ -283,9 +421,19 @@ class OnnxGenerator:
     def sample(self, conditions, batch_size: int = 1000, *, seed: int | None = None, device: str | None = None,
                progress: bool = False, variant: str | None = None) -> ShowerData:
         from .conditions import Conditions
+        from .errors import ConditionsError
 
         if variant not in (None, "student"):
             raise UsageError(f"{self.sampler.path}: an exported sampler holds the student only (not {variant!r})")
-        what = conditions.incident_energies if isinstance(conditions, Conditions) else conditions
-        einc, showers = self.sampler.sample(what, seed=seed, batch_size=batch_size)
+        if isinstance(conditions, Conditions):
+            cond = self.condition_spec.check(conditions, "conditions")
+            feats = np.asarray(self.condition_spec.features(cond.values), dtype=np.float32) if self.n_params else None
+            einc, showers = self.sampler.sample(cond.incident_energies, seed=seed, batch_size=batch_size,
+                                                conditions=feats)
+            return ShowerData(einc, showers, cond.values if self.n_params else None, cond.names,
+                              attrs={"generator": self.kind, "backend": "onnxruntime"})
+        if self.n_params:
+            raise ConditionsError(f"{self.sampler.path}: the model is conditioned on {list(self.condition_spec.names)}; "
+                                  "give their values")
+        einc, showers = self.sampler.sample(conditions, seed=seed, batch_size=batch_size)
         return ShowerData(einc, showers, attrs={"generator": self.kind, "backend": "onnxruntime"})

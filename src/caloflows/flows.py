@@ -424,26 +424,36 @@ def flow_sample(
     n: int | None = None,
     generator: torch.Generator | None = None,
     fast: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Draw one sample per context row (or ``n`` unconditional samples).
 
-    Latent values are drawn in the flow's parameter dtype (use :func:`double_precision` to
-    sample in float64) from ``generator`` if given.  With ``fast`` and autograd off, flows built
-    here are sampled by the fused path of :mod:`caloflows.lean` (same result as zuko's inverse
-    to float round-off); otherwise by :func:`inverse_path`.
+    Latent values are drawn in ``dtype`` (default: the flow's parameter dtype) from ``generator``
+    if given.  With ``fast`` and autograd off, flows built here are sampled by the fused path of
+    :mod:`caloflows.lean` (same result as zuko's inverse to float round-off), from a snapshot
+    in ``dtype`` cached with the flow (so ``dtype=torch.float64`` costs no cast of the module
+    per call, unlike :func:`double_precision`); otherwise by :func:`inverse_path` (inside
+    :func:`double_precision` if ``dtype`` is float64 and the flow is not).
     """
-    p = next(flow.parameters())
+    p = _lean._parameters(flow)[0] if isinstance(flow, Flow) else next(flow.parameters())
+    dtype = p.dtype if dtype is None else dtype
     rows = n if context is None else context.shape[0]
     if rows is None:
         raise ValueError("give a context or n")
     dim = flow.base.loc.shape[-1] if hasattr(flow.base, "loc") else flow.base().event_shape[-1]
-    z = torch.randn(rows, dim, dtype=p.dtype, device=p.device, generator=generator)
+    z = torch.randn(rows, dim, dtype=dtype, device=p.device, generator=generator)
+    c = None if context is None else context.to(dtype)
     if fast and _LEAN[0] and not torch.is_grad_enabled() and _lean.supports_lean(flow):
-        lean = _lean.lean_flow(flow)
+        lean = _lean.lean_flow(flow, dtype)
         with torch.inference_mode():
-            x = lean.sample(z, None if context is None else context.to(p.dtype))
+            x = lean.sample(z, c)
         return x.clone()  # a normal tensor again (callers may write into it)
-    return inverse_path(flow, z, context, fast=fast)[0]
+    if dtype == p.dtype:
+        return inverse_path(flow, z, c, fast=fast)[0]
+    if dtype != torch.float64:
+        raise ValueError(f"flow_sample: dtype {dtype} needs the lean path (float64 or the flow's own dtype)")
+    with double_precision(flow):
+        return inverse_path(flow, z, c, fast=fast)[0]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 from collections.abc import Callable
+from itertools import accumulate
 from typing import cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as Fn
@@ -51,6 +54,10 @@ __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "auto_chunk", 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
 #: measured with ``benchmarks/bench_lean.py`` (issue 13), see :func:`auto_chunk`.
 CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 16 << 20))
+
+#: a sequential (MAF) inverse of at most this many rows on the CPU runs its steps in numpy
+#: (:meth:`LeanBlock._sequential_numpy`); measured with ``benchmarks/bench_lean.py --flow1``.
+NUMPY_ROWS = int(os.environ.get("CALOFLOWS_NUMPY_ROWS", 16))
 
 
 def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int = 64, hi: int = 4096) -> int:
@@ -146,6 +153,73 @@ def rqs_forward(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0, 
     True
     """
     return _forward_wh(torch.stack([w, h], -2), d, x, bound, slope)
+
+
+def _spline_scale(K: int, ls: float) -> np.ndarray:
+    """Per-parameter scale of zuko's soft clamp ``u / (1 + |u * scale|)`` (widths, heights: 2 / log
+    slope; derivatives: 1 / log slope) in the layout ``[widths K | heights K | derivatives K - 1]``."""
+    return np.concatenate([np.full(2 * K, 2.0 / ls), np.full(K - 1, 1.0 / ls)])
+
+
+def _rqs_inverse_numpy(phi: np.ndarray, y: np.ndarray, K: int, bound: float, scale: np.ndarray) -> np.ndarray:
+    """:func:`_inverse_wh` for one feature in numpy: ``phi`` (B, 3K - 1) in zuko's layout
+    ``[widths K | heights K | derivatives K - 1]``, ``y`` (B,).
+
+    The soft clamp bounds the softmax inputs by ``|log slope| / 2`` and the derivative
+    exponents by ``|log slope|``, so the exponentials need no max subtraction.
+    """
+    B = phi.shape[0]
+    e = np.exp(phi / (1.0 + np.abs(phi * scale)))
+    cs = np.cumsum(e[:, :2 * K].reshape(B, 2, K), -1)
+    kn = np.empty((B, 2, K + 1), dtype=phi.dtype)
+    kn[:, :, 0] = -bound
+    kn[:, :, 1:] = cs * ((2.0 * bound) / cs[:, :, -1:]) - bound
+    dv = np.ones((B, K + 1), dtype=phi.dtype)
+    dv[:, 1:K] = e[:, 2 * K:]
+    k = (kn[:, 1, :] < y[:, None]).sum(-1) - 1
+    inside = (k >= 0) & (k < K)
+    k = np.clip(k, 0, K - 1)
+    rows = np.arange(B)
+    lo, hi = kn[rows, :, k], kn[rows, :, k + 1]
+    d0, d1 = dv[rows, k], dv[rows, k + 1]
+    x0, y0 = lo[:, 0], lo[:, 1]
+    dx, dy = hi[:, 0] - x0, hi[:, 1] - y0
+    s = dy / dx
+    yy = np.where(inside, y - y0, 0.0)
+    q = d0 + d1 - 2 * s
+    qa = dy * (s - d0) + yy * q
+    qb = dy * d0 - yy * q
+    qc = -s * yy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = 2 * qc / (-qb - np.sqrt(qb * qb - 4 * qa * qc))
+    return np.where(inside, x0 + z * dx, y)
+
+
+def _rqs_inverse_scalar(e: list, y: float, K: int, bound: float) -> float:
+    """:func:`_rqs_inverse_numpy` for one row in plain Python floats: ``e`` the exponentiated
+    soft-clamped parameters (3K - 1), ``y`` the spline output (a numpy op costs ~1 us, a float op ~50 ns)."""
+    cw, ch = list(accumulate(e[:K])), list(accumulate(e[K:2 * K]))
+    fw, fh = 2.0 * bound / cw[-1], 2.0 * bound / ch[-1]
+    ys = [-bound] + [c * fh - bound for c in ch]
+    k = bisect_left(ys, y) - 1  # number of knots below y, minus one (as the vectorised search)
+    if k < 0 or k >= K:
+        return y
+    x0 = -bound if k == 0 else cw[k - 1] * fw - bound
+    x1 = cw[k] * fw - bound
+    y0, y1 = ys[k], ys[k + 1]
+    d0 = 1.0 if k == 0 else e[2 * K + k - 1]
+    d1 = 1.0 if k == K - 1 else e[2 * K + k]
+    dx, dy = x1 - x0, y1 - y0
+    s = dy / dx
+    yy = y - y0
+    q = d0 + d1 - 2 * s
+    qa = dy * (s - d0) + yy * q
+    qb = dy * d0 - yy * q
+    qc = -s * yy
+    r = qb * qb - 4 * qa * qc
+    den = -qb - math.sqrt(r) if r >= 0 else math.nan
+    z = 2 * qc / den if den != 0 else math.nan
+    return x0 + z * dx
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -256,6 +330,48 @@ class LeanBlock(nn.Module):
                 a = torch.addr(a, od, self.w_in_t[d])
         return out
 
+    def _numpy_weights(self) -> tuple:
+        """numpy views of the buffers the sequential steps use (rebuilt after ``.to()``/``.double()``)."""
+        key = (self.w_step.data_ptr(), self.w_step.dtype)
+        cached = self.__dict__.get("_np")
+        if cached is None or cached[0] != key:
+            mids = tuple((getattr(self, f"w_h{i}").numpy(), getattr(self, f"b_h{i}").numpy())
+                         for i in range(1, self._hid + 1))
+            cached = (key, (self.w_in_t.numpy(), mids, self.w_step.numpy(), self.b_step.numpy()))
+            self.__dict__["_np"] = cached
+        return cached[1]
+
+    def _sequential_numpy(self, src: Tensor, ctx: Tensor) -> Tensor:
+        """:meth:`_sequential` for the inverse spline in numpy, for a few rows on the CPU.
+
+        Same arithmetic as the torch steps (to float round-off); at batch 1 a torch op costs
+        several microseconds of dispatch, a numpy op on a (1, 64) array about one, and flow-I's
+        ``D x blocks`` steps (54 for ds2-coarse) are nothing but such tiny ops (issue 13
+        profile).  One row: the spline in Python floats (:func:`_rqs_inverse_scalar`).
+        """
+        w_in, mids, w_step, b_step = self._numpy_weights()
+        y = src.numpy()
+        a = ctx.numpy().copy()
+        out = np.zeros_like(y)
+        K, bound = self.bins, self.bound
+        scale = _spline_scale(K, math.log(self.slope)).astype(y.dtype)
+        one = y.shape[0] == 1
+        for d in self.steps:
+            h = np.maximum(a, 0.0)
+            for w, b in mids:
+                h = np.maximum(h @ w + b, 0.0)
+            phi = h @ w_step[d] + b_step[d]
+            if one:
+                e = np.exp(phi / (1.0 + np.abs(phi * scale)))
+                od = _rqs_inverse_scalar(e[0].tolist(), float(y[0, d]), K, bound)
+                out[0, d] = od
+                a += od * w_in[d]
+            else:
+                odv = _rqs_inverse_numpy(phi, y[:, d], K, bound, scale)
+                out[:, d] = odv
+                a += odv[:, None] * w_in[d]
+        return torch.from_numpy(out)
+
     # -------------------------------------------------------------- directions
     def inverse(self, y: Tensor, c: Tensor | None = None, compiled: bool = False) -> Tensor:
         """latent side -> data side of this block (sampling direction)."""
@@ -263,6 +379,9 @@ class LeanBlock(nn.Module):
         fn = _spline_fn("inverse", compiled)
         if self.iaf:
             return fn(*self._params(y, ctx), y, self.bound, self.slope)
+        if (y.shape[0] <= NUMPY_ROWS and y.device.type == "cpu" and not compiled
+                and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()):
+            return self._sequential_numpy(y, ctx)
         return self._sequential(y, ctx, fn)
 
     def forward(self, x: Tensor, c: Tensor | None = None, compiled: bool = False) -> Tensor:
@@ -351,8 +470,26 @@ class LeanFlow(nn.Module):
         return c.to(v.dtype).expand(v.shape[0], -1)
 
 
+def _parameters(flow: Flow) -> list[nn.Parameter]:
+    """``list(flow.parameters())``, kept with the flow: walking the module tree costs ~0.1 ms per
+    call at batch 1.  Parameter objects survive ``.to()``, ``.double()`` and ``load_state_dict``
+    (their ``.data`` changes, which the cache keys of :func:`lean_flow` see)."""
+    params = flow.__dict__.get("_caloflows_params")
+    if params is None:
+        params = flow.__dict__["_caloflows_params"] = list(flow.parameters())
+    return params
+
+
 def supports_lean(flow: Flow) -> bool:
-    """True if every block of ``flow`` is a MADE with RQS splines built by :mod:`caloflows.flows`."""
+    """True if every block of ``flow`` is a MADE with RQS splines built by :mod:`caloflows.flows`
+    (the answer is kept with the flow: the structure of a built flow does not change)."""
+    ok = flow.__dict__.get("_caloflows_supports_lean")
+    if ok is None:
+        ok = flow.__dict__["_caloflows_supports_lean"] = _supports_lean(flow)
+    return ok
+
+
+def _supports_lean(flow: Flow) -> bool:
     from .flows import MaskedIAFTransform, _spline_bounds, flow_blocks
 
     try:
@@ -366,17 +503,23 @@ def supports_lean(flow: Flow) -> bool:
         and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in t.hyper) for t in blocks)
 
 
-def lean_flow(flow: Flow) -> LeanFlow:
-    """The flow's cached :class:`LeanFlow`, rebuilt when a weight changed (optimizer step,
-    ``load_state_dict``, ``.to()``/``.double()``: tensor version counters and storages)."""
-    p = next(flow.parameters())
+def lean_flow(flow: Flow, dtype: torch.dtype | None = None) -> LeanFlow:
+    """The flow's cached :class:`LeanFlow` in ``dtype`` (default: the parameters' dtype), rebuilt
+    when a weight changed (optimizer step, ``load_state_dict``, ``.to()``/``.double()``: tensor
+    version counters and storages).  A float32 flow snapshotted in float64 gives exactly what
+    :func:`caloflows.flows.double_precision` gives (the cast is exact), without casting the module."""
+    params = _parameters(flow)
+    p = params[0]
+    dtype = p.dtype if dtype is None else dtype
     # inside caloflows.flows.double_precision the key is that of the original parameters
-    key = flow.__dict__.get("_caloflows_src_key") or tuple(
-        (q.data_ptr(), q._version, q.dtype, q.device) for q in flow.parameters())
+    key = flow.__dict__.get("_caloflows_src_key") or (tuple(
+        (q.data_ptr(), q._version, q.dtype, q.device) for q in params), dtype)
     cache = flow.__dict__.setdefault("_caloflows_lean", {})
-    cached = cache.get((p.dtype, p.device))
+    cached = cache.get((dtype, p.device))
     if cached is not None and cached[0] == key:
         return cached[1]
     lean = LeanFlow.from_flow(flow, compiled=os.environ.get("CALOFLOWS_COMPILE", "0") == "1")
-    cache[(p.dtype, p.device)] = (key, lean)
+    if lean.blocks[0].w_step.dtype != dtype:
+        lean = lean.to(dtype)
+    cache[(dtype, p.device)] = (key, lean)
     return lean

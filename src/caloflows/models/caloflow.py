@@ -359,12 +359,11 @@ class CaloFlow(Generator):
         params = torch.zeros(len(einc), 0, dtype=torch.float64, device=self.device) if params is None else params
 
         def draw(e: Tensor, p: Tensor) -> Tensor:
-            y = F.flow_sample(self.flow1, self.flow1_context(e, p), generator=generator)
+            y = F.flow_sample(self.flow1, self.flow1_context(e, p), generator=generator, dtype=torch.float64)
             return self.decode_flow1(y, e)[0]
 
         bound = self.cfg.max_ratio if self.cfg.max_ratio is not None else self.unit.u0_max
-        with F.double_precision(self.flow1):
-            return sample_with_rejection(draw, einc, params.to(torch.float64), bound, self.cfg.max_resample)
+        return sample_with_rejection(draw, einc, params.to(torch.float64), bound, self.cfg.max_resample)
 
     @torch.no_grad()
     def sample_voxels(self, layer_energies: Tensor, einc: Tensor, params: Tensor | None = None, student: bool = True,
@@ -375,8 +374,7 @@ class CaloFlow(Generator):
         E = layer_energies.to(self.device, torch.float64)
         c = self.flow2_context(E, einc.to(self.device, torch.float64), params)
         if use64:
-            with F.double_precision(flow):
-                y = F.flow_sample(flow, c, generator=generator)
+            y = F.flow_sample(flow, c, generator=generator, dtype=torch.float64)
         else:
             y = F.flow_sample(flow, c.float(), generator=generator).double()
         frac = self.logit.inverse(self.std2.inverse(y))
