@@ -91,6 +91,13 @@ def precision_check(m: SuperCalo, coarse, einc, layers, feats, seed: int = 0) ->
                                                       / np.maximum(m.geometry.layer_energies(b), 1e-300)))}
 
 
+def save(res: dict, path: str | None) -> None:
+    """Write the JSON (after every section, so a run stopped early keeps what it measured)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="trained SuperCalo model directory")
@@ -132,6 +139,7 @@ def main() -> None:
     res["active_row_fraction"] = float(((coarse >= m.cut) & (coarse > 0)).mean())
     res["precision_check"] = precision_check(m, coarse, einc, layers, feats)
     print(json.dumps(res["precision_check"], indent=1), flush=True)
+    save(res, a.out)
     gen = torch.Generator().manual_seed(1)
     for mm in m.networks().values():
         mm.eval()
@@ -144,6 +152,7 @@ def main() -> None:
             lambda p=p: m._upsample_rows(coarse, einc, layers, feats, gen, precision=p), a.n, a.repeat)
     res["upsampling_ms_per_shower"] = ups
     print(json.dumps(ups, indent=1), flush=True)
+    save(res, a.out)
     chunk = {}
     for ch in a.chunks:
         m.lean_chunk = ch
@@ -162,12 +171,12 @@ def main() -> None:
             chain[f"{v} N={N}"] = median_ms(
                 lambda N=N, v=v: m.sample_resampled(e, N, batch_size=a.n, seed=0, variant=v), a.n, a.repeat)
             print(v, N, chain[f"{v} N={N}"], flush=True)
+            res["full_chain_ms_per_shower"] = chain
+            save(res, a.out)
     res["full_chain_ms_per_shower"] = chain
     res["load_after"] = os.getloadavg()
     print(json.dumps(res, indent=1))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+    save(res, a.out)
 
 
 if __name__ == "__main__":
