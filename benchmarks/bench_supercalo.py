@@ -252,7 +252,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
     p.add_argument("--reuse", action="store_true", help="load the models already trained in --workdir")
-    p.add_argument("--skip", default="", help="comma-separated parts to leave out: supercalo, layerwise, speed, floor")
+    p.add_argument("--choices", nargs="+", default=list(CHOICES), help="SuperCalo coarse-grainings (default: A B)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated parts to leave out: supercalo, layerwise, floor (Geant4 halves), fidelity "
+                        "(all evaluations: train/load and time only), speed")
     p.add_argument("--out", default="bench_supercalo.json")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
@@ -288,17 +291,19 @@ def main(argv=None) -> int:
     log(f"data: {a.n_train} training showers ({train}), {len(test)} held-out; load {os.getloadavg()[0]:.1f}")
     ev: dict = {}
     models: dict = {}
-    if "floor" not in skip:
+    if not {"floor", "fidelity"} & skip:
         perm = np.random.default_rng(a.seed).permutation(len(test))
         h0, h1 = perm[: len(test) // 2], perm[len(test) // 2:]
         ev["geant4_halves"] = evaluate_sample(test.subset(h0), test.subset(h1), a)
         log("Geant4 vs Geant4 halves", json.dumps(row("geant4_halves", ev["geant4_halves"], None)))
-    choices = () if "supercalo" in skip else CHOICES
+    choices = () if "supercalo" in skip else tuple(a.choices)
     for choice in choices:
         m, hist, sec = train_supercalo(choice, train, work, a)
         models[f"supercalo_{choice}"] = m
         res.setdefault("training", {})[f"supercalo_{choice}"] = {"seconds": sec, "networks": hist,
                                                                  "parameters": m.parameter_counts()}
+        if "fidelity" in skip:
+            continue
         # (a) upsampling of the true held-out coarse showers (table III)
         t0 = time.perf_counter()
         up = m.upsample(m.cmap.coarse_grain(fine), einc, seed=a.seed + 5, layer_energies=m.geometry.layer_energies(fine))
@@ -319,6 +324,8 @@ def main(argv=None) -> int:
         for name, (m, hist, sec, kw) in train_layerwise(train, work, a).items():
             models[name] = (m, kw)
             res.setdefault("training", {})[name] = {"seconds": sec, "networks": hist, "parameters": m.parameter_counts()}
+            if "fidelity" in skip:
+                continue
             t0 = time.perf_counter()
             g = m.sample(einc, batch_size=1000, seed=a.seed + 7, **kw)
             res.setdefault("generate_seconds", {})[name] = time.perf_counter() - t0
@@ -344,12 +351,16 @@ def main(argv=None) -> int:
                                                                                 seed=1, variant=a.variant), b,
                                             a.min_seconds) for b in a.batches if b >= N]
                 log(key, json.dumps(speed[key]))
+                res["generation_ms_per_shower"] = speed
+                save(res, a.out)
         for name, v in models.items():
             if isinstance(v, tuple):
                 m, kw = v
                 speed[name] = [ms_per_shower(lambda b=b, m=m, kw=kw: m.sample(np.resize(einc, b), batch_size=b, seed=1, **kw), b,
                                              a.min_seconds) for b in a.batches]
                 log(name, json.dumps(speed[name]))
+                res["generation_ms_per_shower"] = speed
+                save(res, a.out)
         res["load_speed_end"] = os.getloadavg()
         torch.set_num_threads(threads)
     res["generation_ms_per_shower"] = speed
