@@ -81,7 +81,7 @@ def test_upsampled_fine_voxels_sum_exactly_to_their_coarse_voxel(which, request)
     assert (c[c > 0] >= m.cut).all()  # the cut applies to FLOW-2's output
     m.batch_rows = 250  # several SUPERCALO calls per batch of showers
     try:
-        fine = m._upsample_rows(c, einc.numpy(), E.numpy(), np.zeros((6, 0)), gen)  # float64
+        fine = m._upsample_rows(c, einc.numpy(), E.numpy(), np.zeros((6, 0)), gen)  # float32 flow, float64 sums
     finally:
         m.batch_rows = SuperCalo.batch_rows
     np.testing.assert_allclose(m.cmap.coarse_grain(fine), c, rtol=1e-12, atol=1e-12)
@@ -89,6 +89,71 @@ def test_upsampled_fine_voxels_sum_exactly_to_their_coarse_voxel(which, request)
     # the public path (float32 file precision) and the full chain
     up = m.upsample(c, einc.numpy(), seed=1)
     np.testing.assert_allclose(m.cmap.coarse_grain(up.showers.astype(np.float64)), c, rtol=1e-5, atol=1e-6)
+
+
+def _active_conditions(m, data, n=4):
+    from caloflows.superres import build_conditions
+
+    fine = data.showers[:n].astype(np.float64)
+    c = m.cmap.coarse_grain(fine)
+    cond = build_conditions(data.incident_energies[:n], c, m.geometry.layer_energies(fine), m.cmap, m.prep)
+    return c, cond.reshape(n * m.cmap.n_coarse, -1)
+
+
+@pytest.mark.parametrize("which", ["model_b", "model_a"])
+def test_float32_upsampling_matches_float64_and_zuko_on_a_fixed_latent(which, request):
+    from caloflows import flows as F
+    from caloflows.superres import assemble_fine
+
+    m, data, _ = request.getfixturevalue(which)
+    c, cond = _active_conditions(m, data)
+    z = torch.randn(len(cond), m.cmap.group_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r64 = m.sample_relative(cond, precision="float64", z=z)
+    r32 = m.sample_relative(cond, precision="float32", z=z)
+    with F.double_precision(m.upflow), torch.no_grad():  # zuko's own inverse, float64
+        y = F.inverse_path(m.upflow, z, torch.as_tensor(cond), fast=False)[0]
+    np.testing.assert_allclose(r64, m.prep.target_inverse(y), rtol=1e-9, atol=1e-12)
+    assert next(m.upflow.parameters()).dtype == torch.float32  # the float64 snapshot is a copy
+    f64, f32 = (assemble_fine(r.reshape(len(c), m.cmap.n_coarse, -1), c, m.cmap, m.cut) for r in (r64, r32))
+    both = (f64 > 0) & (f32 > 0)
+    assert both.sum() > 100 and ((f64 > 0) == (f32 > 0)).mean() > 0.999
+    assert np.max(np.abs(f32 - f64)[both] / f64[both]) < 1e-3
+    on = c >= m.cut  # exact renormalisation holds for the float32 draw
+    np.testing.assert_allclose(m.cmap.coarse_grain(f32)[on], c[on], rtol=1e-6)
+
+
+def test_rows_below_the_cut_are_not_sampled_and_stay_empty(model_b, monkeypatch):
+    m, data, _ = model_b
+    fine = data.showers[:3].astype(np.float64)
+    c = m.cmap.coarse_grain(fine)
+    c[:, ::3] = 0.0  # empty coarse voxels
+    c[:, 1::7] = 0.5 * m.cut  # below the cut
+    seen = []
+    orig = SuperCalo.sample_relative
+
+    def spy(self, cond, generator=None, **kw):
+        seen.append(len(cond))
+        return orig(self, cond, generator, **kw)
+
+    monkeypatch.setattr(SuperCalo, "sample_relative", spy)
+    out = m._upsample_rows(c, data.incident_energies[:3], m.geometry.layer_energies(fine), np.zeros((3, 0)),
+                           torch.Generator().manual_seed(1))
+    active = (c >= m.cut)
+    assert sum(seen) == active.sum() < c.size
+    grouped = m.cmap.gather(out)
+    assert (grouped[~active] == 0).all() and (grouped[active].sum(-1) > 0).all()
+
+
+def test_lean_snapshot_is_built_once_and_follows_weight_changes(model_b):
+    m = model_b[0]
+    s32 = m._lean_upsampler(torch.float32)
+    assert m._lean_upsampler(torch.float32) is s32
+    s64 = m._lean_upsampler(torch.float64)
+    assert s64 is not s32 and m._lean_upsampler(torch.float64) is s64
+    p = next(m.upflow.parameters())
+    with torch.no_grad():
+        p.mul_(1.0)  # a weight update (same values, new version)
+    assert m._lean_upsampler(torch.float32) is not s32
 
 
 @pytest.mark.parametrize("which", ["model_b", "model_a"])

@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -69,6 +69,9 @@ from .caloflow import CaloFlow, CaloFlowConfig
 from .energy_flow import EnergyConstants, EnergyFlow
 from .settings import FlowSettings
 
+if TYPE_CHECKING:
+    from ..lean import LeanFlow
+
 __all__ = ["SuperCalo", "SuperCaloConfig", "UpsamplerLogProb"]
 
 
@@ -81,6 +84,7 @@ class SuperCaloConfig(FlowSettings):
 
     TITLE: ClassVar[str] = "SuperCalo"
     RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True)}
+    CHOICES: ClassVar[dict] = {"up_precision": ("float32", "float64")}
 
     coarse_graining: str = "A"
     coarse: dict = field(default_factory=lambda: CaloFlowConfig().to_dict())
@@ -92,6 +96,9 @@ class SuperCaloConfig(FlowSettings):
     up_bins: int = 8
     up_bound: float = 14.0
     resample: int = 1
+    #: SUPERCALO sampling precision: float32 (default; checked against float64 on a fixed latent in
+    #: benchmarks/bench_supercalo_upsampling_speed.py) or float64
+    up_precision: str = "float32"
     chunk_showers: int = 256
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     upsampler_train: dict = field(default_factory=lambda: asdict(TrainConfig(
@@ -379,26 +386,78 @@ class SuperCalo(Generator):
             E = torch.as_tensor(self.cmap.coarse.layer_energies(coarse.cpu().numpy()), device=self.device)
         return coarse, E
 
+    #: (shower, coarse voxel) rows per SUPERCALO flow call when sampling, across showers (bounds memory:
+    #: about 0.4 kB of conditions per row)
+    batch_rows: int = 200_000
+    #: rows per chunk of the lean MAF inverse (fits the (rows, hidden) working set in cache; 4096-16384
+    #: were equally fast for 2 x 64 and 2 x 128 MADEs in bench_supercalo_upsampling_speed.py)
+    lean_chunk: int = 8192
+
+    def _lean_upsampler(self, dtype: torch.dtype) -> "LeanFlow":
+        """The SUPERCALO flow's lean snapshot (:class:`caloflows.lean.LeanFlow`) in ``dtype``, built
+        once and rebuilt only when a weight changed (training step, ``load_state_dict``)."""
+        from ..lean import LeanFlow
+
+        key = tuple((q.data_ptr(), q._version, q.dtype, q.device) for q in self.upflow.parameters())
+        cache = self.__dict__.setdefault("_lean_up", {})
+        hit = cache.get(dtype)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        src = self.upflow
+        if next(src.parameters()).dtype != dtype:
+            import copy
+
+            src = copy.deepcopy(src).to(dtype)
+        lean = LeanFlow.from_flow(src, chunk=self.lean_chunk)
+        cache[dtype] = (key, lean)
+        return lean
+
+    @torch.no_grad()
+    def sample_relative(self, cond: np.ndarray, generator: torch.Generator | None = None, *,
+                        precision: str | None = None, z: Tensor | None = None) -> np.ndarray:
+        """SUPERCALO's inverse on (R, C) preprocessed condition rows -> (R, k) relative fine energies
+        (float64, inverse of B9, clipped at 0), by the lean sequential MAF inverse in ``precision``
+        (default the ``up_precision`` setting); ``z`` (R, k) fixes the latent noise (else drawn
+        from ``generator`` in that precision)."""
+        prec = precision or self.cfg.up_precision
+        if prec not in ("float32", "float64"):
+            raise UsageError(f"SUPERCALO precision must be float32 or float64, got {prec!r}")
+        dt = torch.float32 if prec == "float32" else torch.float64
+        lean = self._lean_upsampler(dt)
+        k = self.cmap.group_size
+        if len(cond) == 0:
+            return np.zeros((0, k))
+        if z is None:
+            z = torch.randn(len(cond), k, dtype=dt, device=self.device, generator=generator)
+        with torch.inference_mode():
+            y = lean.sample(z.to(self.device, dt), torch.as_tensor(cond, dtype=dt, device=self.device))
+        return self.prep.target_inverse(y)
+
     @torch.no_grad()
     def _upsample_rows(self, coarse: np.ndarray, einc: np.ndarray, layers: np.ndarray, feats: np.ndarray,
-                       generator: torch.Generator | None) -> np.ndarray:
-        """SUPERCALO on every coarse voxel of (M, n_coarse) coarse showers -> (M, V) fine showers."""
+                       generator: torch.Generator | None, precision: str | None = None) -> np.ndarray:
+        """SUPERCALO on the coarse voxels of (M, n_coarse) coarse showers -> (M, V) fine showers.
+
+        Rows are (shower, coarse voxel) pairs batched across showers (up to :attr:`batch_rows` per
+        flow call).  Only rows whose coarse energy passes the cut are sampled: a coarse voxel below
+        it comes out empty after the cut and renormalisation whatever SUPERCALO draws
+        (:func:`caloflows.postprocess.threshold_renormalise`), so skipping it changes no output
+        distribution, only which latent draws are made.
+        """
         cmap = self.cmap
+        Vc, k = cmap.n_coarse, cmap.group_size
         out = np.empty((len(coarse), self.geometry.n_voxels))
-        per = max(1, int(self.batch_rows) // cmap.n_coarse)  # showers per flow call (bounded memory)
+        per = max(1, int(self.batch_rows) // Vc)  # showers per flow call (bounded memory)
+        cut = self.cut
         for a in range(0, len(coarse), per):
             s = slice(a, a + per)
-            cond = self._with_params(build_conditions(einc[s], coarse[s], layers[s], cmap, self.prep), feats[s])
-            m = len(cond)
-            ct = torch.as_tensor(cond.reshape(m * cmap.n_coarse, -1), dtype=torch.float64, device=self.device)
-            with F.double_precision(self.upflow):
-                y = F.flow_sample(self.upflow, ct, generator=generator)
-            rel = self.prep.target_inverse(y).reshape(m, cmap.n_coarse, cmap.group_size)
-            out[s] = assemble_fine(rel, coarse[s], cmap, self.cut)
+            c = coarse[s]
+            cond = self._with_params(build_conditions(einc[s], c, layers[s], cmap, self.prep), feats[s])
+            active = ((c >= cut) & (c > 0)).reshape(-1)
+            rel = np.full((len(active), k), 1.0 / k)
+            rel[active] = self.sample_relative(cond.reshape(len(active), -1)[active], generator, precision=precision)
+            out[s] = assemble_fine(rel.reshape(len(c), Vc, k), c, cmap, cut)
         return out
-
-    #: coarse voxels per SUPERCALO call when sampling (about 1 kB each in float64)
-    batch_rows: int = 100_000
 
     def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
                         generator: torch.Generator | None, resample: int) -> Tensor:
