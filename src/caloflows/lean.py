@@ -269,7 +269,8 @@ class LeanBlock(nn.Module):
         if len(lin) < 2 or not all(type(a) is nn.ReLU for a in acts) or len(acts) != len(lin) - 1:
             raise TypeError("the lean path needs a MADE of masked linear layers with ReLU")
         self.iaf = bool(iaf)
-        self.bound, self.slope = bound, slope
+        assert slope is not None  # set together with bound (flows._spline_bounds)
+        self.bound, self.slope = bound, float(slope)
         K = shapes[0][0]
         self.bins = K
         T = block.total
