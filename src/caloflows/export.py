@@ -210,13 +210,12 @@ class ICaloFlowSampler(nn.Module):
         return torch.cat(parts, 1).float()
 
 
-def _metadata(model) -> dict:
-    if getattr(model, "kind", "caloflow") == "icaloflow":
-        return _metadata_icaloflow(model)
+def _common_metadata(model, kind: str, n_conditions: int) -> dict:
+    """Metadata every exported sampler carries (format, versions, geometry, layout sizes)."""
     g = model.geometry
     return {
         "format": FORMAT,
-        "kind": getattr(model, "kind", "caloflow"),
+        "kind": kind,
         "network": "student",
         "caloflows_version": __version__,
         "torch_version": torch.__version__,
@@ -224,8 +223,17 @@ def _metadata(model) -> dict:
         "geometry": g.to_dict(),
         "n_layers": g.n_layers,
         "n_voxels": g.n_voxels,
-        "n_conditions": 0,
+        "n_conditions": n_conditions,
         "threshold_mev": float(g.threshold_mev),
+    }
+
+
+def _metadata(model) -> dict:
+    if getattr(model, "kind", "caloflow") == "icaloflow":
+        return _metadata_icaloflow(model)
+    g = model.geometry
+    return {
+        **_common_metadata(model, getattr(model, "kind", "caloflow"), 0),
         "max_ratio": float(model.cfg.max_ratio if model.cfg.max_ratio is not None else model.unit.u0_max),
         "constants": {
             "logit": model.logit.to_dict(), "unit_space": model.unit.to_dict(),
@@ -243,18 +251,8 @@ def _metadata(model) -> dict:
 def _metadata_icaloflow(model) -> dict:
     g, k = model.geometry, model.n_params
     return {
-        "format": FORMAT,
-        "kind": "icaloflow",
-        "network": "student",
-        "caloflows_version": __version__,
-        "torch_version": torch.__version__,
-        "opset": OPSET,
-        "geometry": g.to_dict(),
-        "n_layers": g.n_layers,
-        "n_voxels": g.n_voxels,
-        "n_conditions": k,
+        **_common_metadata(model, "icaloflow", k),
         "condition_spec": model.condition_spec.to_dict(),
-        "threshold_mev": float(g.threshold_mev),
         "max_ratio": None if model.cfg.max_ratio is None else float(model.cfg.max_ratio),
         "postprocess": model.cfg.postprocess,
         "constants": model.constants(),
