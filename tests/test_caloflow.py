@@ -21,12 +21,6 @@ from caloflows.training.loop import TrainConfig
 
 torch.set_num_threads(1)
 
-XML = """<Bins><Bin pid="11" name="electron">
-<Layer id="0" r_edges="0,2,5,10" n_bin_alpha="2"/>
-<Layer id="1" r_edges="0,2,5,10" n_bin_alpha="2"/>
-<Layer id="2" r_edges="0,2,5,10,20" n_bin_alpha="1"/>
-</Bin></Bins>"""
-
 
 def _tc(epochs, **kw):
     from dataclasses import asdict
@@ -35,9 +29,9 @@ def _tc(epochs, **kw):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_xml):
     d = tmp_path_factory.mktemp("caloflow")
-    (d / "tiny.xml").write_text(XML)
+    (d / "tiny.xml").write_text(tiny_xml)
     g = load_geometry(str(d / "tiny.xml"))
     inc, sh = toy_showers(g, 3000, seed=0)
     cfg = CaloFlowConfig(flow1_transforms=3, flow2_transforms=3, flow2_hidden=32, student_hidden=48,

@@ -21,17 +21,11 @@ from caloflows.training.loop import TrainConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
-XML = """<Bins><Bin pid="11" name="electron">
-<Layer id="0" r_edges="0,2,5,10" n_bin_alpha="2"/>
-<Layer id="1" r_edges="0,2,5,10" n_bin_alpha="2"/>
-<Layer id="2" r_edges="0,2,5,10,20" n_bin_alpha="1"/>
-</Bin></Bins>"""
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_xml):
     d = tmp_path_factory.mktemp("export")
-    (d / "tiny.xml").write_text(XML)
+    (d / "tiny.xml").write_text(tiny_xml)
     g = load_geometry(str(d / "tiny.xml"))
     inc, sh = toy_showers(g, 600, seed=0)
     tc = asdict(TrainConfig(epochs=2, batch_size=128, base_lr=2e-4, max_lr=3e-3, patience=None))
