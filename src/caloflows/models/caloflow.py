@@ -249,12 +249,14 @@ class CaloFlow(Generator):
         """
         kev = self.cfg.flow2_noise_kev * P.KEV
         x = P.add_uniform_noise(showers, kev, generator) if noise else showers
-        E = self._dequantise_layers(self._layer_sums(x), showers, noise, generator)
+        S = self._layer_sums(x)
+        E = self._dequantise_layers(S, showers, noise, generator)
         t = self.cfg.empty_voxel_noise_mev
         if t > 0:
             u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator) if noise else 0.5
             x = x + (showers <= kev).to(x.dtype) * t * u
-        frac = x / self._layer_sums(x).clamp_min(1e-30)[:, self._layer_index.to(x.device)]
+            S = self._layer_sums(x)
+        frac = x / S.clamp_min(1e-30)[:, self._layer_index.to(x.device)]
         return frac.clamp(0.0, 1.0), E
 
     def flow2_inputs(self, showers: Tensor, einc: Tensor, params: Tensor | None = None, noise: bool = True,
