@@ -68,7 +68,10 @@ def test_presets_follow_the_paper_and_work_on_one_layer():
 
 def test_einc_feature_is_eq1_and_the_cosine_schedule_restarts():
     assert einc_feature([20e3, 100e3], 20e3, 100e3).tolist() == [-1.0, 1.0]
-    np.testing.assert_allclose(einc_feature([50e3], 20e3, 100e3), scale_condition([50e3], 20e3, 100e3))
+    # eq. 1 in the paper's unit (GeV): its "+1" is 1 GeV, so 21 GeV sits at -0.68, not at +0.22 as in MeV
+    np.testing.assert_allclose(einc_feature([21e3, 50e3], 20e3, 100e3), scale_condition([21.0, 50.0], 20.0, 100.0))
+    assert einc_feature([21e3], 20e3, 100e3)[0] == pytest.approx(2 * np.log(2) / np.log(81) - 1)
+    np.testing.assert_allclose(einc_feature([50e3], 20e3, 100e3, unit_mev=1.0), scale_condition([50e3], 20e3, 100e3))
     opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     sched = make_scheduler(opt, "cosine", base_lr=1e-5, max_lr=1e-3, steps_per_epoch=2, epochs=10, cycle_epochs=2)
     lrs = []
@@ -129,6 +132,23 @@ def test_conditions_are_required_and_checked(trained, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded.sample(Conditions(np.full(3, 4e3), np.array([[1.0, 70.0]] * 3), ("d", "b")), seed=1)
+
+
+def test_einc_just_below_the_training_minimum_is_generated(trained):
+    """Held-out showers drawn from the training law reach below the training sample's minimum
+    (the paraflow-quick demo: 20013.8 MeV against a minimum of 20114.4 MeV).  Eq. 1 with E_inc in
+    MeV refused them; in GeV they extrapolate by a warning, and the feature stays below -1."""
+    model = trained[0]
+    lo = model.einc_range[0]
+    with pytest.warns(ConditionsWarning, match="incident energies outside the training range"):
+        s = model.sample(Conditions(np.full(2, lo - 100.0), np.array([[1.0, 70.0]] * 2), ("d", "b")), seed=1)
+    assert np.all(np.isfinite(s.showers))
+    assert einc_feature([lo - 100.0], *model.einc_range)[0] < -1.0
+    # a model saved before the unit was recorded keeps its MeV feature
+    old = {k: v for k, v in model.constants().items() if k != "einc_unit_mev"}
+    twin = ParaFlow(GEOMETRY, model.cfg, model.condition_spec)
+    twin.set_constants(old)
+    assert twin.einc_unit_mev == 1.0
 
 
 def test_cli_train_and_generate_at_fixed_d_and_b(tmp_path, capsys):

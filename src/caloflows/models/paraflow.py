@@ -133,9 +133,22 @@ def _quick(g: Geometry) -> ParaFlowConfig:
 ParaFlowConfig.PRESETS = {"quick": _quick, "full": _full}
 
 
-def einc_feature(einc: Any, low: float, high: float) -> np.ndarray:
-    """E_inc (MeV) -> the flow's E_inc condition, eq. 1 over the training range ``[low, high]``."""
-    return scale_condition(np.asarray(einc, dtype=np.float64), low, high)
+#: unit (in MeV) in which eq. 1 maps E_inc: GeV, the paper's unit.  Eq. 1's offset "+1" is one
+#: unit: in GeV, E_inc = 21 GeV maps to -0.68 over 20-100 GeV; in MeV it would map to +0.22, squeezing
+#: everything above 21 GeV into [0.22, 1] and refusing any E_inc 1 MeV below the training minimum.
+#: Models saved before this constant existed used MeV (``einc_unit_mev`` absent: 1.0).
+EINC_UNIT_MEV = 1000.0
+
+
+def einc_feature(einc: Any, low: float, high: float, unit_mev: float = EINC_UNIT_MEV) -> np.ndarray:
+    """E_inc (MeV) -> the flow's E_inc condition: eq. 1 over the training range ``[low, high]`` (MeV),
+    evaluated in units of ``unit_mev`` (default GeV, so that eq. 1's "+1" is 1 GeV as in the paper).
+
+    >>> [round(float(x), 3) for x in einc_feature([20e3, 21e3, 100e3], 20e3, 100e3)]
+    [-1.0, -0.685, 1.0]
+    """
+    u = float(unit_mev)
+    return scale_condition(np.asarray(einc, dtype=np.float64) / u, low / u, high / u)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -163,6 +176,7 @@ class ParaFlow(Generator):
         self.logit = P.Logit(c.alpha)
         self._std: P.Standardize | None = None
         self._einc_range: tuple[float, float] | None = None
+        self.einc_unit_mev = EINC_UNIT_MEV
         self.einc_dist: dict | None = None
 
     def networks(self) -> dict[str, nn.Module]:
@@ -186,7 +200,8 @@ class ParaFlow(Generator):
         if self._std is None:
             return None
         return {"logit": self.logit.to_dict(), "standardize": self.std.to_dict(),
-                "einc_range": list(self.einc_range), "incident_energies": self.einc_dist}
+                "einc_range": list(self.einc_range), "einc_unit_mev": self.einc_unit_mev,
+                "incident_energies": self.einc_dist}
 
     def set_constants(self, c: dict) -> None:
         self.logit = P.from_dict(c["logit"])
@@ -195,6 +210,7 @@ class ParaFlow(Generator):
         if not hi > lo:
             raise ValueError(f"einc_range {c['einc_range']} is not increasing")
         self._einc_range = (lo, hi)
+        self.einc_unit_mev = float(c.get("einc_unit_mev", 1.0))  # absent: a model saved when eq. 1 used MeV
         self.einc_dist = c["incident_energies"]
 
     # ------------------------------------------------------------------ preprocessing
@@ -222,10 +238,11 @@ class ParaFlow(Generator):
         if np.any(out):
             warnings.warn(f"{int(out.sum())} incident energies outside the training range [{lo:g}, {hi:g}] MeV; "
                           "the model extrapolates", ConditionsWarning, stacklevel=4)
-        if np.any(e <= lo - 1.0):
-            raise ConditionsError(f"incident energies down to {e.min():g} MeV: eq. 1 needs E_inc > {lo - 1.0:g} MeV "
-                                  f"(training range [{lo:g}, {hi:g}] MeV minus 1 MeV)")
-        f = torch.as_tensor(einc_feature(e, lo, hi), dtype=params.dtype, device=params.device)
+        u = self.einc_unit_mev
+        if np.any(e <= lo - u):
+            raise ConditionsError(f"incident energies down to {e.min():g} MeV: eq. 1 needs E_inc > {lo - u:g} MeV "
+                                  f"(training range [{lo:g}, {hi:g}] MeV minus its offset of {u:g} MeV)")
+        f = torch.as_tensor(einc_feature(e, lo, hi, u), dtype=params.dtype, device=params.device)
         return torch.cat([f[:, None], params], 1)
 
     def fit_constants(self, data: ShowerData, seed: int = 0, max_rows: int = 50_000) -> None:
@@ -244,7 +261,7 @@ class ParaFlow(Generator):
     def _inputs(self, data: ShowerData, params: np.ndarray, with_z: bool = False):
         einc64 = np.asarray(data.incident_energies, dtype=np.float64)
         einc = torch.as_tensor(einc64, dtype=torch.float32)
-        ctx = torch.as_tensor(np.column_stack([einc_feature(einc64, *self.einc_range), params]), dtype=torch.float32)
+        ctx = torch.as_tensor(np.column_stack([einc_feature(einc64, *self.einc_range, self.einc_unit_mev), params]), dtype=torch.float32)
 
         def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
             k = torch.as_tensor(np.asarray(ii))
