@@ -13,6 +13,7 @@ Parts (results written to a JSON file after each part, so a partial run keeps it
 4. physics of that sample: mean w, R9 and cluster count per d bin and per b bin (with
    standard errors) and on the (d, b) grid, the slopes vs d and b, energy fraction outside
    the 8 x 16 window (mean per (d, b) cell, maximum cell), converted fraction vs formula,
+   sigma_y / sigma_x of converted and unconverted showers (the field bends along y),
    and the Geant4-vs-Geant4 floor: :func:`paraflow_report` on the two halves of the sample.
 
     python benchmarks/bench_paraflow_g4.py --n 2000 --jobs 2 --out-dir /tmp/paraflow_bench
@@ -37,13 +38,16 @@ def _save(res: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def conversions(n: int, seed: int) -> dict:
+def conversions(n: int, seed: int, ds: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5),
+                energy: str = "U:20:100") -> dict:
+    """Fraction of ``n`` photons (``energy``) converting in a plate of d X0 (calorimeter replaced
+    by vacuum) for each d of ``ds``, with its binomial error and pull vs 1 - exp(-7/9 d)."""
     from caloflows.simulation.energies import parse_energy, shower_energies_mev
     from caloflows.simulation.paraflow import conversion_probability, simulate_paraflow_raw
 
-    e = shower_energies_mev(parse_energy("U:20:100"), seed, np.arange(n))
+    e = shower_energies_mev(parse_energy(energy), seed, np.arange(n))
     out = {}
-    for d in (0.5, 0.75, 1.0, 1.25, 1.5):
+    for d in ds:
         t = time.perf_counter()
         r = simulate_paraflow_raw(e, np.tile([d, 70.0], (n, 1)), calorimeter=False, seed=seed + int(100 * d))
         conv = np.isfinite(r.conversion_z_mm)
@@ -59,11 +63,12 @@ def conversions(n: int, seed: int) -> dict:
     return out
 
 
-def timing(n_each: int, seed: int) -> dict:
+def timing(n_each: int, seed: int, es: tuple[float, ...] = (20.0, 60.0, 100.0)) -> dict:
+    """Geant4 seconds per shower (``BeamOn(1)``, this process, one core) at the energies ``es``
+    (GeV) for (d, b) = (1.0 X0, 70 cm), ``n_each`` showers each after one warm-up shower."""
     from caloflows.simulation.paraflow import simulate_paraflow_raw
 
-    es = [20.0, 60.0, 100.0]
-    e = np.concatenate([[20e3]] + [np.full(n_each, x * 1e3) for x in es])  # first shower: warm-up
+    e = np.concatenate([[es[0] * 1e3]] + [np.full(n_each, x * 1e3) for x in es])  # first shower: warm-up
     r = simulate_paraflow_raw(e, np.tile([1.0, 70.0], (len(e), 1)), seed=seed)
     secs = r.seconds[1:]
     out = {"init_seconds": r.init_seconds, "tables": r.tables, "n_each": n_each, "seconds_per_shower": {},
@@ -87,6 +92,37 @@ def sharded_run(n: int, jobs: int, path: str, seed: int) -> dict:
     return {"n": n, "jobs": jobs, "wall_s": wall, "wall_x_jobs_per_shower_s": wall * jobs / n, "path": path}
 
 
+def field_asymmetry(path: str) -> dict:
+    """With the 4 T field along x, e+ and e- of a conversion bend along y: the energy-weighted
+    spread sigma_y / sigma_x of the 24 x 24 matrix (``--store full``, rows along y), median and
+    mean with standard error, for converted and unconverted showers of the file."""
+    import h5py
+
+    with h5py.File(path) as f:
+        if "showers_full" not in f:
+            raise SystemExit(f"{path}: no showers_full (simulate with store='full')")
+        img = f["showers_full"][()].astype(np.float64).reshape(-1, 24, 24)
+        conv = f["converted"][()].astype(bool)
+    yy, xx = np.meshgrid(np.arange(24.0), np.arange(24.0), indexing="ij")
+    e = img.sum((1, 2))
+    ok = e > 0
+    img, conv, e = img[ok], conv[ok], e[ok]
+    my, mx = (img * yy).sum((1, 2)) / e, (img * xx).sum((1, 2)) / e
+    sy = np.sqrt((img * (yy - my[:, None, None]) ** 2).sum((1, 2)) / e)
+    sx = np.sqrt((img * (xx - mx[:, None, None]) ** 2).sum((1, 2)) / e)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = sy / sx
+    out: dict = {}
+    for name, m in (("converted", conv), ("unconverted", ~conv)):
+        r = ratio[m & np.isfinite(ratio)]
+        out[name] = {"n": int(r.size), "median_sigma_y_over_sigma_x": float(np.median(r)) if r.size else None,
+                     "mean_sigma_y_over_sigma_x": float(r.mean()) if r.size else None,
+                     "stat_error": float(r.std(ddof=1) / np.sqrt(r.size)) if r.size > 1 else None}
+    print(f"sigma_y / sigma_x (bending / across), median: converted {out['converted']['median_sigma_y_over_sigma_x']}, "
+          f"unconverted {out['unconverted']['median_sigma_y_over_sigma_x']}", flush=True)
+    return out
+
+
 def _fit(x: np.ndarray, y: np.ndarray) -> dict:
     ok = np.isfinite(y)
     A = np.stack([x[ok], np.ones(ok.sum())], 1)
@@ -97,9 +133,10 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def physics(path: str, report_dir: str) -> dict:
+    import h5py
+
     from caloflows.evaluation.paraflow import B_EDGES, D_EDGES, mean_maps, paraflow_observables, paraflow_report
     from caloflows.io import read_showers
-    import h5py
 
     d = read_showers(path)
     with h5py.File(path) as f:
@@ -132,6 +169,7 @@ def physics(path: str, report_dir: str) -> dict:
     out["converted_fraction"] = {"sample": float(conv.mean()),
                                  "formula_mean_over_d": float(conversion_probability(c[:, 0]).mean()),
                                  "stat_error": float(np.sqrt(conv.mean() * (1 - conv.mean()) / len(conv)))}
+    out["field_asymmetry"] = field_asymmetry(path)
     h = len(d) // 2
     rep = paraflow_report(d.subset(np.arange(h)), d.subset(np.arange(h, 2 * h)), report_dir, gen_label="Geant4 half 1")
     out["geant4_halves"] = {"separation_power": rep["separation_power"],

@@ -46,6 +46,22 @@ def _summary(report: dict) -> dict:
     return out
 
 
+def sampling_timing(model, cond, variants: list[str], batches: list[int], repeats: int) -> dict:
+    """ms per shower of ``model.sample`` for each variant and batch size: one call of ``bs``
+    showers (conditions cycled from ``cond``) per repeat, median of ``repeats`` calls."""
+    timing: dict = {}
+    for v in variants:
+        for bs in batches:
+            c = cond[np.arange(bs) % len(cond)]
+            ts = []
+            for r in range(repeats):
+                t0 = time.perf_counter()
+                model.sample(c, batch_size=bs, seed=r, variant=v)
+                ts.append(time.perf_counter() - t0)
+            timing[f"{v}_batch{bs}_ms_per_shower"] = 1e3 * float(np.median(ts)) / bs
+    return timing
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="Geant4 ParaFlow shower file (geometry paraflow-8x16, d and b)")
@@ -120,17 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         res[f"report_{v}"] = _summary(rep)
         _save(res, res_path)
 
-    timing: dict = {}
-    for v in variants:
-        for bs in (int(x) for x in args.timing_batches.split(",")):
-            c = cond[np.arange(bs) % len(cond)]
-            ts = []
-            for r in range(args.repeats):
-                t0 = time.perf_counter()
-                model.sample(c, batch_size=bs, seed=r, variant=v)
-                ts.append(time.perf_counter() - t0)
-            timing[f"{v}_batch{bs}_ms_per_shower"] = 1e3 * float(np.median(ts)) / bs
-    res["timing"] = timing
+    res["timing"] = sampling_timing(model, cond, variants, [int(x) for x in args.timing_batches.split(",")],
+                                    args.repeats)
     res["load_average_end"] = os.getloadavg()
     _save(res, res_path)
     print(json.dumps({k: res[k] for k in res if k.startswith(("report", "timing", "train_seconds", "n_"))},

@@ -20,7 +20,9 @@ one of :func:`.histograms.separation_power`), inclusive and in the d bins
 [0.5, 0.75, 1.0, 1.25, 1.5] X0 and b bins [50, 60, 70, 80, 90] cm (figs. 5-8); the mean of
 w, R9 and the cluster count on the (d, b) grid for both samples and their relative
 difference (fig. 9); average images and their relative difference (fig. 4); example images
-(fig. 3).  :func:`paraflow_report` writes all of them.
+(fig. 3).  :func:`paraflow_report` writes all of them.  :func:`cell_agreement` tests the
+paper's claim (sec. 5) that mean w, R9 and the cluster count agree with Geant4 within 6 % in
+every (d, b) cell, with the statistical error of each cell's relative difference.
 
 >>> img = np.zeros((1, 16, 8)); img[0, 8, 4] = 30e3
 >>> o = paraflow_observables(img)
@@ -33,7 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,10 @@ __all__ = [
     "observable_bins",
     "compare_observables",
     "mean_maps",
+    "CellStatistics",
+    "cell_statistics",
+    "cell_agreement",
+    "CELL_TOLERANCE",
     "paraflow_report",
     "D_EDGES",
     "B_EDGES",
@@ -226,6 +233,98 @@ def mean_maps(obs: Mapping[str, np.ndarray], cond: np.ndarray, d_edges=D_EDGES, 
                 v = v[np.isfinite(v)]
                 if v.size:
                     out[n][i, j] = v.mean()
+    return out
+
+
+#: the paper's agreement of the (d, b) cell means with Geant4 (sec. 5: "within 6 %")
+CELL_TOLERANCE = 0.06
+
+
+@dataclass(frozen=True)
+class CellStatistics:
+    """Per (d, b) cell: mean of the finite values, its standard error std(ddof=1)/sqrt(n)
+    (NaN with fewer than 2 values; the mean is NaN without any) and the count n."""
+
+    mean: np.ndarray
+    standard_error: np.ndarray
+    count: np.ndarray
+
+
+def cell_statistics(values: np.ndarray, cond: np.ndarray, d_edges: Sequence[float] = D_EDGES,
+                    b_edges: Sequence[float] = B_EDGES) -> CellStatistics:
+    """Mean and standard error of ``values`` (N,) in the (d, b) cells of ``cond`` (N, 2), arrays
+    (n_d, n_b); the cells are those of :func:`mean_maps` (last bin closed).
+
+    >>> s = cell_statistics(np.array([1.0, 3.0]), np.array([[0.6, 55.0], [0.7, 58.0]]))
+    >>> float(s.mean[0, 0]), float(s.standard_error[0, 0]), int(s.count[0, 0])
+    (2.0, 1.0, 2)
+    """
+    cond = np.asarray(cond, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    dm, bm = _bin_masks(cond, 0, d_edges), _bin_masks(cond, 1, b_edges)
+    shape = (len(dm), len(bm))
+    mean, se, count = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape, dtype=np.int64)
+    for i, a in enumerate(dm):
+        for j, b in enumerate(bm):
+            x = v[a & b]
+            x = x[np.isfinite(x)]
+            count[i, j] = x.size
+            if x.size:
+                mean[i, j] = x.mean()
+            if x.size > 1:
+                se[i, j] = x.std(ddof=1) / math.sqrt(x.size)
+    return CellStatistics(mean, se, count)
+
+
+def cell_agreement(gen_obs: Mapping[str, np.ndarray], gen_cond: np.ndarray, ref_obs: Mapping[str, np.ndarray],
+                   ref_cond: np.ndarray, *, tolerance: float = CELL_TOLERANCE, n_sigma: float = 2.0,
+                   names: Sequence[str] = ("w", "R9", "n_clusters"), d_edges: Sequence[float] = D_EDGES,
+                   b_edges: Sequence[float] = B_EDGES) -> dict:
+    """Do the (d, b) cell means of the generated sample agree with the reference within
+    ``tolerance`` (paper sec. 5 / fig. 9: 6 %)?
+
+    Per observable and cell: the relative difference r = m_gen / m_ref - 1, its standard error
+    sigma_r = sqrt(se_gen^2 + (m_gen se_ref / m_ref)^2) / |m_ref| (first-order propagation of
+    both samples' standard errors, :func:`cell_statistics`) and a verdict: ``within``
+    (|r| <= tolerance), ``consistent`` (outside, but |r| - tolerance <= n_sigma sigma_r),
+    ``outside``, or ``undetermined`` (fewer than 2 showers in either sample, or m_ref = 0).
+    Returns a JSON-ready dict (arrays as nested lists, NaN as None) with the verdict counts per
+    observable and ``all_within`` / ``all_within_or_consistent`` over every determined cell.
+
+    >>> o = {"w": np.array([1.0, 1.0])}; c = np.array([[0.6, 55.0], [0.6, 55.0]])
+    >>> r = cell_agreement({"w": np.array([1.05, 1.05])}, c, o, c, names=("w",))
+    >>> r["observables"]["w"]["verdict"][0][0], r["all_within"]
+    ('within', True)
+    """
+    if tolerance < 0 or n_sigma < 0:
+        raise EvaluationError(f"cell_agreement: tolerance and n_sigma must be >= 0, got {tolerance}, {n_sigma}")
+    out: dict = {"tolerance": tolerance, "n_sigma": n_sigma, "d_edges": list(map(float, d_edges)),
+                 "b_edges": list(map(float, b_edges)), "observables": {}}
+    all_within, all_ok, any_determined = True, True, False
+    for n in names:
+        g = cell_statistics(gen_obs[n], gen_cond, d_edges, b_edges)
+        r = cell_statistics(ref_obs[n], ref_cond, d_edges, b_edges)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = g.mean / r.mean - 1.0
+            sig = np.sqrt(g.standard_error ** 2 + (g.mean * r.standard_error / r.mean) ** 2) / np.abs(r.mean)
+        ok = (g.count > 1) & (r.count > 1) & np.isfinite(rel) & np.isfinite(sig)
+        verdict = np.full(rel.shape, "undetermined", dtype=object)
+        verdict[ok & (np.abs(rel) <= tolerance)] = "within"
+        verdict[ok & (np.abs(rel) > tolerance) & (np.abs(rel) - tolerance <= n_sigma * sig)] = "consistent"
+        verdict[ok & (np.abs(rel) - tolerance > n_sigma * sig)] = "outside"
+        counts = {k: int((verdict == k).sum()) for k in ("within", "consistent", "outside", "undetermined")}
+        any_determined |= bool(ok.any())
+        all_within &= counts["consistent"] + counts["outside"] == 0
+        all_ok &= counts["outside"] == 0
+        out["observables"][n] = _json_clean({
+            "generated_mean": g.mean.tolist(), "generated_standard_error": g.standard_error.tolist(),
+            "reference_mean": r.mean.tolist(), "reference_standard_error": r.standard_error.tolist(),
+            "count_generated": g.count.tolist(), "count_reference": r.count.tolist(),
+            "relative_difference": rel.tolist(), "relative_difference_error": sig.tolist(),
+            "verdict": verdict.tolist(), **{f"n_{k}": v for k, v in counts.items()},
+            "max_abs_relative_difference": float(np.max(np.abs(rel[ok]))) if ok.any() else None})
+    out["all_within"] = all_within and any_determined
+    out["all_within_or_consistent"] = all_ok and any_determined
     return out
 
 
