@@ -218,54 +218,14 @@ def _gen_path(workdir: Path, v: str, s: str) -> Path:
     return workdir / f"generated_{v}_{s}.h5"
 
 
-def clip_energies(data, lo: float, hi: float) -> tuple[Any, dict]:
-    """``data`` with E_inc clipped onto the model's training range [lo, hi] (MeV) and what moved.
-
-    ParaFlow's eq. 1 is defined on the E_inc range of the training file (above its minimum minus
-    1 MeV); an independent held-out sample of the same law can reach a few MeV beyond it (about
-    80 GeV / n_train at the edges).  Those rows are generated at the edge of the range.
-    """
-    from caloflows.io import ShowerData
-
-    e = np.asarray(data.incident_energies, dtype=np.float64)
-    c = np.clip(e, lo, hi)
-    moved = c != e
-    info = {"einc_range_mev": [lo, hi], "n_clipped": int(moved.sum()),
-            "max_shift_mev": float(np.abs(c - e).max()) if moved.any() else 0.0}
-    if not moved.any():
-        return data, info
-    return ShowerData(c, data.showers, data.conditions, data.condition_names, dict(data.attrs),
-                      data.condition_units), info
-
-
-def _conditions_source(path: Path, model, workdir: Path, name: str) -> tuple[Path, dict]:
-    """The file whose (E_inc, d, b) the model generates at: ``path``, or a clipped copy of it."""
-    from caloflows.io import read_showers, write_showers
-
-    data = read_showers(path)
-    lo, hi = model.einc_range
-    clipped, info = clip_energies(data, lo, hi)
-    if clipped is data:
-        return path, info
-    dst = workdir / f"conditions_{name}.h5"
-    if dst.exists():
-        dst.unlink()  # written by this step of an interrupted run
-    write_showers(dst, clipped.incident_energies, clipped.showers, conditions=clipped.conditions,
-                  condition_names=clipped.condition_names, geometry=GEOMETRY)
-    info["file"] = str(dst)
-    print(f"  {name}: {info['n_clipped']} E_inc clipped onto the training range (at most "
-          f"{info['max_shift_mev']:.2f} MeV)", flush=True)
-    return dst, info
-
-
 def step_generate(a, files: dict[str, Path], model_dir: Path, workdir: Path) -> dict:
     from caloflows import api
-    from caloflows.models import load_model
 
-    model = load_model(model_dir)
-    out: dict = {"conditions": {}}
+    out: dict = {}
     for s in SAMPLES:
-        src, out["conditions"][s] = _conditions_source(files[s], model, workdir, s)
+        # held-out E_inc a little below the training minimum (same law, independent sample) are
+        # generated with the model's extrapolation warning: eq. 1 maps E_inc in GeV (models.paraflow)
+        src = files[s]
         for v in VARIANTS:
             # force: only this step writes these files of the workdir (an interrupted run's are redone)
             out[f"{v}_{s}"] = api.generate(str(model_dir), str(_gen_path(workdir, v, s)), energies_from=str(src),
@@ -351,7 +311,7 @@ def step_timing(a, files: dict[str, Path], model_dir: Path) -> dict:
 
     torch.set_num_threads(a.threads)
     model = load_model(model_dir)
-    cond = Conditions.from_data(clip_energies(read_showers(files["heldout"]), *model.einc_range)[0])
+    cond = Conditions.from_data(read_showers(files["heldout"]))
     batches = [int(x) for x in a.batches.split(",")]
     ms = pfm.sampling_timing(model, cond, list(VARIANTS), batches, a.repeats)
     geant = g4.timing(a.n_g4_timing, a.seed + 6, tuple(float(x) for x in a.g4_timing_energies.split(",")))

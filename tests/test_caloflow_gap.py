@@ -143,3 +143,28 @@ def test_generate_set_changes_the_cut_of_a_trained_model(geometry, tmp_path):
     with pytest.raises(UsageError, match="not a generation setting"):
         api.generate(tmp_path / "m", tmp_path / "c.h5", n=5, seed=1, progress=False, settings=["flow2_hidden=3"])
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_the_generation_cut_keeps_or_empties_whole_layers(geometry):
+    """What ``benchmarks/bench_flow1.py`` relies on: with the threshold-aware cut c a layer keeps its
+    flow-I energy E_i exactly when E_i >= c and ends empty when E_i < c, whatever flow-II's fractions."""
+    from caloflows.postprocess import threshold_renormalise_layers
+
+    rng = np.random.default_rng(3)
+    n, L = 400, geometry.n_layers
+    frac = np.concatenate([rng.dirichlet(np.ones(k), size=n) for k in geometry.layer_sizes], 1)
+    E = rng.choice([0.0, 0.2, 0.49, 0.5, 0.7, 3.0, 40.0], size=(n, L))
+    out = threshold_renormalise_layers(frac, E, geometry.layer_offsets, 0.5)
+    sums = np.add.reduceat(out, geometry.layer_offsets[:-1], axis=1)
+    np.testing.assert_allclose(sums, np.where(E < 0.5, 0.0, E), rtol=1e-12, atol=0)
+    assert np.all((out == 0) | (out >= 0.5 * (1 - 1e-12)))
+
+
+def test_medium_preset_trains_flow1_longer_and_cuts_on_par04_geometries():
+    quick, medium = (CaloFlowConfig.preset(p, load_geometry("ds2-coarse")) for p in ("quick", "medium"))
+    assert medium.flow1_train["epochs"] == 5 * quick.flow1_train["epochs"] == 100
+    assert medium.voxel_cut_mev == 0.5 and quick.voxel_cut_mev is None
+    assert (medium.flow2_hidden, medium.flow2_train) == (quick.flow2_hidden, quick.flow2_train)
+    assert CaloFlowConfig.preset("medium", load_geometry("ds1-photons")).voxel_cut_mev is None
+    with pytest.raises(ConfigError, match="unknown CaloFlow preset 'huge'"):
+        CaloFlowConfig.preset("huge", load_geometry("ds2-coarse"))

@@ -34,7 +34,10 @@ Deviations from the paper, and why:
   teacher-vs-student classifier AUC drops from ~0.7 (cold start) to ~0.51-0.53.
 * The z-loss uses the conditions (E_inc and E_i) of the training batch -- the paper's photon
   choice; the pion variant with uniform E_inc is not implemented.
-* ``quick`` preset: 4 MADE blocks in flow-II (8 in ``full``) to fit minutes on 2 CPU cores.
+* ``quick`` preset: 6 MADE blocks of 128 in flow-II (8 of one hidden layer per voxel in ``full``)
+  to fit minutes on 2 CPU cores; ``medium`` (issue 15): the quick networks with flow-I trained 5x
+  longer and the threshold-aware 0.5 MeV generation cut on Par04 geometries, the best fidelity
+  measured for about 1 hour of training on 2 CPU cores (README, "Fidelity study").
 * The teacher samples with an exact sequential inverse of its one-hidden-layer MADEs
   (:func:`caloflows.flows.inverse_path`, ``fast=True``), not zuko's D full network passes.
 * ``max_ratio`` defaults to the training maximum of E_dep/E_inc, which flow-I respects by
@@ -66,7 +69,7 @@ from torch import Tensor, nn
 from .. import flows as F
 from .. import preprocessing as P
 from ..errors import ModelDirError, UsageError
-from ..geometry import Geometry
+from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 from ..io import ShowerData
 from ..postprocess import threshold_renormalise_layers
 from ..training.distributed import DistContext
@@ -137,7 +140,26 @@ def _full(g: Geometry) -> CaloFlowConfig:
     )
 
 
-CaloFlowConfig.PRESETS = {"quick": _quick, "full": _full}
+#: the threshold-aware generation cut of the ``medium`` preset on Par04 geometries (MeV): below one
+#: minimum-ionising crossing (~1 MeV and more after the 1/0.033 scaling), where Geant4 voxels are rare
+MEDIUM_VOXEL_CUT_MEV = 0.5
+
+
+def _medium(g: Geometry) -> CaloFlowConfig:
+    # Issue 15 (README "Fidelity study"; benchmarks/bench_flow1.py, bench_fidelity.py): on 10000
+    # Geant4 ds2-coarse showers, flow-I trained 100 instead of 20 epochs brings the E_layer separation
+    # powers of the deep layers 6 / 7 / 8 from 0.060 / 0.053 / 0.122 to 0.017 / 0.036 / 0.066 (Geant4
+    # halves: 0.011 / 0.021 / 0.068) and the empty-layer fractions to Geant4's, for ~7 more minutes of
+    # training; the threshold-aware cut at 0.5 MeV (L2LFlows eqs. B.8-B.9) removes the sub-MIP voxels
+    # a continuous flow puts into Geant4's empty gap (voxel separation power 0.24 -> 0.05).  flow-II
+    # keeps the quick networks: 40 teacher epochs on 10000 showers are ~45 minutes of 2 cores.
+    c = _quick(g)
+    c.flow1_train = asdict(TrainConfig(epochs=100, batch_size=256, base_lr=1e-4, max_lr=2e-3, patience=None))
+    c.voxel_cut_mev = MEDIUM_VOXEL_CUT_MEV if g.threshold_mev == PAR04_THRESHOLD_MEV else None
+    return c
+
+
+CaloFlowConfig.PRESETS = {"quick": _quick, "medium": _medium, "full": _full}
 
 
 
