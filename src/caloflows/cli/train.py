@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any
 
+
 def register(sub: Any) -> None:
     from ..models import FAMILIES
 
