@@ -58,8 +58,9 @@ def apply_layer_cut(energies: np.ndarray, cut: float) -> np.ndarray:
     return np.where(energies < cut, 0.0, energies)
 
 
-def compare_layers(gen: np.ndarray, ref: np.ndarray, geometry) -> dict:
-    """Per layer: E_layer separation power (report binning, non-empty layers) and empty fractions."""
+def compare_layers(gen: np.ndarray, ref: np.ndarray, geometry, einc_gen: np.ndarray, einc_ref: np.ndarray) -> dict:
+    """Per layer: E_layer separation power (report binning, non-empty layers) and empty fractions;
+    and the separation power of E_dep / E_inc."""
     from caloflows.evaluation.histograms import feature_bins, hist_counts, separation_power
 
     out = {"E_layer": [], "empty_gen": [], "empty_ref": []}
@@ -69,9 +70,9 @@ def compare_layers(gen: np.ndarray, ref: np.ndarray, geometry) -> dict:
         out["E_layer"].append(round(separation_power(hg, hr), 5))
         out["empty_gen"].append(round(float((gen[:, i] <= 0).mean()), 5))
         out["empty_ref"].append(round(float((ref[:, i] <= 0).mean()), 5))
-    for k, (g, r) in {"E_ratio": (gen.sum(1), ref.sum(1))}.items():
-        edges, _ = feature_bins(k, r, geometry)
-        out[k] = round(separation_power(hist_counts(g, edges)[0], hist_counts(r, edges)[0]), 5)
+    g, r = gen.sum(1) / np.ravel(einc_gen), ref.sum(1) / np.ravel(einc_ref)
+    edges, _ = feature_bins("E_ratio", r, geometry)
+    out["E_ratio"] = round(separation_power(hist_counts(g, edges)[0], hist_counts(r, edges)[0]), 5)
     return out
 
 
@@ -100,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     L = g.n_layers
     train_all, test = read_showers(a.train), read_showers(a.test)
     ref = layer_energies(test.showers, L)
-    einc = torch.as_tensor(np.asarray(test.incident_energies, dtype=np.float64).reshape(-1))
+    einc_np = np.asarray(test.incident_energies, dtype=np.float64).reshape(-1)
+    einc = torch.as_tensor(einc_np)
     h = len(ref) // 2
     res = json.loads(a.out.read_text()) if a.out.exists() else {}
     res.update({"date": time.strftime("%Y-%m-%d"), "train_file": str(a.train), "test_file": str(a.test),
                 "n_test": len(ref), "cut_mev": a.cut, "threads": a.threads, "load_before": os.getloadavg(),
-                "geant4_halves": compare_layers(ref[:h], ref[h:2 * h], g)})
+                "geant4_halves": compare_layers(ref[:h], ref[h:2 * h], g, einc_np[:h], einc_np[h:2 * h])})
     res.setdefault("runs", {})
 
     def save() -> None:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_s = time.time() - t1
         torch.set_num_threads(a.threads)
         cut = float(model.generation_cut or 0.0)
-        r = compare_layers(apply_layer_cut(E, cut), ref, g)
+        r = compare_layers(apply_layer_cut(E, cut), ref, g, einc_np, einc_np)
         res["runs"][spec] = {"n_train": len(arrays), "overrides": run["overrides"], "cut_mev": cut, "train_cpu_s": round(cpu, 1),
                              "train_wall_s": round(wall, 1), "epochs": info["epochs"],
                              "val_loss_first": hist["val_loss"][0], "val_loss_best": float(np.min(hist["val_loss"])),
