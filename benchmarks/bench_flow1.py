@@ -47,11 +47,6 @@ def parse_run(spec: str) -> dict:
     return {"name": parts[0], "n_train": int(parts[1]), "overrides": over}
 
 
-def layer_energies(showers: np.ndarray, n_layers: int) -> np.ndarray:
-    """(N, L) layer sums of (N, L * voxels per layer) showers (ds2-coarse: equal layer sizes)."""
-    return np.asarray(showers, dtype=np.float64).reshape(len(showers), n_layers, -1).sum(2)
-
-
 def apply_layer_cut(energies: np.ndarray, cut: float) -> np.ndarray:
     """The generation cut seen at layer level: a layer whose energy is below ``cut`` ends empty
     (no voxel of it can carry ``cut``), any other layer keeps its energy exactly."""
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     g = load_geometry("ds2-coarse")
     L = g.n_layers
     train_all, test = read_showers(a.train), read_showers(a.test)
-    ref = layer_energies(test.showers, L)
+    ref = g.layer_energies(np.asarray(test.showers, dtype=np.float64))
     einc_np = np.asarray(test.incident_energies, dtype=np.float64).reshape(-1)
     einc = torch.as_tensor(einc_np)
     h = len(ref) // 2

@@ -46,16 +46,23 @@ def _noise(model, n, seed):
     return z1, z2
 
 
+def _sampler_and_chain(m, einc_mev, seed: int):
+    """(E_inc, latent noise, exported sampler's showers, CaloFlow's own chain's showers) for one seed:
+    both draw the same noise from ``torch.Generator().manual_seed(seed)``."""
+    einc = torch.as_tensor(einc_mev, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    E = m.sample_layer_energies(einc, generator=gen)
+    ref = m.geometry.apply_threshold(m.sample_voxels(E, einc, student=True, generator=gen).numpy())
+    z1, z2 = _noise(m, len(einc), seed)
+    with torch.no_grad():
+        out = CaloFlowSampler(m)(z1, z2, einc).numpy()
+    return einc, z1, z2, out, ref
+
+
 def test_sampler_module_reproduces_model_chain(trained):
     """Same generator -> the exported chain equals CaloFlow's own sample chain (no outlier redraw here)."""
     m = trained["model"]
-    einc = torch.as_tensor(trained["einc"][:300], dtype=torch.float64)
-    gen = torch.Generator().manual_seed(5)
-    E = m.sample_layer_energies(einc, generator=gen)
-    ref = m.geometry.apply_threshold(m.sample_voxels(E, einc, student=True, generator=gen).numpy())
-    z1, z2 = _noise(m, len(einc), 5)
-    with torch.no_grad():
-        out = CaloFlowSampler(m)(z1, z2, einc).numpy()
+    einc, z1, z2, out, ref = _sampler_and_chain(m, trained["einc"][:300], 5)
     assert np.isfinite(out).all() and (out >= 0).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.max())
 
@@ -153,13 +160,7 @@ def test_export_with_threshold_aware_cut(trained, tmp_path):
     old = m.cfg
     m.cfg = dataclasses.replace(old, voxel_cut_mev=float(np.quantile(trained["einc"], 0.5)) * 1e-3)
     try:
-        einc = torch.as_tensor(trained["einc"][:150], dtype=torch.float64)
-        gen = torch.Generator().manual_seed(9)
-        E = m.sample_layer_energies(einc, generator=gen)
-        ref = m.geometry.apply_threshold(m.sample_voxels(E, einc, student=True, generator=gen).numpy())
-        z1, z2 = _noise(m, len(einc), 9)
-        with torch.no_grad():
-            out = CaloFlowSampler(m)(z1, z2, einc).numpy()
+        einc, z1, z2, out, ref = _sampler_and_chain(m, trained["einc"][:150], 9)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.max())
         assert not ((out > 0) & (out < 0.999 * m.cfg.voxel_cut_mev)).any()
         path = export_onnx(m, tmp_path / "cut.onnx")
