@@ -194,5 +194,26 @@ def test_student_agrees_with_the_teacher_on_a_fixed_latent(trained):
         assert float((F.inverse_path(cold, z, c)[0] - yt).abs().mean()) > 10 * gap
 
 
+def test_sampling_runs_the_lean_path_and_agrees_with_zukos_inverse(trained, monkeypatch):
+    """ParaFlow samples through :func:`caloflows.flows.flow_decode` (the lean snapshot, chunked rows):
+    same latent, same crystals as zuko's inverse -- float64 teacher to round-off, float32 student
+    to float32 tolerance."""
+    model, data, _ = trained
+    z = torch.randn(30, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    e = torch.as_tensor(data.incident_energies[:30], dtype=torch.float64)
+    p = torch.as_tensor(model.condition_spec.features(data.conditions[:30]))
+    calls = []
+    lean_sample = F._lean.LeanFlow.sample
+    monkeypatch.setattr(F._lean.LeanFlow, "sample", lambda self, *a: calls.append(1) or lean_sample(self, *a))
+    with torch.no_grad():
+        lean = {v: model.sample_latent(z, e, p, v) for v in ("teacher", "student")}
+        assert len(calls) == 2
+        with F.lean_sampling(False):
+            ref = {v: model.sample_latent(z, e, p, v) for v in ("teacher", "student")}
+    assert len(calls) == 2
+    np.testing.assert_allclose(lean["teacher"].numpy(), ref["teacher"].numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lean["student"].numpy(), ref["student"].numpy(), rtol=1e-3, atol=1e-3)
+
+
 def test_registered():
     assert generator_class("paraflow") is ParaFlow

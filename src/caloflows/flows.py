@@ -64,6 +64,7 @@ __all__ = [
     "inverse_path",
     "flow_log_prob",
     "flow_sample",
+    "flow_decode",
     "count_parameters",
     "count_effective_parameters",
     "double_precision",
@@ -442,16 +443,33 @@ def flow_sample(
         raise ValueError("give a context or n")
     dim = flow.base.loc.shape[-1] if hasattr(flow.base, "loc") else flow.base().event_shape[-1]
     z = torch.randn(rows, dim, dtype=dtype, device=p.device, generator=generator)
-    c = None if context is None else context.to(dtype)
+    return flow_decode(flow, z, context, fast=fast)
+
+
+def flow_decode(flow: Flow, z: Tensor, context: Tensor | None = None, fast: bool = True) -> Tensor:
+    """Latent ``z`` (B, D) -> data (B, D), computed in ``z``'s dtype: the sampling half of
+    :func:`flow_sample` for a latent the caller drew (rejection loops, fixed-noise checks).
+
+    With ``fast`` and autograd off a flow built here runs on its cached :mod:`caloflows.lean`
+    snapshot in that dtype (chunked rows, no cast of the module); otherwise :func:`inverse_path`,
+    inside :func:`double_precision` for a float64 latent and a float32 flow.
+
+    Example:
+        >>> f = build_iaf(4, context=2, transforms=2, hidden_features=(16,))
+        >>> flow_decode(f, torch.randn(5, 4), torch.zeros(5, 2)).shape
+        torch.Size([5, 4])
+    """
+    p = _lean._parameters(flow)[0] if isinstance(flow, Flow) else next(flow.parameters())
+    c = None if context is None else context.to(z.dtype)
     if fast and _LEAN[0] and not torch.is_grad_enabled() and _lean.supports_lean(flow):
-        lean = _lean.lean_flow(flow, dtype)
+        lean = _lean.lean_flow(flow, z.dtype)
         with torch.inference_mode():
             x = lean.sample(z, c)
         return x.clone()  # a normal tensor again (callers may write into it)
-    if dtype == p.dtype:
+    if z.dtype == p.dtype:
         return inverse_path(flow, z, c, fast=fast)[0]
-    if dtype != torch.float64:
-        raise ValueError(f"flow_sample: dtype {dtype} needs the lean path (float64 or the flow's own dtype)")
+    if z.dtype != torch.float64:
+        raise ValueError(f"flow_decode: dtype {z.dtype} needs the lean path (float64 or the flow's own dtype)")
     with double_precision(flow):
         return inverse_path(flow, z, c, fast=fast)[0]
 

@@ -316,12 +316,8 @@ class ParaFlow(Generator):
         """Crystals (MeV, float64, no cut) for given latent vectors ``z`` (the flow's inverse)."""
         flow = self._flow(variant)
         c = self.context(einc.to(torch.float64), params.to(torch.float64))
-        if variant == "student":
-            y = F.inverse_path(flow, z.float(), c.float())[0].double()
-        else:
-            with F.double_precision(flow):
-                y = F.inverse_path(flow, z.double(), c)[0]
-        return self.decode(y, einc.to(torch.float64))
+        y = F.flow_decode(flow, z.float() if variant == "student" else z.double(), c)
+        return self.decode(y.double(), einc.to(torch.float64))
 
     def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
         dtype = torch.float32 if variant == "student" else torch.float64
