@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caloflows import flows as F
+from caloflows.errors import UsageError
 from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, ShowerFileError, write_showers
 from caloflows.layerdata import ColumnBlock, LayerColumns, context_layers, iter_global_batches, parse_layers
@@ -223,6 +224,24 @@ def test_layer_trained_alone_equals_layer_trained_with_others(toy, gathered):
     # a second job may add layers to the same directory (shared file system): no gather needed
     L2LFlows(G, tiny_config()).train(path, d / "only3", layers="0-2,4-8", progress=False)
     assert sorted(L2LFlows.load(d / "only3").causal) == list(range(9))
+
+
+def test_energy_flow_trained_alone_equals_the_one_trained_with_layers(toy, gathered):
+    """``layers=[]`` trains the energy flow alone (one job of a split training, or a study of the
+    energy flow); ``layers=[]`` without the energy flow is refused before any work."""
+    d, path, inc, sh = toy
+    summary = L2LFlows(G, tiny_config()).train(path, d / "energy_only", layers=[], progress=False)
+    assert summary["layers"] == {} and summary["energy_flow"]["epochs"] == 1
+    assert not any((d / "energy_only").glob("causal_layer_*"))
+    from safetensors.torch import load_file
+
+    from caloflows.models.l2lflows import ENERGY_FILE
+
+    a, b = load_file(str(d / "energy_only" / ENERGY_FILE)), load_file(str(d / "all" / ENERGY_FILE))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].double(), b[k].double(), atol=1e-6) for k in a)
+    with pytest.raises(UsageError, match="nothing to train"):
+        L2LFlows(G, tiny_config()).train(path, d / "nothing", layers=[], energy=False, progress=False)
+    assert not (d / "nothing").exists()
 
 
 def test_gather_refuses_other_data_and_duplicates(toy, gathered, tmp_path):

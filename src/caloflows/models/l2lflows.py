@@ -337,14 +337,19 @@ class L2LFlows(EnergyFlowModel, Generator):
     def train(self, data: "ShowerData | str | os.PathLike", out_dir: str | os.PathLike, *,
               layers: Sequence[int] | str | None = None, energy: bool = True, resume: bool = False,
               device: str = "cpu", progress: bool = True, ctx: DistContext | None = None) -> dict:
-        """Train the energy flow (if ``energy``) and the causal flows of ``layers`` into ``out_dir``.
+        """Train the energy flow (if ``energy``) and the causal flows of ``layers`` (default all; an
+        empty sequence: none, the energy flow alone) into ``out_dir``.
 
         ``data`` is a file path (streamed per layer) or in-memory :class:`~caloflows.io.ShowerData`.
         Returns a summary with best validation losses and seconds per epoch of every flow.
         """
         ctx = ctx or DistContext()
         g = self.geometry
-        layer_list = parse_layers(layers, g.n_layers)
+        # an empty sequence (not None, which means all) trains the energy flow alone
+        energy_only = layers is not None and not isinstance(layers, str) and len(layers) == 0
+        layer_list = [] if energy_only else parse_layers(layers, g.n_layers)
+        if not layer_list and not energy:
+            raise UsageError("nothing to train: no layers and no energy flow")
         out_dir = Path(out_dir)
         self.training_conditions(data)
         cols = (LayerColumns(data, g, self.cfg.chunk_rows) if isinstance(data, (str, os.PathLike))
