@@ -20,6 +20,15 @@ run sets ``voxel_cut_mev`` itself::
         --train /data/g4_train10k_ds2-coarse.h5 --test /data/g4_test6k_ds2-coarse.h5 --cut 0.5 \\
         --runs quick:3000 quick:10000 ep100:10000:flow1_train.epochs=100 \\
         --out benchmarks/results/flow1_ds2coarse.json
+
+``--family energy`` does the same for the energy distribution flow ``p(E_0..E_44 | E_inc)`` of
+L2LFlows (appendix B.1), iCaloFlow (flow-1) and SuperCalo (FLOW-1) on the 45 fine layers of ds2
+(L2LFlows ``quick`` preset + overrides, e.g. ``edf_train.epochs=100`` or SuperCalo's
+``edf_hidden=[64,64]``); a layer below the readout threshold ends empty (B.3)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_flow1.py --family energy \\
+        --train /data/g4_train10k_ds2.h5 --test /data/g4_test6k_ds2.h5 \\
+        --runs quick:3000 e100:3000:edf_train.epochs=100 --out benchmarks/results/energy_flow_ds2.json
 """
 
 from __future__ import annotations

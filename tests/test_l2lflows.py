@@ -299,3 +299,18 @@ def test_cli_train_subset_gather_and_errors(toy, tmp_path, capsys):
     assert "unknown L2LFlows setting 'nope'" in capsys.readouterr().err
     assert main(["generate", str(tmp_path / "p1"), "--n", "3", "--out", str(tmp_path / "g.h5")]) == 2
     assert "layers 2-8 not trained" in capsys.readouterr().err and not (tmp_path / "g.h5").exists()
+
+
+def test_quick_presets_train_every_energy_flow_as_long():
+    """L2LFlows, iCaloFlow (flow-1) and SuperCalo (FLOW-1) share the quick energy-flow schedule
+    (100 epochs: 20 left E_dep/E_inc off on 3000 Geant4 ds2 showers, bench_flow1 --family energy)."""
+    from caloflows.models.energy_flow import QUICK_ENERGY_EPOCHS
+    from caloflows.models.icaloflow import ICaloFlowConfig
+    from caloflows.models.supercalo import SuperCaloConfig
+
+    g = load_geometry("ds2")
+    trains = [L2LFlowsConfig.preset("quick", g).edf_train, ICaloFlowConfig.preset("quick", g).edf_train,
+              SuperCaloConfig.preset("quick", g).flow1_train]
+    assert QUICK_ENERGY_EPOCHS == 100
+    assert [t["epochs"] for t in trains] == [QUICK_ENERGY_EPOCHS] * 3
+    assert {(t["batch_size"], t["base_lr"], t["max_lr"]) for t in trains} == {(256, 1e-4, 2e-3)}

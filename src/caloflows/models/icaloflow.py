@@ -50,7 +50,14 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator
 from .embedding import ConditionalFlow
-from .energy_flow import EnergyConstants, EnergyFlow, EnergyFlowModel, einc_summary, layer_energy_condition
+from .energy_flow import (
+    EnergyConstants,
+    EnergyFlow,
+    EnergyFlowModel,
+    einc_summary,
+    layer_energy_condition,
+    quick_energy_train,
+)
 from .settings import LayerwiseSettings
 
 __all__ = ["ICaloFlow", "ICaloFlowConfig"]
@@ -77,7 +84,7 @@ class ICaloFlowConfig(LayerwiseSettings):
 def _quick(g: Geometry) -> ICaloFlowConfig:
     return ICaloFlowConfig(
         edf_transforms=4, transforms=4, hidden=[128], student_hidden=[192],
-        edf_train=asdict(TrainConfig(epochs=20, batch_size=256, base_lr=1e-4, max_lr=2e-3)),
+        edf_train=quick_energy_train(),
         teacher_train=asdict(TrainConfig(epochs=10, batch_size=512, base_lr=1e-4, max_lr=2e-3)),
         student_train=asdict(TrainConfig(epochs=5, batch_size=512, base_lr=1e-4, max_lr=2e-3)),
     )

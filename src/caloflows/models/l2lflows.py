@@ -61,7 +61,14 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
 from .base import Generator, need
 from .embedding import ConditionalFlow
-from .energy_flow import EnergyConstants, EnergyFlow, EnergyFlowModel, einc_summary, layer_energy_condition
+from .energy_flow import (
+    EnergyConstants,
+    EnergyFlow,
+    EnergyFlowModel,
+    einc_summary,
+    layer_energy_condition,
+    quick_energy_train,
+)
 from .settings import LayerwiseSettings
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
@@ -110,7 +117,7 @@ class L2LFlowsConfig(LayerwiseSettings):
 def _quick(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig(
         cf_hidden=[64], embed_hidden=[128, 64], embed_out=32,
-        edf_train=asdict(TrainConfig(epochs=20, batch_size=256, base_lr=1e-4, max_lr=2e-3, val_fraction=0.1)),
+        edf_train=quick_energy_train(val_fraction=0.1),
         cf_train=asdict(TrainConfig(epochs=10, batch_size=256, base_lr=1e-4, max_lr=2e-3, val_fraction=0.1)),
     )
 

@@ -66,7 +66,7 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
 from .caloflow import CaloFlow, CaloFlowConfig
-from .energy_flow import EnergyConstants, EnergyFlow
+from .energy_flow import EnergyConstants, EnergyFlow, quick_energy_train
 from .settings import FlowSettings
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _quick(g: Any) -> SuperCaloConfig:
     return SuperCaloConfig(
         coarse=CaloFlowConfig.preset("quick", g).to_dict(), flow1_transforms=4, flow1_hidden=[64, 64],
         up_transforms=4, up_hidden=[64, 64],
-        flow1_train=asdict(TrainConfig(epochs=20, batch_size=256, base_lr=1e-4, max_lr=2e-3)),
+        flow1_train=quick_energy_train(),
         upsampler_train=asdict(TrainConfig(epochs=6, batch_size=10_000, base_lr=2e-5, max_lr=2e-3, annihilation=0.1)))
 
 
