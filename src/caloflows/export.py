@@ -82,7 +82,6 @@ INPUTS = ("z1", "z2", "einc", "conditions")
 OUTPUTS = ("showers",)
 
 
-
 def _finite_and_bounded(x: Tensor, einc: Tensor, bound: float | None) -> Tensor:
     """Non-finite values -> 0, clamp at 0, and rows with ``sum > bound * E_inc`` scaled down onto
     the bound (``bound`` None: no scaling).  The graph's stand-in for the redraw loop of
@@ -272,7 +271,9 @@ class ParaFlowSampler(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:
         einc = einc.double().reshape(-1)
         if conditions is None:
-            conditions = torch.zeros(einc.shape[0], self.n_params, dtype=torch.float64)
+            if self.n_params:
+                raise UsageError(f"the ParaFlow sampler needs {self.n_params} detector-parameter feature column(s)")
+            conditions = torch.zeros(einc.shape[0], 0, dtype=torch.float64)
         y = self.flow(z2.float(), self.context(einc, conditions).float()).double()
         x = self.logit.inverse(self.std.inverse(y)) * einc[:, None]  # ParaFlow.decode
         x = _finite_and_bounded(x, einc, self.max_ratio)  # no redraw loop in ONNX
