@@ -1,4 +1,4 @@
-"""ONNX export of the CaloFlow student sampler and the ONNX Runtime sampler (issue 13)."""
+"""ONNX export of the CaloFlow, iCaloFlow and ParaFlow student samplers and the ONNX Runtime sampler (issue 13)."""
 
 import warnings
 from dataclasses import asdict
@@ -204,6 +204,37 @@ def icalo(tmp_path_factory):
     return {"dir": d, "model": m, "onnx": d / "icalo.onnx", "einc": inc}
 
 
+def _module_and_onnxruntime(module, ref, onnx_path, z1, z2, einc, feats):
+    """Assert that the sampler ``module`` on fixed noise equals the model's own chain ``ref`` (same
+    noise) and that ONNX Runtime running ``onnx_path`` equals the module; returns the OnnxSampler and
+    the module's and ONNX Runtime's showers."""
+    with torch.no_grad():
+        out = module(z1, z2, einc, feats).numpy()
+    assert np.isfinite(out).all() and (out >= 0).all() and out.max() > 0
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * ref.max())
+    s = OnnxSampler(onnx_path)
+    ort = s.run(z1.numpy(), z2.numpy(), einc.numpy(), feats.numpy())
+    assert ort.shape == out.shape and ort.dtype == np.float32
+    np.testing.assert_allclose(ort, out, rtol=1e-4, atol=1e-5 * out.max())
+    return s, out, ort
+
+
+def _generate_onnx_with_conditions(onnx_path, tmp_path, n_voxels: int, names: tuple, conditions: list[str]):
+    """`caloflows generate FILE.onnx --backend onnxruntime --condition ...` writes showers with the
+    conditions; without them it is a one-line error and writes nothing.  Returns the ShowerData."""
+    out = tmp_path / "ort.h5"
+    flags = [x for c in conditions for x in ("--condition", c)]
+    assert main(["generate", str(onnx_path), "--backend", "onnxruntime", "--n", "30", "--seed", "2", *flags,
+                 "--out", str(out)]) == 0
+    d = read_showers(out)
+    assert d.showers.shape == (30, n_voxels) and np.isfinite(d.showers).all() and d.showers.sum() > 0
+    assert d.attrs["backend"] == "onnxruntime" and d.condition_names == names
+    assert main(["generate", str(onnx_path), "--backend", "onnxruntime", "--n", "5",
+                 "--out", str(tmp_path / "no.h5")]) == 2
+    assert not (tmp_path / "no.h5").exists()
+    return d
+
+
 def test_icaloflow_sampler_reproduces_model_chain_and_onnxruntime(icalo):
     """Same generator -> the iCaloFlow sampler module equals ICaloFlow's own student chain; ONNX
     Runtime reproduces the module for fixed noise (flow-1 float64, students float32)."""
@@ -218,14 +249,7 @@ def test_icaloflow_sampler_reproduces_model_chain_and_onnxruntime(icalo):
     gen = torch.Generator().manual_seed(3)
     z1 = torch.randn(N, g.n_layers, dtype=torch.float64, generator=gen)
     z2 = torch.cat([torch.randn(N, m.n, generator=gen) for _ in range(g.n_layers)], 1)
-    with torch.no_grad():
-        out = ICaloFlowSampler(m)(z1, z2, einc, feats).numpy()
-    assert np.isfinite(out).all() and (out >= 0).all() and out.max() > 0
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * ref.max())
-    s = OnnxSampler(icalo["onnx"])
-    ort = s.run(z1.numpy(), z2.numpy(), einc.numpy(), feats.numpy())
-    assert ort.shape == out.shape and ort.dtype == np.float32
-    np.testing.assert_allclose(ort, out, rtol=1e-4, atol=1e-5 * out.max())
+    s = _module_and_onnxruntime(ICaloFlowSampler(m), ref, icalo["onnx"], z1, z2, einc, feats)[0]
     meta = s.metadata
     assert meta["kind"] == "icaloflow" and meta["n_conditions"] == 1 and meta["condition_spec"]["names"] == ["p"]
     assert meta["constants"]["mean"] == m.consts["mean"] and s.geometry.same_layout(g)
@@ -234,15 +258,113 @@ def test_icaloflow_sampler_reproduces_model_chain_and_onnxruntime(icalo):
 
 
 def test_icaloflow_generate_backend_onnxruntime(icalo, tmp_path):
-    out = tmp_path / "ort.h5"
-    assert main(["generate", str(icalo["onnx"]), "--backend", "onnxruntime", "--n", "30", "--seed", "2",
-                 "--condition", "p=0.5:1.5", "--out", str(out)]) == 0
-    d = read_showers(out)
-    g = icalo["model"].geometry
-    assert d.showers.shape == (30, g.n_voxels) and np.isfinite(d.showers).all() and d.showers.sum() > 0
-    assert d.attrs["backend"] == "onnxruntime" and d.condition_names == ("p",)
-    assert ((d.conditions >= 0.5) & (d.conditions <= 1.5)).all()
     # the model is conditioned on p: generating without it is a one-line error, no output
-    assert main(["generate", str(icalo["onnx"]), "--backend", "onnxruntime", "--n", "5",
-                 "--out", str(tmp_path / "no.h5")]) == 2
-    assert not (tmp_path / "no.h5").exists()
+    d = _generate_onnx_with_conditions(icalo["onnx"], tmp_path, icalo["model"].geometry.n_voxels, ("p",),
+                                       ["p=0.5:1.5"])
+    assert ((d.conditions >= 0.5) & (d.conditions <= 1.5)).all()
+
+
+# ---------------------------------------------------------------------------- ParaFlow
+@pytest.fixture(scope="module")
+def paraflow(tmp_path_factory):
+    """A tiny ParaFlow (d, b; the settings of test_paraflow_model) trained 2 epochs and distilled
+    1 epoch on 200 toy showers, exported by the CLI; a copy of its directory before distillation."""
+    import shutil
+
+    from test_paraflow_model import _data, _model
+
+    d = tmp_path_factory.mktemp("export_pf")
+    data = _data(200)
+    m = _model(data, epochs=2)
+    m.fit(data, d / "model", progress=False)
+    shutil.copytree(d / "model", d / "teacher_only")
+    m.fit(data, d / "model", stage="distill", progress=False, epochs=1)
+    assert main(["export", str(d / "model"), "--out", str(d / "pf.onnx")]) == 0
+    return {"dir": d, "model": m, "onnx": d / "pf.onnx", "data": data}
+
+
+def _pf_inputs(m, data, n: int, seed: int):
+    """E_inc, parameter features (float32) and the student's latent drawn as ParaFlow._sample_batch draws it."""
+    einc = torch.as_tensor(data.incident_energies[:n], dtype=torch.float64)
+    feats = torch.as_tensor(m.condition_spec.features(data.conditions[:n]), dtype=torch.float32)
+    z2 = torch.randn(n, m.geometry.n_voxels, generator=torch.Generator().manual_seed(seed))
+    return einc, feats, torch.zeros(n, m.geometry.n_layers, dtype=torch.float64), z2
+
+
+def test_paraflow_sampler_reproduces_model_chain_and_onnxruntime(paraflow):
+    """Same generator -> the ParaFlow sampler module equals ParaFlow's own student chain
+    (sample_latent, clamp, zero_below_kev cut, geometry threshold); ONNX Runtime equals the module."""
+    from caloflows.export import ParaFlowSampler
+
+    m, data = paraflow["model"], paraflow["data"]
+    einc, feats, z1, z2 = _pf_inputs(m, data, 80, seed=4)
+    ref = m.geometry.apply_threshold(
+        m._sample_batch(einc, feats.double(), torch.Generator().manual_seed(4), "student").numpy())
+    assert (ref == 0).any() and (ref > 0).any()  # the 20 keV cut acts
+    s, out, ort = _module_and_onnxruntime(ParaFlowSampler(m), ref, paraflow["onnx"], z1, z2, einc, feats)
+    cut = m.cfg.zero_below_kev * 1e-3  # MeV
+    assert ((ref > 0) & (ref < 2 * cut)).any()  # crystals near the cut exist ...
+    assert not ((out > 0) & (out < cut)).any() and not ((ort > 0) & (ort < cut)).any()  # ... and it acts
+    assert np.mean((out > 0) == (ref > 0)) > 0.999
+    # the z1 placeholder is ignored; without the features the graph refuses to run
+    np.testing.assert_array_equal(s.run(z1.numpy() + 1.0, z2.numpy(), einc.numpy(), feats.numpy()),
+                                  s.run(z1.numpy(), z2.numpy(), einc.numpy(), feats.numpy()))
+    with pytest.raises(Exception, match="feature column"):
+        s.run(z1.numpy(), z2.numpy(), einc.numpy())
+
+
+def test_paraflow_sampler_scales_rows_above_max_ratio(paraflow):
+    """With max_ratio set, rows above max_ratio * E_inc are scaled to the bound (not redrawn);
+    the other rows are unchanged."""
+    import dataclasses
+
+    from caloflows.export import ParaFlowSampler
+
+    m, data = paraflow["model"], paraflow["data"]
+    einc, feats, z1, z2 = _pf_inputs(m, data, 60, seed=6)
+    with torch.no_grad():
+        free = ParaFlowSampler(m)(z1, z2, einc, feats).double().numpy()
+        bound = float(np.median(free.sum(1) / einc.numpy()))
+        old = m.cfg
+        m.cfg = dataclasses.replace(old, max_ratio=bound)
+        try:
+            capped = ParaFlowSampler(m)(z1, z2, einc, feats).double().numpy()
+        finally:
+            m.cfg = old
+    ratio = free.sum(1) / einc.numpy()
+    assert (capped.sum(1) <= bound * einc.numpy() * (1 + 1e-5)).all()
+    np.testing.assert_allclose(capped[ratio <= bound], free[ratio <= bound], rtol=1e-6)
+    assert (capped[ratio > bound].sum(1) > 0.99 * bound * einc.numpy()[ratio > bound]).all()
+
+
+def test_paraflow_metadata_and_generate_with_conditions(paraflow, tmp_path, capsys):
+    from caloflows.errors import ConditionsError
+
+    m = paraflow["model"]
+    s = OnnxSampler(paraflow["onnx"])
+    meta = s.metadata
+    assert meta["kind"] == "paraflow" and meta["n_conditions"] == 2 and meta["condition_spec"]["names"] == ["d", "b"]
+    assert meta["condition_spec"]["scaling"] == "log" and meta["zero_below_kev"] == m.cfg.zero_below_kev
+    assert meta["constants"]["incident_energies"] == m.einc_law() and s.geometry.same_layout(m.geometry)
+    capsys.readouterr()
+    d = _generate_onnx_with_conditions(paraflow["onnx"], tmp_path, 128, ("d", "b"), ["d=1.0", "b=70"])
+    np.testing.assert_array_equal(d.conditions, np.tile([1.0, 70.0], (30, 1)))
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "conditioned on ['d', 'b']" in err
+    # E_inc outside eq. 1's domain (<= E_min - 1 GeV): refused as by the torch path
+    edge = meta["einc_domain"]["min_exclusive_mev"]
+    assert edge == pytest.approx(m.einc_range[0] - 1000.0) and edge > 0
+    with pytest.raises(ConditionsError, match="eq. 1 needs E_inc"):
+        s.sample(np.full(3, 0.9 * edge), seed=0, conditions=np.zeros((3, 2), dtype=np.float32))
+
+
+def test_paraflow_export_needs_a_trained_student(paraflow, capsys):
+    from caloflows.models import load_model
+
+    d = paraflow["dir"]
+    capsys.readouterr()
+    assert main(["export", str(d / "teacher_only"), "--out", str(d / "t.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained student" in err and not (d / "t.onnx").exists()
+    with pytest.raises(ModelDirError, match="ParaFlow model with a trained student"):
+        export_onnx(load_model(d / "teacher_only"), d / "t.onnx")

@@ -1,4 +1,4 @@
-"""ONNX export of a trained CaloFlow student sampler, and an ONNX Runtime sampler (issue 13).
+"""ONNX export of a trained CaloFlow, iCaloFlow or ParaFlow student sampler, and an ONNX Runtime sampler (issue 13).
 
 The whole generation chain of :class:`caloflows.models.caloflow.CaloFlow` with its IAF student
 becomes one ONNX graph (opset >= 17), the way Geant4's Par04 ML fast-simulation example runs
@@ -33,6 +33,18 @@ students' latent noise layer after layer; ``conditions`` carries the model's det
 features (:meth:`caloflows.conditions.ConditionSpec.features`, ``K`` columns, ``K = 0`` for a
 model without parameters).  Flow-1's outlier rejection becomes the same scaling to the bound.
 
+ParaFlow (:class:`caloflows.models.paraflow.ParaFlow`, ``paraflow.txt`` sec. 3) has one flow over
+all crystals (:class:`ParaFlowSampler`, same graph inputs and output): ``(E_inc, d, b) -> eq. 1
+context -> IAF student (float32, one pass per block) -> inverse standardisation and logit ->
+E_inc * fraction -> clamp at 0 -> crystals below zero_below_kev set to 0 -> geometry threshold``.
+``z1`` (B, L) float64 is a placeholder (kept in the graph, ignored), ``z2`` (B, V) float32 is the
+student's latent, ``conditions`` (B, K) the detector-parameter features (eq. 1 of each parameter,
+:meth:`ConditionSpec.features`).  Deviation: the torch path draws rows with non-finite crystals
+again (and rows with ``E_dep / E_inc > max_ratio`` when ``max_ratio`` is set); the graph zeroes
+non-finite crystals and scales rows above ``max_ratio * E_inc`` down to the bound (the torch
+path's own fallback after ``max_resample`` failed tries).  E_inc at or below eq. 1's domain
+(``E_min - 1 GeV``) is refused by :class:`OnnxSampler` (the torch path's ConditionsError).
+
 The model's metadata go into the ONNX ``metadata_props`` under the key ``caloflows`` (JSON):
 format, kind, network, caloflows version, geometry (:meth:`Geometry.to_dict`), preprocessing
 constants, threshold, latent dimensions and input/output names.
@@ -61,13 +73,26 @@ from .io import ShowerData
 from .lean import LeanFlow
 from .postprocess import threshold_renormalise_layers
 
-__all__ = ["CaloFlowSampler", "ICaloFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
+__all__ = ["CaloFlowSampler", "ICaloFlowSampler", "ParaFlowSampler", "export_onnx", "OnnxSampler", "OnnxGenerator", "METADATA_KEY", "FORMAT", "OPSET"]
 
 METADATA_KEY = "caloflows"
 FORMAT = "caloflows-onnx-sampler/1"
 OPSET = 17
 INPUTS = ("z1", "z2", "einc", "conditions")
 OUTPUTS = ("showers",)
+
+
+def _finite_and_bounded(x: Tensor, einc: Tensor, bound: float | None) -> Tensor:
+    """Non-finite values -> 0, clamp at 0, and rows with ``sum > bound * E_inc`` scaled down onto
+    the bound (``bound`` None: no scaling).  The graph's stand-in for the redraw loop of
+    :func:`caloflows.models.base.sample_with_rejection`, whose own fallback after ``max_resample``
+    failed tries does the same; an ONNX graph cannot loop on data-dependent rows."""
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x)).clamp_min(0.0)
+    if bound is None:
+        return x
+    s = x.sum(1, keepdim=True)
+    lim = bound * einc[:, None]
+    return torch.where(s > lim, x * (lim / s.clamp_min(1e-30)), x)
 
 
 class CaloFlowSampler(nn.Module):
@@ -103,11 +128,7 @@ class CaloFlowSampler(nn.Module):
         """Flow-I: latent (B, L) float64, E_inc (B,) MeV -> layer energies (B, L) MeV float64."""
         y = self.flow1(z1, P.log_einc(einc)[:, None])
         u = self.logit.inverse(self.std1.inverse(y)).clamp(0.0, 1.0)
-        E = self.unit.inverse(u, einc)
-        E = torch.where(torch.isfinite(E), E, torch.zeros_like(E)).clamp_min(0.0)
-        s = E.sum(1, keepdim=True)
-        lim = self.bound * einc[:, None]
-        return torch.where(s > lim, E * (lim / s.clamp_min(1e-30)), E)  # no rejection loop in ONNX
+        return _finite_and_bounded(self.unit.inverse(u, einc), einc, self.bound)  # no rejection loop in ONNX
 
     def voxels(self, z2: Tensor, E: Tensor, einc: Tensor) -> Tensor:
         """Student: latent (B, V) float32 and layer energies -> voxels (B, V) MeV float64, before the threshold."""
@@ -167,13 +188,8 @@ class ICaloFlowSampler(nn.Module):
         from .models.energy_flow import EnergyFlow
 
         ec = self.model.energy_consts
-        E = ec.inverse(self.flow1(z1, EnergyFlow.context(ec, einc, params)))
-        E = torch.where(torch.isfinite(E), E, torch.zeros_like(E)).clamp_min(0.0)
-        if self.max_ratio is None:
-            return E
-        s = E.sum(1, keepdim=True)
-        lim = self.max_ratio * einc[:, None]
-        return torch.where(s > lim, E * (lim / s.clamp_min(1e-30)), E)
+        return _finite_and_bounded(ec.inverse(self.flow1(z1, EnergyFlow.context(ec, einc, params))), einc,
+                                   self.max_ratio)
 
     def _place(self, y: Tensor, E_i: Tensor, first: bool) -> Tensor:
         from .postprocess import threshold_renormalise
@@ -210,6 +226,63 @@ class ICaloFlowSampler(nn.Module):
         return torch.cat(parts, 1).float()
 
 
+class ParaFlowSampler(nn.Module):
+    """The ParaFlow student sampling chain as one traceable module (fixed latent noise in).
+
+    ``forward(z1, z2, einc, conditions) -> showers`` with ``z1`` (B, L) float64 a placeholder
+    (ParaFlow has a single flow; kept in the graph by a ``0.0 *`` term), ``z2`` (B, V) float32
+    the student's latent, ``einc`` (B,) MeV and ``conditions`` (B, K) the detector-parameter
+    features (:meth:`ConditionSpec.features`, what :meth:`ParaFlow.sample` passes as ``params``).
+    Same arithmetic as :meth:`ParaFlow.sample_latent` with the student followed by the
+    post-steps of :meth:`ParaFlow._sample_batch` and the geometry threshold of
+    :meth:`Generator.sample` (``paraflow.txt`` sec. 3; student: CaloFlow II, arXiv:2110.11377),
+    except the redraw of non-finite rows (and rows above ``max_ratio``): non-finite crystals are
+    set to 0 and rows above ``max_ratio * E_inc`` scaled down to it.
+
+    Example:
+        >>> sampler = ParaFlowSampler(load_model("pf_model")).eval()      # doctest: +SKIP
+        >>> z2 = torch.randn(5, 128)                                       # doctest: +SKIP
+        >>> feats = torch.tensor([[0.17, 0.0]] * 5)                        # doctest: +SKIP
+        >>> sampler(torch.zeros(5, 1, dtype=torch.float64), z2, torch.full((5,), 5e4), feats).shape  # doctest: +SKIP
+        torch.Size([5, 128])
+    """
+
+    def __init__(self, model, threshold: bool = True) -> None:
+        super().__init__()
+        if not model.variant_ready("student"):
+            raise ModelDirError("export needs a ParaFlow model with a trained student "
+                                "(run 'caloflows train paraflow' and 'caloflows distill')")
+        self.flow = LeanFlow.from_flow(model.student).float()
+        self.logit, self.std = model.logit, model.std
+        lo, hi = model.einc_range
+        u = float(model.einc_unit_mev)
+        # eq. 1 in units of u (GeV): 2 log(E/u - (lo/u - 1)) / log(hi/u - (lo/u - 1)) - 1, as einc_feature
+        self.unit_mev, self.offset, self.log_span = u, lo / u - 1.0, float(np.log(hi / u - (lo / u - 1.0)))
+        self.zero_below = float(model.cfg.zero_below_kev) * P.KEV
+        self.max_ratio = None if model.cfg.max_ratio is None else float(model.cfg.max_ratio)
+        self.threshold = float(model.geometry.threshold_mev) if threshold else None
+        self.n_params = model.n_params
+
+    def context(self, einc: Tensor, conditions: Tensor) -> Tensor:
+        """Eq. 1 of E_inc (float64, :func:`~caloflows.models.paraflow.einc_feature`) and the parameter features."""
+        f = 2.0 * torch.log(einc / self.unit_mev - self.offset) / self.log_span - 1.0
+        return torch.cat([f[:, None], conditions.double()], 1)
+
+    def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:
+        einc = einc.double().reshape(-1)
+        if conditions is None:
+            if self.n_params:
+                raise UsageError(f"the ParaFlow sampler needs {self.n_params} detector-parameter feature column(s)")
+            conditions = torch.zeros(einc.shape[0], 0, dtype=torch.float64)
+        y = self.flow(z2.float(), self.context(einc, conditions).float()).double()
+        x = self.logit.inverse(self.std.inverse(y)) * einc[:, None]  # ParaFlow.decode
+        x = _finite_and_bounded(x, einc, self.max_ratio)  # no redraw loop in ONNX
+        x = torch.where(x < self.zero_below, torch.zeros_like(x), x)
+        if self.threshold is not None:
+            x = torch.where(x < self.threshold, torch.zeros_like(x), x)
+        return x.float() + 0.0 * z1.float().sum(1, keepdim=True)  # z1: placeholder input, kept in the graph
+
+
 def _common_metadata(model, kind: str, n_conditions: int) -> dict:
     """Metadata every exported sampler carries (format, versions, geometry, layout sizes)."""
     g = model.geometry
@@ -229,8 +302,11 @@ def _common_metadata(model, kind: str, n_conditions: int) -> dict:
 
 
 def _metadata(model) -> dict:
-    if getattr(model, "kind", "caloflow") == "icaloflow":
+    kind = getattr(model, "kind", "caloflow")
+    if kind == "icaloflow":
         return _metadata_icaloflow(model)
+    if kind == "paraflow":
+        return _metadata_paraflow(model)
     g = model.geometry
     return {
         **_common_metadata(model, getattr(model, "kind", "caloflow"), 0),
@@ -266,8 +342,29 @@ def _metadata_icaloflow(model) -> dict:
     }
 
 
+def _metadata_paraflow(model) -> dict:
+    g, k = model.geometry, model.n_params
+    lo, hi = model.einc_range
+    return {
+        **_common_metadata(model, "paraflow", k),
+        "condition_spec": model.condition_spec.to_dict(),
+        "max_ratio": None if model.cfg.max_ratio is None else float(model.cfg.max_ratio),
+        "zero_below_kev": float(model.cfg.zero_below_kev),
+        "constants": model.constants(),  # with "incident_energies": the training E_inc law
+        "einc_domain": {"training_range_mev": [lo, hi], "min_exclusive_mev": lo - float(model.einc_unit_mev)},
+        "config": model.cfg.to_dict(),
+        "inputs": {"z1": ["batch", g.n_layers, "float64", "placeholder (ParaFlow has one flow)"],
+                   "z2": ["batch", g.n_voxels, "float32", "student latent"],
+                   "einc": ["batch", "float64", "MeV"],
+                   "conditions": ["batch", k, "float32", "detector-parameter features (eq. 1, in [-1, 1])"]},
+        "outputs": {"showers": ["batch", g.n_voxels, "float32", "MeV"]},
+        "notes": "rows are not redrawn: non-finite crystals are set to 0 and, if max_ratio is set, rows with "
+                 "E_dep/E_inc > max_ratio are scaled to the bound",
+    }
+
+
 def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: int = OPSET) -> Path:
-    """Export the student sampler of a trained CaloFlow or iCaloFlow ``model`` to ``out`` (one ONNX graph).
+    """Export the student sampler of a trained CaloFlow, iCaloFlow or ParaFlow ``model`` to ``out`` (one ONNX graph).
 
     Refuses an existing ``out`` unless ``force``; writes atomically.  Needs the ``onnx``
     package (``pip install caloflows[onnx]``).  Returns the path.
@@ -279,20 +376,23 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
     from .io import atomic_output
     from .models.caloflow import CaloFlow
     from .models.icaloflow import ICaloFlow
+    from .models.paraflow import ParaFlow
 
-    if not isinstance(model, (CaloFlow, ICaloFlow)):
-        raise ModelDirError(f"ONNX export supports CaloFlow and iCaloFlow models, not {type(model).__name__}")
+    samplers = {CaloFlow: CaloFlowSampler, ICaloFlow: ICaloFlowSampler, ParaFlow: ParaFlowSampler}
+    cls = next((c for c in samplers if isinstance(model, c)), None)
+    if cls is None:
+        raise ModelDirError(f"ONNX export supports CaloFlow, iCaloFlow and ParaFlow models, not {type(model).__name__}")
     if opset < 17:
         raise ValueError("opset must be >= 17")
     out = Path(out)
     if out.exists() and not force:
         raise OutputError(f"{out} exists; use --force to overwrite it")
-    icalo = isinstance(model, ICaloFlow)
-    sampler = (ICaloFlowSampler(model) if icalo else CaloFlowSampler(model)).eval()
+    sampler = samplers[cls](model).eval()
     g = model.geometry
     B = 2
+    einc0 = float(np.mean(model.einc_range)) if cls is ParaFlow else 1e4  # inside eq. 1's domain
     args = (torch.zeros(B, g.n_layers, dtype=torch.float64), torch.zeros(B, g.n_voxels),
-            torch.full((B,), 1e4, dtype=torch.float64), torch.zeros(B, model.n_params if icalo else 0))
+            torch.full((B,), einc0, dtype=torch.float64), torch.zeros(B, 0 if cls is CaloFlow else model.n_params))
     dyn = {"z1": {0: "batch"}, "z2": {0: "batch"}, "einc": {0: "batch"}, "conditions": {0: "batch"},
            "showers": {0: "batch"}}
     with atomic_output(out) as tmp, warnings.catch_warnings():
@@ -303,7 +403,8 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
         m = onnx.load(tmp)
         meta = m.metadata_props.add()
         meta.key, meta.value = METADATA_KEY, json.dumps(_metadata(model))
-        m.doc_string = f"caloflows {__version__} {'iCaloFlow' if icalo else 'CaloFlow'} student sampler for geometry {g.name}"
+        title = {"ICaloFlow": "iCaloFlow"}.get(cls.__name__, cls.__name__)
+        m.doc_string = f"caloflows {__version__} {title} student sampler for geometry {g.name}"
         m.producer_name = "caloflows"
         onnx.checker.check_model(m)
         onnx.save(m, tmp)
@@ -311,7 +412,7 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
 
 
 class OnnxSampler:
-    """Generate showers with an exported CaloFlow sampler in ONNX Runtime.
+    """Generate showers with an exported CaloFlow, iCaloFlow or ParaFlow sampler in ONNX Runtime.
 
     Checks the file before use: a missing, corrupt or foreign ``.onnx`` raises
     :class:`~caloflows.errors.ModelDirError` with a one-line message naming the file.
@@ -357,10 +458,31 @@ class OnnxSampler:
 
         return geometry_from_dict(self.metadata["geometry"])
 
+    def _check_einc(self, einc: np.ndarray, warn: bool = False) -> None:
+        """E_inc inside the graph's domain (ParaFlow's eq. 1: ``E_inc > E_min - 1 GeV``), else a
+        :class:`~caloflows.errors.ConditionsError`; with ``warn``, a ConditionsWarning for E_inc
+        outside the training range (as the torch path)."""
+        dom = self.metadata.get("einc_domain")
+        if not dom:
+            return
+        from .conditions import ConditionsWarning
+        from .errors import ConditionsError
+
+        e = np.asarray(einc, dtype=np.float64)
+        lo, hi = dom["training_range_mev"]
+        if np.any(e <= dom["min_exclusive_mev"]):
+            raise ConditionsError(f"{self.path}: incident energies down to {e.min():g} MeV: eq. 1 needs E_inc > "
+                                  f"{dom['min_exclusive_mev']:g} MeV (training range [{lo:g}, {hi:g}] MeV)")
+        out = (e < lo * (1 - 1e-9)) | (e > hi * (1 + 1e-9))
+        if warn and np.any(out):
+            warnings.warn(f"{int(out.sum())} incident energies outside the training range [{lo:g}, {hi:g}] MeV; "
+                          "the model extrapolates", ConditionsWarning, stacklevel=3)
+
     def run(self, z1: np.ndarray, z2: np.ndarray, einc: np.ndarray, conditions: np.ndarray | None = None) -> np.ndarray:
         """The graph on given latent noise: (B, L), (B, V), (B,) [, (B, K) condition features]
         -> showers (B, V) float32 MeV."""
         k = self.n_conditions
+        self._check_einc(einc)
         if conditions is None:
             if k:
                 raise UsageError(f"{self.path}: the sampler needs {k} detector-parameter feature column(s)")
@@ -379,6 +501,7 @@ class OnnxSampler:
 
         rng = np.random.default_rng(seed)
         einc = incident_energies(n_or_energies, self.metadata["constants"]["incident_energies"], rng)
+        self._check_einc(einc, warn=True)
         out = np.empty((len(einc), self.n_voxels), dtype=np.float32)
         bs = max(1, int(batch_size))
         for a in range(0, len(einc), bs):
@@ -392,7 +515,7 @@ class OnnxSampler:
 class OnnxGenerator:
     """An exported sampler with the part of the :class:`~caloflows.models.base.Generator` interface
     that generation uses (``caloflows generate FILE.onnx --backend onnxruntime``): geometry, the
-    training E_inc law, the detector-parameter spec (iCaloFlow models may have parameters),
+    training E_inc law, the detector-parameter spec (iCaloFlow and ParaFlow models may have parameters),
     ``sample(...) -> ShowerData`` (student only)."""
 
     variants = ("student",)

@@ -1,11 +1,11 @@
-"""``caloflows export MODEL --out model.onnx``: the CaloFlow or iCaloFlow student sampler as one ONNX graph."""
+"""``caloflows export MODEL --out model.onnx``: the CaloFlow, iCaloFlow or ParaFlow student sampler as one ONNX graph."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a trained CaloFlow or iCaloFlow student sampler to ONNX (opset >= 17)")
-    p.add_argument("model_dir", metavar="MODEL", help="trained CaloFlow or iCaloFlow model directory (distilled students)")
+    p = sub.add_parser("export", help="export a trained CaloFlow, iCaloFlow or ParaFlow student sampler to ONNX (opset >= 17)")
+    p.add_argument("model_dir", metavar="MODEL", help="trained CaloFlow, iCaloFlow or ParaFlow model directory (distilled students)")
     p.add_argument("--out", required=True, help="output .onnx file (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=run)
