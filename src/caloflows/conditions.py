@@ -65,10 +65,20 @@ def scale_condition(c: Any, c_min: float, c_max: float) -> np.ndarray:
     """
     _check_range(c_min, c_max)
     c = np.asarray(c, dtype=np.float64)
-    arg = c - (c_min - 1.0)
-    if np.any(arg <= 0):
+    if np.any(c - (c_min - 1.0) <= 0):
         raise ConditionsError(f"condition values must exceed c_min - 1 = {c_min - 1.0:g} for eq. 1")
-    return 2.0 * np.log(arg) / np.log(c_max - (c_min - 1.0)) - 1.0
+    return eq1(c, c_min, c_max)
+
+
+def eq1(c: Any, c_min: float, c_max: float) -> Any:
+    """The arithmetic of ParaFlow eq. 1 (:func:`scale_condition` without its checks) on a numpy
+    array or a torch tensor (traceable: the ONNX samplers evaluate it in the graph).
+
+    >>> round(float(eq1(np.array(1.0), 0.5, 1.5)), 4)
+    0.1699
+    """
+    arg = c - (c_min - 1.0)
+    return 2.0 * (arg.log() if hasattr(arg, "log") else np.log(arg)) / math.log(c_max - (c_min - 1.0)) - 1.0
 
 
 def unscale_condition(t: Any, c_min: float, c_max: float) -> np.ndarray:

@@ -254,10 +254,7 @@ class ParaFlowSampler(nn.Module):
                                 "(run 'caloflows train paraflow' and 'caloflows distill')")
         self.flow = LeanFlow.from_flow(model.student).float()
         self.logit, self.std = model.logit, model.std
-        lo, hi = model.einc_range
-        u = float(model.einc_unit_mev)
-        # eq. 1 in units of u (GeV): 2 log(E/u - (lo/u - 1)) / log(hi/u - (lo/u - 1)) - 1, as einc_feature
-        self.unit_mev, self.offset, self.log_span = u, lo / u - 1.0, float(np.log(hi / u - (lo / u - 1.0)))
+        self.einc_range, self.unit_mev = model.einc_range, float(model.einc_unit_mev)
         self.zero_below = float(model.cfg.zero_below_kev) * P.KEV
         self.max_ratio = None if model.cfg.max_ratio is None else float(model.cfg.max_ratio)
         self.threshold = float(model.geometry.threshold_mev) if threshold else None
@@ -265,7 +262,10 @@ class ParaFlowSampler(nn.Module):
 
     def context(self, einc: Tensor, conditions: Tensor) -> Tensor:
         """Eq. 1 of E_inc (float64, :func:`~caloflows.models.paraflow.einc_feature`) and the parameter features."""
-        f = 2.0 * torch.log(einc / self.unit_mev - self.offset) / self.log_span - 1.0
+        from .models.paraflow import einc_feature
+
+        lo, hi = self.einc_range
+        f = einc_feature(einc, lo, hi, self.unit_mev)
         return torch.cat([f[:, None], conditions.double()], 1)
 
     def forward(self, z1: Tensor, z2: Tensor, einc: Tensor, conditions: Tensor | None = None) -> Tensor:

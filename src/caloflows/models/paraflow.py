@@ -72,7 +72,7 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from ..conditions import ConditionsWarning, scale_condition
+from ..conditions import ConditionsWarning, eq1, scale_condition
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
 from ..io import ShowerData
@@ -140,14 +140,17 @@ ParaFlowConfig.PRESETS = {"quick": _quick, "full": _full}
 EINC_UNIT_MEV = 1000.0
 
 
-def einc_feature(einc: Any, low: float, high: float, unit_mev: float = EINC_UNIT_MEV) -> np.ndarray:
+def einc_feature(einc: Any, low: float, high: float, unit_mev: float = EINC_UNIT_MEV) -> Any:
     """E_inc (MeV) -> the flow's E_inc condition: eq. 1 over the training range ``[low, high]`` (MeV),
     evaluated in units of ``unit_mev`` (default GeV, so that eq. 1's "+1" is 1 GeV as in the paper).
+    A numpy input is checked (:func:`~caloflows.conditions.scale_condition`); a tensor is not.
 
     >>> [round(float(x), 3) for x in einc_feature([20e3, 21e3, 100e3], 20e3, 100e3)]
     [-1.0, -0.685, 1.0]
     """
     u = float(unit_mev)
+    if isinstance(einc, Tensor):  # no checks: traced into the ONNX sampler (caloflows.export)
+        return eq1(einc / u, low / u, high / u)
     return scale_condition(np.asarray(einc, dtype=np.float64) / u, low / u, high / u)
 
 
