@@ -19,7 +19,7 @@ L2LFlows (``l2lflows.txt`` sec. 3.1, appendix B.1; review sec. 4.1) and iCaloFlo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
+from ..training.loop import TrainConfig
 from .base import einc_draw, einc_summary, need, sample_with_rejection  # noqa: F401  (re-exported)
 
 __all__ = ["EnergyConstants", "EnergyFlow", "EnergyFlowModel", "einc_condition", "layer_energy_condition", "einc_summary",
@@ -45,10 +46,6 @@ QUICK_ENERGY_EPOCHS = 100
 def quick_energy_train(**extra) -> dict:
     """Training settings of the energy flow in the ``quick`` presets (a ``TrainConfig`` dict):
     :data:`QUICK_ENERGY_EPOCHS` epochs, batches of 256, OneCycle 1e-4 -> 2e-3; ``extra`` overrides."""
-    from dataclasses import asdict
-
-    from ..training.loop import TrainConfig
-
     return asdict(TrainConfig(**{"epochs": QUICK_ENERGY_EPOCHS, "batch_size": 256, "base_lr": 1e-4, "max_lr": 2e-3,
                                  **extra}))
 
