@@ -15,6 +15,7 @@ from caloflows.errors import ModelDirError  # noqa: E402
 from caloflows.export import CaloFlowSampler, OnnxSampler, export_onnx  # noqa: E402
 from caloflows.geometry import load_geometry  # noqa: E402
 from caloflows.io import ShowerData, read_showers  # noqa: E402
+from caloflows.models import load_model  # noqa: E402
 from caloflows.models.caloflow import CaloFlow, CaloFlowConfig  # noqa: E402
 from caloflows.toy_showers import toy_showers  # noqa: E402
 from caloflows.training.loop import TrainConfig  # noqa: E402
@@ -255,6 +256,30 @@ def test_icaloflow_sampler_reproduces_model_chain_and_onnxruntime(icalo):
     assert meta["constants"]["mean"] == m.consts["mean"] and s.geometry.same_layout(g)
     with pytest.raises(Exception, match="feature column"):
         s.run(z1.numpy(), z2.numpy(), einc.numpy())
+
+
+def test_icaloflow_export_bakes_in_the_generation_cut(icalo, tmp_path):
+    """``caloflows export MODEL --set voxel_cut_mev=0.5``: the graph post-processes every layer at
+    0.5 MeV (eqs. B.8-B.9) as the model's own chain with the same setting; the metadata records it."""
+    from caloflows.export import ICaloFlowSampler
+
+    out = tmp_path / "cut.onnx"
+    assert main(["export", str(icalo["dir"] / "model"), "--out", str(out), "--set", "voxel_cut_mev=0.5"]) == 0
+    m = load_model(icalo["dir"] / "model").with_generation_settings(["voxel_cut_mev=0.5"])
+    g, N = m.geometry, 60
+    einc = torch.as_tensor(icalo["einc"][:N], dtype=torch.float64)
+    feats = torch.linspace(-1, 1, N, dtype=torch.float32)[:, None]
+    ref = g.apply_threshold(m._sample_batch(einc, feats.double(), torch.Generator().manual_seed(3), "student").numpy())
+    gen = torch.Generator().manual_seed(3)
+    z1 = torch.randn(N, g.n_layers, dtype=torch.float64, generator=gen)
+    z2 = torch.cat([torch.randn(N, m.n, generator=gen) for _ in range(g.n_layers)], 1)
+    s, _, ort = _module_and_onnxruntime(ICaloFlowSampler(m), ref, out, z1, z2, einc, feats)
+    assert not np.any((ort > 0) & (ort < 0.5 * (1 - 1e-6)))
+    assert s.metadata["config"]["voxel_cut_mev"] == 0.5
+    plain = icalo["model"]._sample_batch(einc, feats.double(), torch.Generator().manual_seed(3), "student").numpy()
+    assert np.any((plain > g.threshold_mev) & (plain < 0.5))  # the cut has something to remove
+    assert main(["export", str(icalo["dir"] / "model"), "--out", str(tmp_path / "x.onnx"), "--set", "hidden=[8]"]) == 2
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_icaloflow_generate_backend_onnxruntime(icalo, tmp_path):

@@ -92,6 +92,19 @@ def test_generation_walks_layers_with_exact_sums(trained):
     assert lp.shape == (3,) and np.isfinite(lp).all()
 
 
+def test_generation_cut_leaves_no_voxel_below_it(trained):
+    """``--set voxel_cut_mev=0.5`` at generation: the B.3 post-processing at 0.5 MeV (issue 15)."""
+    model = ICaloFlow.load(trained[0]).with_generation_settings(["voxel_cut_mev=0.5"])
+    E = torch.as_tensor(np.outer(np.linspace(0.2, 30.0, 5), np.linspace(1, 2, 9)))
+    einc = torch.full((5,), 2000.0, dtype=torch.float64)
+    out = model.sample_layers(E, einc, student=True, generator=torch.Generator().manual_seed(0)).numpy()
+    assert not np.any((out > 0) & (out < 0.5))
+    full = E.numpy() >= 0.5
+    assert np.allclose(G.layer_energies(out)[full], E.numpy()[full], rtol=1e-9)
+    plain = ICaloFlow.load(trained[0]).sample_layers(E, einc, student=True, generator=torch.Generator().manual_seed(0))
+    assert np.any((plain.numpy() > 0) & (plain.numpy() < 0.5))
+
+
 def test_bad_inputs(tmp_path, trained):
     with pytest.raises(ValueError, match="equal layers"):
         ICaloFlow("ds1-photons")

@@ -214,6 +214,32 @@ def test_subset_layers_gather_and_generate(toy, gathered):
     assert lp.shape == (4,) and np.isfinite(lp).all()
 
 
+def test_generation_cut_is_the_b3_post_processing_at_a_higher_threshold(gathered):
+    """``voxel_cut_mev`` (a generation setting, issue 15) moves the threshold ``t`` of eqs.
+    B.8-B.9: no voxel between 0 and the cut, every layer with ``E_i`` above it still sums to
+    ``E_i``, and the rest of the sample is unchanged (same seed)."""
+    d, _ = gathered
+    E = torch.as_tensor(np.outer(np.linspace(0.3, 20.0, 6), np.ones(9)))
+    einc = torch.full((6,), 1000.0, dtype=torch.float64)
+    plain = load_model(d / "all")
+    cut = load_model(d / "all").with_generation_settings(["voxel_cut_mev=0.5"])
+    assert plain.voxel_cut == G.threshold_mev and cut.voxel_cut == 0.5
+    a = plain.sample_layers(E, einc, generator=torch.Generator().manual_seed(4)).numpy()
+    b = cut.sample_layers(E, einc, generator=torch.Generator().manual_seed(4)).numpy()
+    assert np.any((a > 0) & (a < 0.5))  # without the cut the flows do put voxels there
+    assert not np.any((b > 0) & (b < 0.5))
+    full = E.numpy() >= 0.5
+    assert np.allclose(G.layer_energies(b)[full], E.numpy()[full], rtol=1e-10)
+    assert np.all(G.layer_energies(b)[~full] == 0)
+    offs = G.layer_offsets
+    again = np.concatenate([threshold_renormalise(a[:, offs[i]:offs[i + 1]], E[:, i].numpy(), 0.5) for i in range(9)], 1)
+    assert np.allclose(b, again, rtol=1e-12, atol=0)
+    # never below the readout threshold; training settings stay fixed
+    assert load_model(d / "all").with_generation_settings(["voxel_cut_mev=0.001"]).voxel_cut == G.threshold_mev
+    with pytest.raises(UsageError, match="not a generation setting"):
+        load_model(d / "all").with_generation_settings(["cf_hidden=[8]"])
+
+
 def test_layer_trained_alone_equals_layer_trained_with_others(toy, gathered):
     d, path, inc, sh = toy
     L2LFlows(G, tiny_config()).train(path, d / "only3", layers="3", energy=False, progress=False)

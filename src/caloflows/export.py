@@ -173,7 +173,8 @@ class ICaloFlowSampler(nn.Module):
         self.flow3 = LeanFlow.from_flow(model.flows["student3"].flow).float()
         g = model.geometry
         self.n, self.n_layers, self.n_voxels = model.n, g.n_layers, g.n_voxels
-        self.threshold = float(g.threshold_mev) if threshold else 0.0
+        # the cut t of the per-layer post-processing: the readout threshold, or ``voxel_cut_mev``
+        self.threshold = float(model.voxel_cut) if threshold or model.cfg.voxel_cut_mev is not None else 0.0
         self.max_ratio = None if model.cfg.max_ratio is None else float(model.cfg.max_ratio)
         self.postprocess = model.cfg.postprocess
 

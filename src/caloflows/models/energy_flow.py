@@ -28,8 +28,10 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
+from ..geometry import Geometry
 from ..training.loop import TrainConfig
 from .base import einc_draw, einc_summary, need, sample_with_rejection  # noqa: F401  (re-exported)
+from .settings import LayerwiseSettings
 
 __all__ = ["EnergyConstants", "EnergyFlow", "EnergyFlowModel", "einc_condition", "layer_energy_condition", "einc_summary",
            "einc_draw", "quick_energy_train", "QUICK_ENERGY_EPOCHS"]
@@ -156,9 +158,14 @@ class EnergyFlow(nn.Module):
 
 class EnergyFlowModel:
     """Mixin of the families that sample layer energies with the energy distribution flow
-    (L2LFlows, iCaloFlow): their preprocessing constants, with the energy flow's among them."""
+    (L2LFlows, iCaloFlow): their preprocessing constants, with the energy flow's among them,
+    and the cut of their per-layer post-processing (appendix B.3)."""
 
     kind: ClassVar[str]
+    #: settings that act only at generation time (``caloflows generate --set KEY=VALUE``)
+    generation_settings: ClassVar[tuple[str, ...]] = ("voxel_cut_mev", "max_ratio")
+    cfg: LayerwiseSettings
+    geometry: Geometry
     _consts: dict | None = None
     _energy_consts: EnergyConstants | None = None
 
@@ -169,6 +176,20 @@ class EnergyFlowModel:
     def consts(self) -> dict:
         """The preprocessing constants (``constants.json``)."""
         return need(self._consts, f"{self.kind} preprocessing constants")
+
+    @property
+    def voxel_cut(self) -> float:
+        """The threshold ``t`` of the layer post-processing (MeV, eqs. B.8-B.9): the setting
+        ``voxel_cut_mev`` where it is set (never below the readout threshold), else the
+        geometry's readout threshold, as in the paper.
+
+        >>> from caloflows.models.l2lflows import L2LFlows, L2LFlowsConfig
+        >>> L2LFlows("ds2", L2LFlowsConfig(voxel_cut_mev=0.5)).voxel_cut
+        0.5
+        """
+        thr = float(self.geometry.threshold_mev)
+        cut = self.cfg.voxel_cut_mev
+        return thr if cut is None else max(float(cut), thr)
 
     @property
     def energy_consts(self) -> EnergyConstants:

@@ -343,7 +343,7 @@ class ICaloFlow(EnergyFlowModel, Generator):
         g, n = self.geometry, self.n
         params = einc.new_zeros(len(einc), self.n_params) if params is None else params
         use64 = (not student) if float64 is None else float64
-        thr = g.threshold_mev
+        thr = self.voxel_cut
         out = torch.zeros(len(einc), g.n_voxels, dtype=torch.float64, device=self.device)
         y = self._draw(self._flow(2, student), self.context2(E[:, 0], einc, params), use64, generator)
         y = torch.nan_to_num(y, nan=0.0, posinf=50.0, neginf=-50.0)

@@ -74,7 +74,8 @@ from .settings import LayerwiseSettings
 __all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
 
 #: settings that may differ between the runs that train the layers of one model
-RUNTIME_SETTINGS = {"cache_mb", "chunk_rows", "edf_train", "cf_train", "max_ratio", "max_resample", "postprocess"}
+RUNTIME_SETTINGS = {"cache_mb", "chunk_rows", "edf_train", "cf_train", "max_ratio", "max_resample", "postprocess",
+                    "voxel_cut_mev"}
 KIND = "l2lflows"
 CONSTANTS_FILE = "constants.json"
 ENERGY_FILE = "energy_flow.safetensors"
@@ -422,7 +423,7 @@ class L2LFlows(EnergyFlowModel, Generator):
         n = len(einc)
         out = torch.zeros(n, g.n_voxels, dtype=torch.float64, device=self.device)
         ys: dict[int, Tensor] = {}
-        thr = g.threshold_mev
+        thr = self.voxel_cut
         for i in tqdm(range(g.n_layers), desc="layers", leave=False, disable=None if progress else True):
             flow = self.causal[i]
             t0, t1 = int(g.layer_offsets[i]), int(g.layer_offsets[i + 1])

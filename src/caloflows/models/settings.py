@@ -216,13 +216,17 @@ class LayerwiseSettings(FlowSettings):
     post-processing (B.3) and how training data are read (standardisation rows, streaming)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **FlowSettings.RANGES, "cache_mb": (0, None, False)}
+        **FlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True)}
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
 
     edf_transforms: int = 4
     edf_hidden: list = field(default_factory=lambda: [64])
     max_ratio: float | None = 2.6
     postprocess: str = "threshold"  # "threshold" (L2LFlows appendix B.3) or "renormalise" (CaloFlow)
+    #: the cut ``t`` of the post-processing (MeV); None: the geometry's readout threshold (the paper).
+    #: A generation setting: Geant4 voxels of the Par04 geometries are empty or above ~1 MeV, the
+    #: flows fill that gap with sub-MeV voxels (issue 15)
+    voxel_cut_mev: float | None = None
     std_rows: int = 20_000
     cache_mb: float = 1024.0
 
