@@ -286,3 +286,28 @@ def test_output_policy_sees_the_nested_coarse_model(model_b, model_a):
     check_student_free(d)  # no student yet
     with pytest.raises(OutputError, match="flow2_student"):  # distilling again needs --force
         check_student_free(model_a[2].parent / "m")
+
+
+def test_coarse_generation_cut_reaches_the_nested_coarse_model(model_b):
+    """``--set coarse.voxel_cut_mev=T`` at generation: FLOW-2's coarse voxels get the
+    threshold-aware cut (no coarse voxel of the output between 0 and T, layer sums kept)."""
+    m, data, path = model_b
+    plain = load_model(path.parent / "m")
+    einc = torch.as_tensor(data.incident_energies[:40], dtype=torch.float64)
+    p0 = torch.zeros(40, 0, dtype=torch.float64)
+    c_plain, E_plain = plain.sample_coarse(einc, p0, torch.Generator().manual_seed(5), "teacher")
+    c_plain = c_plain.numpy()
+    t = round(float(np.quantile(c_plain[c_plain > 0], 0.2)), 3)  # a cut with something to remove (toy MeV scale)
+    assert np.mean((c_plain > 0) & (c_plain < t)) > 0.05
+    cut = load_model(path.parent / "m").with_generation_settings([f"coarse.voxel_cut_mev={t}"])
+    assert cut.coarse.generation_cut == t and cut.cfg.coarse["voxel_cut_mev"] == t
+    c_cut, E_cut = cut.sample_coarse(einc, p0, torch.Generator().manual_seed(5), "teacher")
+    c_cut = c_cut.numpy()
+    assert not np.any((c_cut > 0) & (c_cut < t))
+    full = E_cut.numpy() >= t  # f_z = 1: the fine layer energies are the coarse layer sums
+    np.testing.assert_allclose(m.cmap.coarse.layer_energies(c_cut)[full], E_plain.numpy()[full], rtol=1e-9)
+    fine = cut.sample(data.incident_energies[:6], seed=1).showers
+    cg = m.cmap.coarse_grain(fine.astype(np.float64))
+    assert not np.any((cg > 0) & (cg < t * (1 - 1e-5)))
+    with pytest.raises(UsageError, match="not a generation setting"):
+        load_model(path.parent / "m").with_generation_settings(["up_bins=3"])

@@ -47,7 +47,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -171,6 +171,9 @@ class SuperCalo(Generator):
               "distill": "the coarse model's flow-II IAF student (distillation)"}
     variants = ("teacher", "student")
     weight_files = {"flow1": ("flow1.safetensors", "train"), "upsampler": ("upsampler.safetensors", "train")}
+    #: ``coarse.voxel_cut_mev``: the coarse CaloFlow's threshold-aware cut (L2LFlows eqs. B.8-B.9) on
+    #: FLOW-2's coarse voxels, so that SUPERCALO upsamples no sub-MIP coarse voxel (issue 15)
+    generation_settings = ("coarse.voxel_cut_mev", "max_ratio")
     cfg: SuperCaloConfig
 
     # ------------------------------------------------------------------ networks
@@ -354,6 +357,12 @@ class SuperCalo(Generator):
         if ctx.is_main:
             self.save(out_dir)
         return {"coarse": r}
+
+    def with_generation_settings(self, items: Sequence[str] | None) -> "SuperCalo":
+        """As :meth:`Generator.with_generation_settings`; ``coarse.*`` items reach the nested coarse CaloFlow."""
+        super().with_generation_settings(items)
+        self.coarse.cfg = self.cfg.coarse_config()
+        return self
 
     # ------------------------------------------------------------------ sampling
     @property
