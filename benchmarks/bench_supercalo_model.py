@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="settings applied after --epochs (e.g. flow1_train.epochs=100, so that FLOW-1 is trained)")
+    ap.add_argument("--generation-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="time the same model a second time with these generation settings, side by side "
+                         "(e.g. coarse.voxel_cut_mev=0.5)")
     ap.add_argument("--out")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -68,16 +71,21 @@ def main() -> None:
     res["ms_per_shower"] = {}
     # the upsampling cost scales with the coarse voxels above the cut: record the generated occupancy
     res["nonzero_fine_fraction"] = {"training": float((sh > 0).mean())}
-    for v in ("teacher", "student"):
-        for N in a.resample:
-            ts = []
-            for r in range(a.repeat):
-                t0 = time.perf_counter()
-                out = m.sample_resampled(einc, N, batch_size=a.n, seed=r, variant=v)
-                ts.append(1e3 * (time.perf_counter() - t0) / a.n)
-            res["ms_per_shower"][f"{v} N={N}"] = statistics.median(ts)
-            res["nonzero_fine_fraction"][f"{v} N={N}"] = float((np.asarray(out.showers) > 0).mean())
-            print(f"{v} N={N}: {statistics.median(ts):.1f} ms/shower (median of {a.repeat})", flush=True)
+    res["generation_settings"] = a.generation_set
+    for label, settings in [("", [])] + ([(f" [{','.join(a.generation_set)}]", a.generation_set)]
+                                         if a.generation_set else []):
+        m.with_generation_settings(settings)
+        for v in ("teacher", "student"):
+            for N in a.resample:
+                ts = []
+                for r in range(a.repeat):
+                    t0 = time.perf_counter()
+                    out = m.sample_resampled(einc, N, batch_size=a.n, seed=r, variant=v)
+                    ts.append(1e3 * (time.perf_counter() - t0) / a.n)
+                key = f"{v} N={N}{label}"
+                res["ms_per_shower"][key] = statistics.median(ts)
+                res["nonzero_fine_fraction"][key] = float((np.asarray(out.showers) > 0).mean())
+                print(f"{key}: {statistics.median(ts):.1f} ms/shower (median of {a.repeat})", flush=True)
     res["load_after"] = os.getloadavg()[0]
     print(json.dumps(res, indent=1))
     if a.out:
