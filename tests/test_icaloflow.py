@@ -170,3 +170,17 @@ def test_training_from_streamed_file_equals_training_in_memory(tmp_path):
     assert np.isfinite(s["teacher3"]["best_val"])
     with pytest.raises(Exception, match="missing.h5"):
         c.fit(tmp_path / "missing.h5", tmp_path / "m", progress=False)
+
+
+def test_unstandardised_voxel_inputs_setting():
+    """``voxel_standardise=false``: flows 2 and 3 see the logit fractions themselves (constants 0 / 1),
+    which needs a spline domain of at least ln(1 / alpha)."""
+    inc, sh = toy_showers(G, 100, seed=6)
+    m = ICaloFlow(G, ICaloFlowConfig(voxel_standardise=False, voxel_bound=14.0))
+    m.fit_constants(ShowerData(inc, sh))
+    c = m.consts
+    assert set(c["mean0"]) == {0.0} and set(c["mean"]) == {0.0} and set(c["std0"]) == {1.0} and set(c["std"]) == {1.0}
+    frac = torch.rand(5, m.n, dtype=torch.float64)
+    assert torch.allclose(m.normed_forward(frac, False), torch.logit(1e-6 + (1 - 2e-6) * frac))
+    with pytest.raises(Exception, match="voxel_bound >= 14"):
+        ICaloFlowConfig(voxel_standardise=False).validate()

@@ -117,6 +117,7 @@ class L2LFlowsConfig(LayerwiseSettings):
 
 def _quick(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig(
+        **L2LFlowsConfig.PAPER_VOXEL_INPUTS,
         cf_hidden=[64], embed_hidden=[128, 64], embed_out=32,
         edf_train=quick_energy_train(val_fraction=0.1),
         cf_train=asdict(TrainConfig(epochs=10, batch_size=256, base_lr=1e-4, max_lr=2e-3, val_fraction=0.1)),
@@ -124,7 +125,7 @@ def _quick(g: Geometry) -> L2LFlowsConfig:
 
 
 def _full(g: Geometry) -> L2LFlowsConfig:
-    return L2LFlowsConfig()
+    return L2LFlowsConfig(**L2LFlowsConfig.PAPER_VOXEL_INPUTS)
 
 
 L2LFlowsConfig.PRESETS = {"quick": _quick, "full": _full}
@@ -157,6 +158,8 @@ def compute_constants(cols, cfg: L2LFlowsConfig, progress: bool = False) -> tupl
     mean = s1 / m
     std = np.sqrt(np.maximum(s2 / m - mean**2, 0.0))
     std = np.maximum(std, 1e-3)
+    if not cfg.voxel_standardise:  # eq. B.4 as it is: the flows see l_alpha(I / max)
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     consts = {
         "n_showers": int(cols.n),
         "energy": energy.to_dict(),
@@ -253,7 +256,7 @@ class L2LFlows(EnergyFlowModel, Generator):
         c = self.cfg
         return ConditionalFlow(self.geometry.layer_sizes[i], self.context_size(i), embed=i > 0 and c.n_cond > 0,
                                embed_hidden=c.embed_hidden, embed_out=c.embed_out, transforms=c.cf_transforms,
-                               hidden=c.cf_hidden, bins=c.bins, bound=c.bound)
+                               hidden=c.cf_hidden, bins=c.bins, bound=c.voxel_spline_bound)
 
     # ------------------------------------------------------------------ constants
     def set_constants(self, consts: dict) -> None:

@@ -216,7 +216,8 @@ class LayerwiseSettings(FlowSettings):
     post-processing (B.3) and how training data are read (standardisation rows, streaming)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **FlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True)}
+        **FlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True),
+        "voxel_bound": (1e-3, None, True)}
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
 
     edf_transforms: int = 4
@@ -229,6 +230,32 @@ class LayerwiseSettings(FlowSettings):
     voxel_cut_mev: float | None = None
     std_rows: int = 20_000
     cache_mb: float = 1024.0
+    #: the voxel flows' inputs (causal flows; iCaloFlow flows 2 and 3): the logit voxels standardised
+    #: per feature with the training mean / std (True; not in the papers), or the logit values as
+    #: they are (False: L2LFlows eq. B.4, CaloFlow), inside ``|l_alpha| <= ln(1 / alpha)``
+    voxel_standardise: bool = True
+    #: spline domain ``[-b, b]`` of the voxel flows (None: ``bound``).  Outside it zuko's splines are
+    #: the identity, so the domain must hold the data: a hit in a sparse layer standardises to 7-27
+    #: (issue 15), and the unstandardised logit needs ``b >= ln(1 / alpha)`` (14 for alpha = 1e-6)
+    voxel_bound: float | None = None
+
+    #: the voxel-flow inputs of the L2LFlows presets: the logit values as they are, inside a domain
+    #: of 14.  (iCaloFlow keeps the standardisation: its inputs are fractions of E_i, and on Geant4 ds2
+    #: they stay within +-4.5, inside its domain of 5.)
+    PAPER_VOXEL_INPUTS: ClassVar[dict[str, Any]] = {"voxel_standardise": False, "voxel_bound": 14.0}
+
+    @property
+    def voxel_spline_bound(self) -> float:
+        """The spline domain of the voxel flows: ``voxel_bound``, else ``bound``."""
+        return float(self.bound if self.voxel_bound is None else self.voxel_bound)
+
+    def validate(self) -> None:
+        super().validate()
+        reach = math.log((1 - self.alpha) / self.alpha) if 0 < self.alpha < 0.5 else math.inf
+        if not self.voxel_standardise and self.voxel_spline_bound < reach:
+            raise _bad("voxel_bound", self.voxel_bound,
+                       f"the unstandardised logit voxels reach +-{reach:.2f} (alpha={self.alpha:g}); the spline "
+                       f"domain must hold them: set voxel_bound >= {math.ceil(reach)}")
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
