@@ -69,13 +69,13 @@ from torch import Tensor, nn
 from .. import flows as F
 from .. import preprocessing as P
 from ..errors import ModelDirError, UsageError
-from ..geometry import PAR04_THRESHOLD_MEV, Geometry
+from ..geometry import Geometry
 from ..io import ShowerData
 from ..postprocess import threshold_renormalise_layers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
-from .settings import FlowSettings
+from .settings import FlowSettings, medium_voxel_cut
 
 __all__ = ["CaloFlow", "CaloFlowConfig"]
 
@@ -140,11 +140,6 @@ def _full(g: Geometry) -> CaloFlowConfig:
     )
 
 
-#: the threshold-aware generation cut of the ``medium`` preset on Par04 geometries (MeV): below one
-#: minimum-ionising crossing (~1 MeV and more after the 1/0.033 scaling), where Geant4 voxels are rare
-MEDIUM_VOXEL_CUT_MEV = 0.5
-
-
 def _medium(g: Geometry) -> CaloFlowConfig:
     # Issue 15 (README "Fidelity study"; benchmarks/bench_flow1.py, bench_fidelity.py): on 10000
     # Geant4 ds2-coarse showers, flow-I trained 100 instead of 20 epochs brings the E_layer separation
@@ -155,7 +150,7 @@ def _medium(g: Geometry) -> CaloFlowConfig:
     # keeps the quick networks: 40 teacher epochs on 10000 showers are ~45 minutes of 2 cores.
     c = _quick(g)
     c.flow1_train = {**c.flow1_train, "epochs": 100}  # the quick schedule, 5x the epochs
-    c.voxel_cut_mev = MEDIUM_VOXEL_CUT_MEV if g.threshold_mev == PAR04_THRESHOLD_MEV else None
+    c.voxel_cut_mev = medium_voxel_cut(g)
     return c
 
 

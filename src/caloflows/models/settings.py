@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
+from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 
-__all__ = ["ModelConfig", "FlowSettings", "LayerwiseSettings", "override_settings", "check_train_config"]
+__all__ = ["ModelConfig", "FlowSettings", "LayerwiseSettings", "override_settings", "check_train_config",
+           "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut"]
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -256,6 +258,22 @@ class LayerwiseSettings(FlowSettings):
             raise _bad("voxel_bound", self.voxel_bound,
                        f"the unstandardised logit voxels reach +-{reach:.2f} (alpha={self.alpha:g}); the spline "
                        f"domain must hold them: set voxel_bound >= {math.ceil(reach)}")
+
+
+#: the threshold-aware generation cut of the ``medium`` presets on Par04 geometries (MeV): below one
+#: minimum-ionising crossing (~1 MeV and more after the 1/0.033 scaling), where Geant4 voxels are rare
+MEDIUM_VOXEL_CUT_MEV = 0.5
+
+
+def medium_voxel_cut(g: Geometry) -> float | None:
+    """:data:`MEDIUM_VOXEL_CUT_MEV` on geometries with the Par04 readout threshold (CaloChallenge
+    ds1-ds3, whose voxels are empty or above ~1 MeV in Geant4), else None (the readout threshold).
+
+    >>> from caloflows.geometry import load_geometry
+    >>> medium_voxel_cut(load_geometry("ds2")), medium_voxel_cut(load_geometry("paraflow-8x16"))
+    (0.5, None)
+    """
+    return MEDIUM_VOXEL_CUT_MEV if g.threshold_mev == PAR04_THRESHOLD_MEV else None
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
