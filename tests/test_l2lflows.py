@@ -378,3 +378,17 @@ def test_quick_presets_train_every_energy_flow_as_long():
     assert QUICK_ENERGY_EPOCHS == 100
     assert [t["epochs"] for t in trains] == [QUICK_ENERGY_EPOCHS] * 3
     assert {(t["batch_size"], t["base_lr"], t["max_lr"]) for t in trains} == {(256, 1e-4, 2e-3)}
+
+
+def test_medium_preset_is_quick_with_the_generation_cut_on_par04_geometries():
+    """``medium`` trains exactly the quick model; it differs only by the 0.5 MeV threshold-aware cut
+    at generation on Par04 geometries (issue 15), and is quick elsewhere."""
+    from dataclasses import asdict as _asdict
+
+    from caloflows.models.settings import MEDIUM_VOXEL_CUT_MEV
+
+    for name, cut in (("ds2", MEDIUM_VOXEL_CUT_MEV), ("paraflow-8x16", None)):
+        g = load_geometry(name)
+        q, m = _asdict(L2LFlowsConfig.preset("quick", g)), _asdict(L2LFlowsConfig.preset("medium", g))
+        assert m.pop("voxel_cut_mev") == cut and q.pop("voxel_cut_mev") is None
+        assert m == q

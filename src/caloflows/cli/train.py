@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
         mp.add_argument("--out", required=True, help="model directory to create (or to resume)")
         mp.add_argument("--preset", default="quick",
                         help="model and training sizes: quick (default), full (the paper's), and for caloflow "
-                             "medium (the best fidelity in about 1 hour of 2 CPU cores); an unknown name is refused")
+                             "and l2lflows medium (the best fidelity in about 1 hour of 2 CPU cores); an unknown "
+                             "name is refused")
         mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         mp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
