@@ -179,7 +179,7 @@ class ICaloFlow(EnergyFlowModel, Generator):
         m0, m = acc[0] / cnt[0], acc[2] / cnt[1]
         s0 = np.sqrt(np.maximum(acc[1] / cnt[0] - m0**2, 0.0))
         s1 = np.sqrt(np.maximum(acc[3] / cnt[1] - m**2, 0.0))
-        if not c.voxel_standardise:  # the logit fractions as they are (CaloFlow, L2LFlows eq. B.4)
+        if not c.voxel_standardise:  # the logit fractions as they are, unstandardised
             m0, s0, m, s1 = np.zeros_like(m0), np.ones_like(s0), np.zeros_like(m), np.ones_like(s1)
         self._consts = {"energy": energy.to_dict(), "incident_energies": einc_summary(t.einc),
                        "mean0": m0.tolist(), "std0": np.maximum(s0, 1e-3).tolist(),

@@ -234,7 +234,7 @@ class LayerwiseSettings(FlowSettings):
     cache_mb: float = 1024.0
     #: the voxel flows' inputs (causal flows; iCaloFlow flows 2 and 3): the logit voxels standardised
     #: per feature with the training mean / std (True; not in the papers), or the logit values as
-    #: they are (False: L2LFlows eq. B.4, CaloFlow), inside ``|l_alpha| <= ln(1 / alpha)``
+    #: they are (False: L2LFlows eq. B.4 as published), inside ``|l_alpha| <= ln(1 / alpha)``
     voxel_standardise: bool = True
     #: spline domain ``[-b, b]`` of the voxel flows (None: ``bound``).  Outside it zuko's splines are
     #: the identity, so the domain must hold the data: a hit in a sparse layer standardises to 7-27
