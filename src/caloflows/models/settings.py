@@ -241,11 +241,6 @@ class LayerwiseSettings(FlowSettings):
     #: (issue 15), and the unstandardised logit needs ``b >= ln(1 / alpha)`` (14 for alpha = 1e-6)
     voxel_bound: float | None = None
 
-    #: the voxel-flow inputs of the L2LFlows presets: the logit values as they are, inside a domain
-    #: of 14.  (iCaloFlow keeps the standardisation: its inputs are fractions of E_i, and on Geant4 ds2
-    #: they stay within +-4.5, inside its domain of 5.)
-    PAPER_VOXEL_INPUTS: ClassVar[dict[str, Any]] = {"voxel_standardise": False, "voxel_bound": 14.0}
-
     @property
     def voxel_spline_bound(self) -> float:
         """The spline domain of the voxel flows: ``voxel_bound``, else ``bound``."""
