@@ -18,6 +18,7 @@ from caloflows.superres import (
     CUT_MEV,
     SuperCaloPreprocessing,
     assemble_fine,
+    build_conditions,
     build_rows,
     split_conditions,
     upsample_postprocess,
@@ -215,6 +216,30 @@ def test_coarse_graining_then_upsampling_keeps_layer_energies_for_choice_b_only(
     up_a = assemble_fine(_random_rel(rng, 4, a.n_coarse, a.group_size), a.coarse_grain(fine), a)
     assert not np.allclose(g.layer_energies(up_a), E, rtol=1e-3)
     np.testing.assert_allclose(up_a.sum(1), fine.sum(1), rtol=1e-10)
+
+
+def test_conditions_and_assembly_of_selected_coarse_voxels_equal_the_full_ones():
+    """Generation builds SUPERCALO conditions and fine voxels only for the coarse voxels above the cut
+    (``rows=``); the rows equal the full arrays' bit for bit, and the unlisted coarse voxels come out
+    empty, as the cut and renormalisation of the full path leave them."""
+    m = CHOICES["A"].bind("ds2")
+    einc, fine = toy_showers(m.fine, 6, seed=4)
+    fine = fine.astype(np.float64)
+    prep = SuperCaloPreprocessing.fit(einc, fine, m)
+    coarse = m.coarse_grain(fine)
+    layers = m.fine.layer_energies(fine)
+    cut = float(np.quantile(coarse[coarse > 0], 0.6))  # empties 60 % of the coarse voxels
+    active = (coarse >= cut) & (coarse > 0)
+    rows = np.nonzero(active)
+    assert 0 < active.sum() < active.size
+    full = build_conditions(einc, coarse, layers, m, prep)
+    sel = build_conditions(einc, coarse, layers, m, prep, rows=rows)
+    np.testing.assert_array_equal(sel, full[rows])
+    rel = _random_rel(np.random.default_rng(5), len(coarse), m.n_coarse, m.group_size)
+    dense = assemble_fine(rel, coarse, m, cut)
+    np.testing.assert_array_equal(assemble_fine(rel[rows], coarse, m, cut, rows=rows), dense)
+    off = np.nonzero(~active)  # coarse voxels below the cut are empty either way
+    assert np.all(dense[off[0][:, None], m.members[off[1]]] == 0)
 
 
 # ------------------------------------------------------------------ streaming rows

@@ -242,6 +242,7 @@ def build_conditions(
     prep: SuperCaloPreprocessing,
     rng: np.random.Generator | None = None,
     coarse_self: np.ndarray | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Preprocessed SUPERCALO conditions for every coarse voxel: (N, n_coarse, C) float64.
 
@@ -251,6 +252,9 @@ def build_conditions(
         layer_energies: (N, n_fine_layers) fine layer energies (true ones or FLOW-1's).
         rng: adds the B6 noise U(0, 1 keV) to the voxel's own energy if given (training).
         coarse_self: the voxel's own energy if not ``coarse`` (training: sum of noisy fine voxels).
+        rows: ``(shower index, coarse voxel index)`` arrays of the pairs wanted: then only those
+            rows are built, (R, C), in that order (generation: the coarse voxels above the cut,
+            about 10 % of them on ds2).  The values equal the matching rows of the full result.
     """
     einc = np.asarray(einc, dtype=np.float64).reshape(-1)
     coarse = np.asarray(coarse, dtype=np.float64)
@@ -264,15 +268,20 @@ def build_conditions(
     if rng is not None and prep.coarse_noise_mev > 0:
         own = own + prep.coarse_noise_mev * rng.random(own.shape)
     Vc = cmap.n_coarse
+    if rows is None:
+        si, vi = np.repeat(np.arange(n), Vc), np.tile(np.arange(Vc), n)
+    else:
+        si, vi = (np.asarray(r, dtype=np.int64).reshape(-1) for r in rows)
     parts = [
-        np.broadcast_to(prep.einc_forward(einc)[:, None, None], (n, Vc, 1)),
-        prep.coarse_forward(own)[..., None],
-        prep.layer_forward(layer_energies[:, cmap.fine_layers]),
-        prep.coarse_forward(cmap.neighbour_energies(coarse)),
-        np.broadcast_to(np.eye(cmap.nc_z)[cmap.coarse_layer][None], (n, Vc, cmap.nc_z)),
-        np.broadcast_to(np.eye(cmap.nc_r)[cmap.coarse_rbin][None], (n, Vc, cmap.nc_r)),
+        prep.einc_forward(einc)[si, None],
+        prep.coarse_forward(own[si, vi])[:, None],
+        prep.layer_forward(layer_energies[si[:, None], cmap.fine_layers[vi]]),
+        prep.coarse_forward(np.where(cmap.neighbour_mask[vi], coarse[si[:, None], cmap.neighbours[vi]], 0.0)),
+        np.eye(cmap.nc_z)[cmap.coarse_layer[vi]],
+        np.eye(cmap.nc_r)[cmap.coarse_rbin[vi]],
     ]
-    return np.concatenate(parts, axis=-1)
+    out = np.concatenate(parts, axis=-1)
+    return out.reshape(n, Vc, -1) if rows is None else out
 
 
 def split_conditions(cond: np.ndarray, cmap: CoarseMap, prep: SuperCaloPreprocessing) -> dict[str, np.ndarray]:
@@ -359,21 +368,31 @@ def upsample_postprocess(rel: np.ndarray, coarse: np.ndarray, threshold: float =
     return out.reshape(rel.shape)
 
 
-def assemble_fine(rel: np.ndarray, coarse: np.ndarray, cmap: CoarseMap, threshold: float = CUT_MEV) -> np.ndarray:
+def assemble_fine(rel: np.ndarray, coarse: np.ndarray, cmap: CoarseMap, threshold: float = CUT_MEV,
+                  rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Relative fine energies per coarse voxel -> fine showers (N, V) float64.
 
     ``rel``: (N, n_coarse, k) or (N * n_coarse, k) (rows of :func:`build_rows`);
-    ``coarse``: (N, n_coarse) or (N * n_coarse,).
+    ``coarse``: (N, n_coarse) or (N * n_coarse,).  With ``rows`` = ``(shower index, coarse voxel
+    index)``, ``rel`` holds only those (R, k) pairs, ``coarse`` is (N, n_coarse), and every coarse
+    voxel not listed comes out empty (generation: the ones below the cut, which the cut and
+    renormalisation empty anyway).
     """
     rel = np.asarray(rel, dtype=np.float64)
     coarse = np.asarray(coarse, dtype=np.float64)
     k, Vc = cmap.group_size, cmap.n_coarse
-    if rel.shape[-1] != k or rel.size % (Vc * k):
-        raise ConditionsError(f"relative fine energies: expected (N, {Vc}, {k}), got {rel.shape}")
-    n = rel.size // (Vc * k)
-    rel = rel.reshape(n, Vc, k)
-    coarse = coarse.reshape(n, Vc)
-    return cmap.scatter(upsample_postprocess(rel, coarse, threshold))
+    if rows is None:
+        if rel.shape[-1] != k or rel.size % (Vc * k):
+            raise ConditionsError(f"relative fine energies: expected (N, {Vc}, {k}), got {rel.shape}")
+        n = rel.size // (Vc * k)
+        return cmap.scatter(upsample_postprocess(rel.reshape(n, Vc, k), coarse.reshape(n, Vc), threshold))
+    si, vi = (np.asarray(r, dtype=np.int64).reshape(-1) for r in rows)
+    if rel.shape != (len(si), k) or coarse.ndim != 2 or coarse.shape[1] != Vc:
+        raise ConditionsError(f"relative fine energies: expected ({len(si)}, {k}) rows of (N, {Vc}) coarse "
+                              f"showers, got {rel.shape} and {coarse.shape}")
+    out = np.zeros((len(coarse), cmap.fine.n_voxels))
+    out[si[:, None], cmap.members[vi]] = upsample_postprocess(rel, coarse[si, vi], threshold)
+    return out
 
 
 # ------------------------------------------------------------------ FLOW-1 / FLOW-2 (sec. IV)

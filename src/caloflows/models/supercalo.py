@@ -454,18 +454,18 @@ class SuperCalo(Generator):
         distribution, only which latent draws are made.
         """
         cmap = self.cmap
-        Vc, k = cmap.n_coarse, cmap.group_size
         out = np.empty((len(coarse), self.geometry.n_voxels))
-        per = max(1, int(self.batch_rows) // Vc)  # showers per flow call (bounded memory)
+        per = max(1, int(self.batch_rows) // cmap.n_coarse)  # showers per flow call (bounded memory)
         cut = self.cut
         for a in range(0, len(coarse), per):
             s = slice(a, a + per)
             c = coarse[s]
-            cond = self._with_params(build_conditions(einc[s], c, layers[s], cmap, self.prep), feats[s])
-            active = ((c >= cut) & (c > 0)).reshape(-1)
-            rel = np.full((len(active), k), 1.0 / k)
-            rel[active] = self.sample_relative(cond.reshape(len(active), -1)[active], generator, precision=precision)
-            out[s] = assemble_fine(rel.reshape(len(c), Vc, k), c, cmap, cut)
+            rows = np.nonzero((c >= cut) & (c > 0))  # (shower, coarse voxel) pairs, shower-major
+            cond = build_conditions(einc[s], c, layers[s], cmap, self.prep, rows=rows)
+            if feats.shape[1]:
+                cond = np.concatenate([cond, feats[s][rows[0]]], axis=-1)
+            rel = self.sample_relative(cond, generator, precision=precision)
+            out[s] = assemble_fine(rel, c, cmap, cut, rows=rows)
         return out
 
     def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
