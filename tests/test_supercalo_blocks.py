@@ -17,17 +17,17 @@ from caloflows.layerdata import CoarseVoxelRows, InMemoryCoarseVoxelRows
 from caloflows.superres import (
     CUT_MEV,
     SuperCaloPreprocessing,
+    apply_cut,
     assemble_fine,
     build_conditions,
     build_rows,
-    split_conditions,
-    upsample_postprocess,
-    apply_cut,
     flow1_forward,
     flow1_inverse,
     flow2_conditions,
     flow2_forward,
     flow2_inverse,
+    split_conditions,
+    upsample_postprocess,
 )
 from caloflows.toy_showers import toy_showers
 

@@ -460,10 +460,11 @@ class SuperCalo(Generator):
         for a in range(0, len(coarse), per):
             s = slice(a, a + per)
             c = coarse[s]
-            rows = np.nonzero((c >= cut) & (c > 0))  # (shower, coarse voxel) pairs, shower-major
+            si, vi = np.nonzero((c >= cut) & (c > 0))  # (shower, coarse voxel) pairs, shower-major
+            rows = (si, vi)
             cond = build_conditions(einc[s], c, layers[s], cmap, self.prep, rows=rows)
             if feats.shape[1]:
-                cond = np.concatenate([cond, feats[s][rows[0]]], axis=-1)
+                cond = np.concatenate([cond, feats[s][si]], axis=-1)
             rel = self.sample_relative(cond, generator, precision=precision)
             out[s] = assemble_fine(rel, c, cmap, cut, rows=rows)
         return out
