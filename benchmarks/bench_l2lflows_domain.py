@@ -11,7 +11,10 @@ energy spread over nearly every voxel).  This script measures both sides, per la
   presets' inputs (``voxel_standardise=false``, ``voxel_bound=14``), with the preprocessing
   constants fitted on the first ``--n`` showers exactly as training fits them;
 * ``--generated FILE ... --reference FILE``: the fraction of non-empty layers with more than
-  ``--diffuse`` hit voxels (Geant4 ds2: none beyond layer 20).
+  ``--diffuse`` hit voxels (Geant4 ds2: none beyond layer 20), and the hit spectrum per group of
+  layers (``--groups``): hit voxels per shower, median hit energy and the fractions of hits below
+  0.5 / 1 / 2 / 4 MeV.  Geant4 ds2 hits are mostly above one minimum-ionising crossing (~3 MeV
+  after the 1/0.033 scaling) in every layer; a diffuse generated layer shows as many sub-MeV hits.
 
     python benchmarks/bench_l2lflows_domain.py --train g4_train10k_ds2.h5 --reference g4_test6k_ds2.h5 \
         --generated l2l10k_gen.h5 l2l10k_b14_gen.h5 --out benchmarks/results/l2lflows_domain.json
@@ -58,6 +61,24 @@ def diffuse_layers(showers: np.ndarray, geometry, n_diffuse: int) -> list[float]
     return res
 
 
+HIT_EDGES_MEV = (0.5, 1.0, 2.0, 4.0)
+
+
+def hit_spectrum(showers: np.ndarray, geometry, groups: list[tuple[int, int]]) -> dict:
+    """Per layer group ``(first, last)``: hit voxels per shower, median hit energy (MeV) and the
+    fractions of the hits below each of :data:`HIT_EDGES_MEV`."""
+    li = geometry.layer_index
+    out = {}
+    for lo, hi in groups:
+        x = np.asarray(showers[:, (li >= lo) & (li <= hi)])
+        h = x[x > 0]
+        out[f"{lo}-{hi}"] = {"hits_per_shower": float((x > 0).sum(1).mean()),
+                             "median_mev": float(np.median(h)) if h.size else float("nan"),
+                             **{f"below_{e:g}_mev": float((h < e).mean()) if h.size else float("nan")
+                                for e in HIT_EDGES_MEV}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--geometry", default="ds2")
@@ -66,8 +87,10 @@ def main() -> None:
     ap.add_argument("--reference", help="Geant4 file for the diffuse-layer fractions")
     ap.add_argument("--generated", nargs="*", default=[], help="generated files for the diffuse-layer fractions")
     ap.add_argument("--diffuse", type=int, default=30, help="hit voxels above which a layer counts as diffuse")
+    ap.add_argument("--groups", default="0-4,5-14,15-23,24-30,31-44", help="layer groups of the hit spectrum")
     ap.add_argument("--out")
     a = ap.parse_args()
+    groups = [tuple(int(x) for x in grp.split("-")) for grp in a.groups.split(",")]
     g = load_geometry(a.geometry)
     res: dict = {"geometry": g.name, "layers": list(range(g.n_layers))}
     if a.train:
@@ -84,10 +107,15 @@ def main() -> None:
                 print(k, " ".join(f"{x:.2f}" for x in v))
     if a.reference or a.generated:
         res["diffuse_layer_fraction"] = {"n_diffuse": a.diffuse}
+        res["hit_spectrum"] = {}
         for f in ([a.reference] if a.reference else []) + list(a.generated):
-            v = diffuse_layers(np.asarray(read_showers(f).showers), g, a.diffuse)
+            x = np.asarray(read_showers(f).showers)
+            v = diffuse_layers(x, g, a.diffuse)
             res["diffuse_layer_fraction"][f] = v
+            res["hit_spectrum"][f] = hit_spectrum(x, g, groups)  # type: ignore[arg-type]
             print(f, " ".join(f"{x:.2f}" for x in v))
+            for grp, d in res["hit_spectrum"][f].items():
+                print(f"  layers {grp}: " + " ".join(f"{k} {v:.3g}" for k, v in d.items()))
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=1)
