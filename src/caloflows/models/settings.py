@@ -260,15 +260,18 @@ class LayerwiseSettings(FlowSettings):
 MEDIUM_VOXEL_CUT_MEV = 0.5
 
 
-def medium_voxel_cut(g: Geometry) -> float | None:
-    """:data:`MEDIUM_VOXEL_CUT_MEV` on geometries with the Par04 readout threshold (CaloChallenge
-    ds1-ds3, whose voxels are empty or above ~1 MeV in Geant4), else None (the readout threshold).
+def medium_voxel_cut(g: Geometry, mev: float = MEDIUM_VOXEL_CUT_MEV) -> float | None:
+    """``mev`` (default :data:`MEDIUM_VOXEL_CUT_MEV`) on geometries with the Par04 readout threshold
+    (CaloChallenge ds1-ds3, whose voxels are empty or above ~1 MeV in Geant4), else None (the
+    readout threshold).  Each family's ``medium`` preset passes the cut its own study chose.
 
     >>> from caloflows.geometry import load_geometry
     >>> medium_voxel_cut(load_geometry("ds2")), medium_voxel_cut(load_geometry("paraflow-8x16"))
     (0.5, None)
+    >>> medium_voxel_cut(load_geometry("ds2"), 2.0)
+    2.0
     """
-    return MEDIUM_VOXEL_CUT_MEV if g.threshold_mev == PAR04_THRESHOLD_MEV else None
+    return float(mev) if g.threshold_mev == PAR04_THRESHOLD_MEV else None
 
 
 def override_settings(d: dict, overrides: Sequence[str] | None, what: str = "model") -> dict:
