@@ -163,7 +163,7 @@ def test_the_generation_cut_keeps_or_empties_whole_layers(geometry):
 def test_medium_preset_trains_flow1_longer_and_cuts_on_par04_geometries():
     quick, medium = (CaloFlowConfig.preset(p, load_geometry("ds2-coarse")) for p in ("quick", "medium"))
     assert medium.flow1_train["epochs"] == 5 * quick.flow1_train["epochs"] == 100
-    assert medium.voxel_cut_mev == 0.5 and quick.voxel_cut_mev is None
+    assert medium.voxel_cut_mev == 2.0 and quick.voxel_cut_mev is None
     assert (medium.flow2_hidden, medium.flow2_train) == (quick.flow2_hidden, quick.flow2_train)
     assert CaloFlowConfig.preset("medium", load_geometry("ds1-photons")).voxel_cut_mev is None
     with pytest.raises(ConfigError, match="unknown CaloFlow preset 'huge'"):

@@ -385,10 +385,10 @@ def test_medium_preset_is_quick_with_the_generation_cut_on_par04_geometries():
     MIP scale (2 MeV) at generation on Par04 geometries (issue 15), and is quick elsewhere."""
     from dataclasses import asdict as _asdict
 
-    from caloflows.models.l2lflows import L2LFLOWS_MEDIUM_CUT_MEV
+    from caloflows.models.settings import MEDIUM_VOXEL_CUT_MEV
 
-    assert L2LFLOWS_MEDIUM_CUT_MEV == 2.0
-    for name, cut in (("ds2", 2.0), ("paraflow-8x16", None)):
+    assert MEDIUM_VOXEL_CUT_MEV == 2.0
+    for name, cut in (("ds2", MEDIUM_VOXEL_CUT_MEV), ("paraflow-8x16", None)):
         g = load_geometry(name)
         q, m = _asdict(L2LFlowsConfig.preset("quick", g)), _asdict(L2LFlowsConfig.preset("medium", g))
         assert m.pop("voxel_cut_mev") == cut and q.pop("voxel_cut_mev") is None

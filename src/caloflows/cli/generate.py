@@ -37,8 +37,8 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: MODEL_DIR is a .onnx file written by 'caloflows export'")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="generation-time setting of the model, e.g. voxel_cut_mev=0.5 (CaloFlow, L2LFlows, "
-                        "iCaloFlow: threshold-aware cut at 0.5 MeV, L2LFlows B.9)")
+                   help="generation-time setting of the model, e.g. voxel_cut_mev=2 (CaloFlow, L2LFlows, "
+                        "iCaloFlow: threshold-aware cut at 2 MeV, L2LFlows B.9)")
     p.set_defaults(func=run, variant=None)
 
 

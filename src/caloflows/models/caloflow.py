@@ -36,7 +36,7 @@ Deviations from the paper, and why:
   choice; the pion variant with uniform E_inc is not implemented.
 * ``quick`` preset: 6 MADE blocks of 128 in flow-II (8 of one hidden layer per voxel in ``full``)
   to fit minutes on 2 CPU cores; ``medium`` (issue 15): the quick networks with flow-I trained 5x
-  longer and the threshold-aware 0.5 MeV generation cut on Par04 geometries, the best fidelity
+  longer and the threshold-aware 2 MeV generation cut on Par04 geometries, the best fidelity
   measured for about 1 hour of training on 2 CPU cores (README, "Fidelity study").
 * The teacher samples with an exact sequential inverse of its one-hidden-layer MADEs
   (:func:`caloflows.flows.inverse_path`, ``fast=True``), not zuko's D full network passes.
@@ -145,8 +145,9 @@ def _medium(g: Geometry) -> CaloFlowConfig:
     # Geant4 ds2-coarse showers, flow-I trained 100 instead of 20 epochs brings the E_layer separation
     # powers of the deep layers 6 / 7 / 8 from 0.060 / 0.053 / 0.122 to 0.017 / 0.036 / 0.066 (Geant4
     # halves: 0.011 / 0.021 / 0.068) and the empty-layer fractions to Geant4's, for ~7 more minutes of
-    # training; the threshold-aware cut at 0.5 MeV (L2LFlows eqs. B.8-B.9) removes the sub-MIP voxels
-    # a continuous flow puts into Geant4's empty gap (voxel separation power 0.24 -> 0.05).  flow-II
+    # training; the threshold-aware cut (L2LFlows eqs. B.8-B.9) at the MIP scale, MEDIUM_VOXEL_CUT_MEV,
+    # removes the sub-MIP voxels a continuous flow puts into Geant4's empty gap (at 0.5 MeV: voxel
+    # separation power 0.24 -> 0.05; at 2 MeV the teacher's high-level AUC 0.734 -> 0.670).  flow-II
     # keeps the quick networks: 40 teacher epochs on 10000 showers are ~45 minutes of 2 cores.
     c = _quick(g)
     c.flow1_train = {**c.flow1_train, "epochs": 100}  # the quick schedule, 5x the epochs

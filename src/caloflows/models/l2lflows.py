@@ -130,21 +130,11 @@ def _quick(g: Geometry) -> L2LFlowsConfig:
     )
 
 
-#: the threshold-aware generation cut of the L2LFlows ``medium`` preset on Par04 geometries (MeV).
-#: Geant4 ds2 hits are mostly above one minimum-ionising crossing (~3 MeV after the 1/0.033
-#: scaling; median hit 6-12 MeV, 3-12 % below 2 MeV in every layer group), while the quick causal
-#: flows spread the energy of layers 15-44 over sub-MeV voxels (87-97 % of the generated hits of
-#: layers 24-44 below 1 MeV).  On 10000 Geant4 ds2 showers the high-level AUC of the quick model is
-#: 0.926 +- 0.011 with a cut at 0.5 MeV and 0.829 +- 0.010 at 2 MeV (README "L2LFlows: the cut at
-#: the MIP scale"), without retraining.
-L2LFLOWS_MEDIUM_CUT_MEV = 2.0
-
-
 def _medium(g: Geometry) -> L2LFlowsConfig:
     # Issue 15: the quick networks and schedule (about 1 hour of 2 CPU cores on 10000 ds2 showers)
     # with the threshold-aware generation cut (eqs. B.8-B.9) at the MIP scale on Par04 geometries.
     c = _quick(g)
-    c.voxel_cut_mev = medium_voxel_cut(g, L2LFLOWS_MEDIUM_CUT_MEV)
+    c.voxel_cut_mev = medium_voxel_cut(g)
     return c
 
 
