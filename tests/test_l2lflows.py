@@ -380,16 +380,20 @@ def test_quick_presets_train_every_energy_flow_as_long():
     assert {(t["batch_size"], t["base_lr"], t["max_lr"]) for t in trains} == {(256, 1e-4, 2e-3)}
 
 
-def test_medium_preset_is_quick_with_the_generation_cut_on_par04_geometries():
-    """``medium`` trains exactly the quick model; it differs only by the threshold-aware cut at the
-    MIP scale (2 MeV) at generation on Par04 geometries (issue 15), and is quick elsewhere."""
+def test_medium_preset_is_quick_with_longer_causal_training_and_the_generation_cut():
+    """``medium`` is the quick model with its causal flows trained 25 instead of 10 epochs (same
+    schedule otherwise) and the threshold-aware cut at the MIP scale (2 MeV) at generation on Par04
+    geometries (issue 15); elsewhere only the epochs differ."""
     from dataclasses import asdict as _asdict
 
+    from caloflows.models.l2lflows import MEDIUM_CAUSAL_EPOCHS
     from caloflows.models.settings import MEDIUM_VOXEL_CUT_MEV
 
-    assert MEDIUM_VOXEL_CUT_MEV == 2.0
+    assert (MEDIUM_VOXEL_CUT_MEV, MEDIUM_CAUSAL_EPOCHS) == (2.0, 25)
     for name, cut in (("ds2", MEDIUM_VOXEL_CUT_MEV), ("paraflow-8x16", None)):
         g = load_geometry(name)
         q, m = _asdict(L2LFlowsConfig.preset("quick", g)), _asdict(L2LFlowsConfig.preset("medium", g))
         assert m.pop("voxel_cut_mev") == cut and q.pop("voxel_cut_mev") is None
+        qe, me = q.pop("cf_train"), m.pop("cf_train")
+        assert (qe.pop("epochs"), me.pop("epochs")) == (10, 25) and qe == me
         assert m == q
