@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("points", nargs="+", help="[CURVE/]LABEL=METRICS_JSON:TIME_LOG[+TIME_LOG...]")
     p.add_argument("--out", type=Path, required=True, help="results JSON")
     p.add_argument("--plot", type=Path, help="AUC vs training CPU-hours (PNG)")
+    p.add_argument("--force", action="store_true", help="replace existing --out / --plot files")
     a = p.parse_args(argv)
+    for f in (a.out, a.plot):
+        if f is not None and f.exists() and not a.force:
+            raise SystemExit(f"{f}: exists; use --force to replace it")
     curves: dict[str, dict[str, dict]] = defaultdict(dict)
     for spec in a.points:
         c, name, d = point(spec)
