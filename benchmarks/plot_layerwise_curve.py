@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -63,11 +64,18 @@ def point(spec: str) -> tuple[str, str, dict]:
     if not (label and mfile and logs):
         raise SystemExit(f"{spec!r}: expected LABEL=METRICS_JSON:TIME_LOG[+TIME_LOG...]")
     curve, _, name = label.rpartition("/")
-    m = json.loads(Path(mfile).read_text())
-    cls = m.get("classifiers", {}).get("cls-high")
-    if cls is None:
-        raise SystemExit(f"{mfile}: no cls-high classifier in this report")
-    t = [time_log(Path(p)) for p in logs.split("+")]
+    try:
+        m = json.loads(Path(mfile).read_text())
+        cls = m["classifiers"]["cls-high"]
+        m["histograms"]["separation_power"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{mfile}: not a caloflows evaluate report with cls-high and histograms ({exc!r})") from None
+    t = []
+    for log in logs.split("+"):
+        try:
+            t.append(time_log(Path(log)))
+        except OSError as exc:
+            raise SystemExit(f"{log}: unreadable time log ({exc.strerror})") from None
     return curve or name, name, {
         "metrics": mfile, "auc_mean": cls["auc_mean"], "auc_std": cls["auc_std"],
         "auc_seeds": [r["auc"] for r in cls["runs"]],
@@ -93,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         c, name, d = point(spec)
         curves[c][name] = d
     res = {"curves": curves}
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    tmp = a.out.with_name(a.out.name + ".part")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, a.out)  # no half-written results file
     if a.plot:
         import matplotlib
 
@@ -116,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("high-level classifier AUC (3 seeds)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(a.plot, dpi=120)
+        part = a.plot.with_name(a.plot.name + ".part.png")
+        fig.savefig(part, dpi=120)
+        os.replace(part, a.plot)
     print(json.dumps({c: {n: round(d["auc_mean"], 3) for n, d in pts.items()} for c, pts in curves.items()}))
     return 0
 

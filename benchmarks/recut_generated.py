@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from caloflows.errors import CaloflowsError
 from caloflows.geometry import load_geometry
 from caloflows.io import read_showers, write_showers
 from caloflows.postprocess import threshold_renormalise_layers
@@ -32,12 +33,17 @@ def main() -> int:
     a = ap.parse_args()
     if os.path.exists(a.out) or os.path.abspath(a.out) == os.path.abspath(a.generated):
         sys.exit(f"{a.out}: exists (or is the input); choose a new file")
-    g = load_geometry(a.geometry)
-    d = read_showers(a.generated)
-    x = np.asarray(d.showers, dtype=np.float64)
-    E = g.layer_energies(x)
-    y = threshold_renormalise_layers(x, E, g.layer_offsets, a.cut_mev)
-    write_showers(a.out, d.incident_energies, y.astype(np.float32), geometry=g.name)
+    if not a.cut_mev > 0:
+        sys.exit(f"cut_mev must be positive, got {a.cut_mev:g}")
+    try:
+        g = load_geometry(a.geometry)
+        d = read_showers(a.generated)
+        x = np.asarray(g.check_showers(d.showers, a.generated), dtype=np.float64)
+        E = g.layer_energies(x)
+        y = threshold_renormalise_layers(x, E, g.layer_offsets, a.cut_mev)
+        write_showers(a.out, d.incident_energies, y.astype(np.float32), geometry=g.name)  # atomic
+    except CaloflowsError as exc:
+        sys.exit(str(exc))
     print(f"{a.out}: non-zero voxels {(y > 0).mean():.4f} (before {(x > 0).mean():.4f})")
     return 0
 
