@@ -2,7 +2,8 @@
 on held-out photons, the interpolation band, and the speed of both next to Geant4's.
 
 Steps (each is skipped when its record ``WORKDIR/steps/<step>.json`` exists, so an interrupted
-run resumes; the results JSON ``--out`` is rewritten atomically after every step):
+run resumes, and ``--stop-after STEP`` ends a run early; the results JSON ``--out`` is rewritten
+atomically after every step):
 
 1. ``simulate``: Geant4 photons (``caloflows.api.simulate``, ``--energy``, default U:20:100 GeV)
    sharded over ``--jobs`` workers: training (d = 0.5:1.5 X0, b = 50:90 cm), held-out (same
@@ -16,16 +17,16 @@ run resumes; the results JSON ``--out`` is rewritten atomically after every step
 3. ``train``: the teacher (``api.train``, ``--preset``, ``--epochs``) with the band excluded,
    then the distilled student (``api.distill``, ``--student-epochs``; the band stays out);
 4. ``generate``: teacher and student showers at the held-out and band (E_inc, d, b);
-5. ``evaluate`` (``api.evaluate``, metrics ``paraflow,cls-low,cls-high``): separation powers of
-   E_1, E_2, w, R9, n_clusters inclusive and per d / b bin, the fig. 9 (d, b) mean maps and
-   their largest relative difference, classifier AUCs, for the full range and the band, with
-   the Geant4-vs-Geant4 floors (classifiers on the reference halves; paraflow report of the
-   held-out and band halves);
-6. ``cells``: the paper's 6 % aim: mean w, R9 and cluster count per (d, b) cell, relative
+5. ``cells``: the paper's 6 % aim: mean w, R9 and cluster count per (d, b) cell, relative
    difference model vs Geant4 with its standard error and a verdict per cell
    (:func:`caloflows.evaluation.paraflow.cell_agreement`: within 6 %, consistent with 6 % at
    2 sigma, outside), in the band too (one d bin 0.9-1.1 x the b bins); the same check on
    the Geant4 halves shows the statistical resolution;
+6. ``evaluate`` (``api.evaluate``, metrics ``paraflow,cls-low,cls-high``): separation powers of
+   E_1, E_2, w, R9, n_clusters inclusive and per d / b bin, the fig. 9 (d, b) mean maps and
+   their largest relative difference, classifier AUCs, for the full range and the band, with
+   the Geant4-vs-Geant4 floors (classifiers on the reference halves; paraflow report of the
+   held-out and band halves);
 7. ``timing``: ms per shower of teacher and student at batch 1, 100, 10000 (``--threads``
    torch threads, median of ``--repeats``), then Geant4 seconds per shower (``BeamOn(1)``) at
    20, 60, 100 GeV in the same process, and the speed-ups.
@@ -69,6 +70,7 @@ FULL_RANGE = ["d=0.5:1.5", "b=50:90"]
 VARIANTS = ("teacher", "student")
 SAMPLES = ("heldout", "band")
 CELL_OBSERVABLES = ("w", "R9", "n_clusters")
+STEP_NAMES = ("simulate", "geant4_physics", "train", "generate", "cells", "evaluate", "timing")
 
 
 # ------------------------------------------------------------------ bookkeeping
@@ -395,6 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     p.add_argument("--n-g4-timing", type=int, default=8, help="Geant4 showers per energy of the timing step")
     p.add_argument("--g4-timing-energies", default="20,60,100", help="GeV")
+    p.add_argument("--stop-after", choices=STEP_NAMES, default=None,
+                   help="end the run after this step (a later run without it resumes from the next)")
     p.add_argument("--force", action="store_true", help="replace an --out file not written by this workdir's run")
     a = p.parse_args(argv)
     for k in ("n_train", "n_test", "n_band", "n_conv", "jobs", "repeats", "n_g4_timing", "threads", "cls_seeds"):
@@ -421,13 +425,21 @@ def main(argv: list[str] | None = None) -> dict:
     steps = Steps(wd, out, header)
     files = {"train": wd / "geant4_train.h5", "heldout": wd / "geant4_heldout.h5", "band": wd / "geant4_band.h5"}
     model = wd / "model"
-    steps.run("simulate", lambda: step_simulate(a, files))
-    steps.run("geant4_physics", lambda: step_physics(a, files, wd))
-    steps.run("train", lambda: step_train(a, files, model))
-    steps.run("generate", lambda: step_generate(a, files, model, wd))
-    steps.run("evaluate", lambda: step_evaluate(a, files, wd))
-    steps.run("cells", lambda: step_cells(a, files, wd))
-    steps.run("timing", lambda: step_timing(a, files, model))
+    plan: dict[str, Callable[[], dict]] = {
+        "simulate": lambda: step_simulate(a, files),
+        "geant4_physics": lambda: step_physics(a, files, wd),
+        "train": lambda: step_train(a, files, model),
+        "generate": lambda: step_generate(a, files, model, wd),
+        "cells": lambda: step_cells(a, files, wd),  # cheap, and the paper's aim: before the classifiers
+        "evaluate": lambda: step_evaluate(a, files, wd),
+        "timing": lambda: step_timing(a, files, model),
+    }
+    for name, fn in plan.items():
+        steps.run(name, fn)
+        if name == a.stop_after:
+            steps.write(summarize(steps))
+            print(f"stopped after step {name!r} (--stop-after); rerun without it to resume")
+            return summarize(steps)
     summary = summarize(steps)
     steps.header["finished"] = _now()
     steps.write(summary)

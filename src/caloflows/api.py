@@ -111,7 +111,7 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
           preset: str = "quick", epochs: int | None = None, seed: int | None = None,
           overrides: Sequence[str] | None = None, device: str = "cpu", resume: bool = False,
           force: bool = False, progress: bool = True, options: Mapping[str, Any] | None = None,
-          exclude: Sequence[str] | None = None) -> dict:
+          exclude: Sequence[str] | None = None, compile: bool = False) -> dict:
     """Train a generator of family ``kind`` (one of :data:`caloflows.models.FAMILIES`: ``caloflow``,
     ``l2lflows``, ``icaloflow``, ``supercalo``, ``paraflow``) on ``data``.
 
@@ -126,6 +126,9 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
     dropped if it lies in any band) holds showers out of training: the interpolation test.  The
     bands are recorded in ``config.json`` (``conditions.excluded``), applied again on ``resume``
     and by :func:`distill`; the kept showers are read into memory.
+
+    ``compile`` runs every network's forward through ``torch.compile`` (``TrainConfig.compile``,
+    set in every ``*_train`` setting, so a later :func:`distill` compiles too; also on ``resume``).
 
     Example:
         >>> train("caloflow", "train.h5", "model", geometry="ds2-coarse", seed=3)   # doctest: +SKIP
@@ -196,6 +199,8 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
                 cfg = cfg.override([f"{o.dest}={opts[o.dest]}"])
         cfg = cfg.override(overrides)
         model = G(g, cfg, spec)
+    if compile:
+        model.cfg = model.cfg.replace_train(compile=True)
     fit_kw = {o.dest: opts[o.dest] for o in fam.options if o.target == "fit" and opts.get(o.dest) is not None}
     if opts.get("no_energy_flow"):
         fit_kw["energy"] = False
@@ -213,11 +218,13 @@ def train(kind: str, data: str | os.PathLike[str], out: str | os.PathLike[str], 
 
 
 def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, epochs: int | None = None,
-            device: str = "cpu", resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+            device: str = "cpu", resume: bool = False, force: bool = False, progress: bool = True,
+            compile: bool = False) -> dict:
     """Distill the fast IAF student(s) of a trained teacher model (CaloFlow II, arXiv:2110.11377).
 
     An existing student is refused unless ``resume`` or ``force`` (replace it).  Condition bands
     the teacher was trained without (``train(exclude=...)``) are left out of ``data`` here too.
+    ``compile``: as for :func:`train`.
 
     Example:
         >>> distill("model", "train.h5", epochs=8)   # doctest: +SKIP
@@ -232,6 +239,8 @@ def distill(model_dir: str | os.PathLike[str], data: str | os.PathLike[str], *, 
     model = load_model(model_dir)
     if "distill" not in model.stages:
         raise UsageError(f"{model_dir}: a {model.kind!r} model has no student to distill")
+    if compile:
+        model.cfg = model.cfg.replace_train(compile=True)
     # the bands the teacher was trained without (config.json) are held out of distillation too
     train_data, _, _ = training_data(data, model.condition_spec.excluded, model.geometry)
     ctx = init_from_env()

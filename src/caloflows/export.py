@@ -49,10 +49,9 @@ The model's metadata go into the ONNX ``metadata_props`` under the key ``caloflo
 format, kind, network, caloflows version, geometry (:meth:`Geometry.to_dict`), preprocessing
 constants, threshold, latent dimensions and input/output names.
 
->>> # doctest: +SKIP
 >>> from caloflows.models import load_model
->>> export_onnx(load_model("runs/caloflow"), "caloflow.onnx")
->>> einc, showers = OnnxSampler("caloflow.onnx").sample(1000, seed=1)
+>>> export_onnx(load_model("runs/caloflow"), "caloflow.onnx")  # doctest: +SKIP
+>>> einc, showers = OnnxSampler("caloflow.onnx").sample(1000, seed=1)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -418,8 +417,7 @@ class OnnxSampler:
     Checks the file before use: a missing, corrupt or foreign ``.onnx`` raises
     :class:`~caloflows.errors.ModelDirError` with a one-line message naming the file.
 
-    >>> # doctest: +SKIP
-    >>> einc, showers = OnnxSampler("caloflow.onnx", threads=1).sample(np.full(10, 5e4), seed=0)
+    >>> einc, showers = OnnxSampler("caloflow.onnx", threads=1).sample(np.full(10, 5e4), seed=0)  # doctest: +SKIP
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:

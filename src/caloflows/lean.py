@@ -1,6 +1,7 @@
 """Lean, fused sampling path for the MAF/IAF flows of :mod:`caloflows.flows` (issue 13).
 
-The training path keeps zuko (autograd, ``log_prob``).  For sampling, zuko rebuilds a
+The training path keeps zuko (autograd, ``log_prob``; a compiled run uses
+:func:`rqs_forward_log_det` through :func:`caloflows.flows.maf_log_prob`).  For sampling, zuko rebuilds a
 transform object per block and call, multiplies every MADE mask into its weight, broadcasts
 the spline knots and evaluates the rational-quadratic spline (RQS, Durkan et al. 2019,
 arXiv:1906.04032, eq. 4 and its inverse, appendix A.3) with dozens of small tensor ops.
@@ -48,7 +49,7 @@ from torch.nn import functional as Fn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import Flow
 
-__all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "auto_chunk", "lean_flow", "supports_lean",
+__all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "rqs_forward_log_det", "auto_chunk", "lean_flow", "supports_lean",
            "CHUNK_BYTES"]
 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
@@ -127,6 +128,39 @@ def _forward_wh(wh: Tensor, d: Tensor, x: Tensor, bound: float, slope: float) ->
     return torch.where(inside, y, x)
 
 
+def rqs_forward_log_det(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0,
+                        slope: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Forward RQS and ``log |dy/dx|`` per element (Durkan et al. 2019, arXiv:1906.04032, eqs. 4-5),
+    zuko's parametrisation, differentiable: the density of :func:`caloflows.flows.maf_log_prob`.
+
+    Identity (log-derivative 0) outside ``[-bound, bound]``.  Written without data-dependent
+    shapes or Python objects per call, so that ``torch.compile`` traces a whole MAF density into
+    one graph (``TrainConfig.compile``).
+
+    >>> import torch
+    >>> from zuko.transforms import MonotonicRQSTransform
+    >>> phi, x = torch.randn(4, 3, 23, dtype=torch.float64), 3 * torch.randn(4, 3, dtype=torch.float64)
+    >>> t = MonotonicRQSTransform(phi[..., :8], phi[..., 8:16], phi[..., 16:])
+    >>> y, ladj = rqs_forward_log_det(phi[..., :8], phi[..., 8:16], phi[..., 16:], x)
+    >>> y0, ladj0 = t.call_and_ladj(x)
+    >>> bool(torch.allclose(y, y0, atol=1e-12) and torch.allclose(ladj, ladj0, atol=1e-10))
+    True
+    """
+    ls = math.log(slope)
+    kn, dv = _knots(torch.stack([w, h], -2), bound, ls), _derivatives(d, ls)
+    k = (kn[..., 0, :] < x.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    inside, x0, x1, y0, y1, d0, d1 = _bin(kn, dv, k)
+    dx, dy = x1 - x0, y1 - y0
+    s = dy / dx
+    z = torch.where(inside, (x - x0) / dx, torch.zeros_like(x))
+    zz = z * (1 - z)
+    den = s + (d0 + d1 - 2 * s) * zz
+    y = y0 + dy * (s * z * z + d0 * zz) / den
+    jac = s * s * (2 * s * zz + d0 * (1 - z) * (1 - z) + d1 * z * z) / (den * den)
+    zero = torch.zeros_like(x)
+    return torch.where(inside, y, x), torch.where(inside, jac.log(), zero)
+
+
 def rqs_inverse(w: Tensor, h: Tensor, d: Tensor, y: Tensor, bound: float = 5.0, slope: float = 1e-3) -> Tensor:
     """Inverse RQS of zuko's parametrisation, vectorised over all leading dimensions.
 
@@ -135,6 +169,7 @@ def rqs_inverse(w: Tensor, h: Tensor, d: Tensor, y: Tensor, bound: float = 5.0, 
     Durkan et al. 2019 (arXiv:1906.04032) appendix A.3: the quadratic solved in its stable form.
 
     >>> import torch
+    >>> from zuko.transforms import MonotonicRQSTransform
     >>> phi, y = torch.randn(5, 3, 23, dtype=torch.float64), 3 * torch.randn(5, 3, dtype=torch.float64)
     >>> t = MonotonicRQSTransform(phi[..., :8], phi[..., 8:16], phi[..., 16:])
     >>> bool(torch.allclose(rqs_inverse(phi[..., :8], phi[..., 8:16], phi[..., 16:], y), t.inv(y), atol=1e-12))

@@ -15,6 +15,7 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's number of student epochs")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
+    p.add_argument("--compile", action="store_true", help="train the student through torch.compile")
     p.add_argument("--force", action="store_true", help="replace an existing student")
     p.set_defaults(func=run)
 
@@ -24,7 +25,7 @@ def run(args: Any) -> int:
 
     t0 = time.time()
     summary = distill(args.model_dir, args.data, epochs=args.epochs, device=args.device, resume=args.resume,
-                      force=args.force)
+                      force=args.force, compile=args.compile)
     print(f"distilled student in {time.time() - t0:.0f} s -> {args.model_dir}")
     print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
         mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         mp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        mp.add_argument("--compile", action="store_true",
+                        help="train through torch.compile (about a minute of compilation per network; pays "
+                             "for long trainings, see the README's training speed table)")
         mp.add_argument("--force", action="store_true",
                         help="replace the model files of an existing --out (other files are kept)")
         mp.add_argument("--seed", type=int, help="seed of the initialisation, data split, shuffling and noise")
@@ -52,7 +55,8 @@ def run(args: Any) -> int:
     t0 = time.time()
     summary = train(args.model, args.data, args.out, geometry=args.geometry, preset=args.preset, epochs=args.epochs,
                     seed=args.seed, overrides=args.set, device=args.device, resume=args.resume, force=args.force,
-                    options={k: getattr(args, k) for k in args.family_options}, exclude=args.exclude)
+                    options={k: getattr(args, k) for k in args.family_options}, exclude=args.exclude,
+                    compile=args.compile)
     print(f"trained {args.model} model in {time.time() - t0:.0f} s -> {args.out}")
     print(json.dumps(summary, indent=1, default=str))
     return 0

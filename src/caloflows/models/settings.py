@@ -54,6 +54,7 @@ _TRAIN_RULES: dict[str, tuple[type | tuple[type, ...], float | None, float | Non
     "weight_decay": (float, 0, None, False),
     "restart_factor": (float, 1e-12, 1.0, False),
     "restart_patience": (int, 1, None, False),
+    "compile": (bool, None, None, False),
 }
 SCHEDULES = ("onecycle", "cyclic", "cosine", "cosine_plateau", "constant")
 
@@ -93,6 +94,10 @@ def check_train_config(d: Any, key: str) -> None:
         if name == "schedule":
             if v not in SCHEDULES:
                 raise _bad(f"{key}.{name}", v, f"must be one of {', '.join(SCHEDULES)}")
+            continue
+        if kind is bool:
+            if not isinstance(v, bool):
+                raise _bad(f"{key}.{name}", v, "must be true or false")
             continue
         open_lo = name in ("base_lr", "max_lr")
         _check_number(f"{key}.{name}", v, kind if isinstance(kind, type) else int, lo, hi, none_ok, open_lo)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -99,12 +99,19 @@ class TrainConfig:  # validated by caloflows.models.settings.check_train_config
     #: ``restart_patience`` epochs without a better validation loss (ParaFlow: 0.5 and 10)
     restart_factor: float = 0.5
     restart_patience: int = 10
+    #: run the network's forward (log p; training and validation) through ``torch.compile``.  How
+    #: a run computes, not what it learns: the same loss to float round-off, so it is not part of
+    #: :meth:`identity` (a run may resume with or without it; bit-identical repeats need the same
+    #: choice).  Each network compiles once per shape (about a minute on CPU for a CaloFlow
+    #: flow-II), so it pays for long trainings only (README "Training speed").
+    compile: bool = False
 
     def identity(self) -> dict:
         """The settings a checkpoint must match to be resumed (the ``cosine_plateau`` entries
         only for that schedule, so checkpoints of the other schedules from before they existed
-        still resume)."""
+        still resume; never ``compile``)."""
         d = asdict(self)
+        d.pop("compile")
         if self.schedule != "cosine_plateau":
             d.pop("restart_factor")
             d.pop("restart_patience")
@@ -234,6 +241,14 @@ def fit_flow(
     steps = len(tr_idx) // bs
     params = list(params) if params is not None else [p for p in module.parameters() if p.requires_grad]
     model = ctx.wrap(module, device)
+    run_train: nn.Module = model
+    run_eval: nn.Module = module
+    if cfg.compile:
+        # a fresh dynamo cache per network: its per-function recompile limit counts every network
+        # (shape) compiled in the process, and L2LFlows trains dozens of flows of different sizes
+        torch.compiler.reset()
+        run_train = cast(nn.Module, torch.compile(model, dynamic=False))
+        run_eval = cast(nn.Module, torch.compile(module, dynamic=False))
     opt = torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
     sched = make_scheduler(opt, cfg.schedule, base_lr=cfg.base_lr, max_lr=cfg.max_lr, steps_per_epoch=steps,
                            epochs=cfg.epochs, annihilation=cfg.annihilation, cycle_epochs=cfg.cycle_epochs,
@@ -259,7 +274,7 @@ def fit_flow(
             for k, (ii, raw) in enumerate(source.batches(va_idx, bs, cfg.seed, 0, False, False)):
                 inp = inputs_fn(ii, raw, batch_generator(cfg.seed + 12345, 0, k))
                 inp = tuple(t.to(device) for t in inp)
-                tot += float(_loss(module, inp, norm)) * len(ii)
+                tot += float(_loss(run_eval, inp, norm)) * len(ii)
                 cnt += len(ii)
         module.train()
         return tot / max(cnt, 1)
@@ -281,7 +296,7 @@ def fit_flow(
             inp = inputs_fn(ii, raw, batch_generator(cfg.seed, epoch, k))
             inp = tuple(t[a_sh:b_sh].to(device, non_blocking=True) for t in inp)
             opt.zero_grad(set_to_none=True)
-            loss = _loss(model, inp, norm)
+            loss = _loss(run_train, inp, norm)
             if not ctx.all_true(bool(torch.isfinite(loss))):
                 skipped += 1
                 sched.step()
