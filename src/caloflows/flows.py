@@ -399,8 +399,21 @@ def inverse_path(flow: Flow, z: Tensor, context: Tensor | None = None, fast: boo
 
 
 def flow_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
-    """log p(x | context) per row."""
+    """log p(x | context) per row: zuko's ``log_prob``, or :func:`maf_log_prob` while
+    ``torch.compile`` traces it and the flow is a plain MAF (:func:`supports_maf_log_prob`, decided
+    eagerly once per flow), so that a compiled training step is one graph (``TrainConfig.compile``)."""
+    if torch.compiler.is_compiling():
+        if flow.__dict__.get("_plain_maf"):
+            return maf_log_prob(flow, x, context)
+    else:
+        mark_plain_maf(flow)
     return flow(context).log_prob(x)
+
+
+def mark_plain_maf(flow: nn.Module) -> None:
+    """Decide (eagerly, once) whether :func:`flow_log_prob` may trace ``flow`` as :func:`maf_log_prob`."""
+    if "_plain_maf" not in flow.__dict__:
+        flow.__dict__["_plain_maf"] = supports_maf_log_prob(flow)
 
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -436,7 +449,7 @@ def maf_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor
     parameters of block ``k`` from one MADE pass over ``h_k`` (and the context), and the same
     parameters (the flow's own modules, so gradients reach them).  Unlike zuko's lazy
     transforms it builds no Python objects per call, so ``torch.compile`` traces it as one graph
-    (:class:`LogProb` uses it when compiled: ``TrainConfig.compile``).  Only for flows where
+    (:func:`flow_log_prob` uses it when compiled: ``TrainConfig.compile``).  Only for flows where
     :func:`supports_maf_log_prob` holds.
 
     >>> import torch
@@ -625,19 +638,17 @@ class LogProb(nn.Module):
     training loop, :func:`caloflows.training.loop.fit_flow`, expects).
 
     Eager calls use zuko's ``log_prob``; while ``torch.compile`` traces it (``TrainConfig.compile``)
-    a :func:`build_maf` flow goes through :func:`maf_log_prob`, the same density without zuko's
-    per-call transform objects, which dynamo cannot trace in one graph.
+    a :func:`build_maf` flow goes through :func:`maf_log_prob` (:func:`flow_log_prob`), the same
+    density without zuko's per-call transform objects, which dynamo cannot trace in one graph.
     """
 
     def __init__(self, flow: Flow) -> None:
         super().__init__()
         self.flow = flow
-        self._plain_maf = supports_maf_log_prob(flow)
+        mark_plain_maf(flow)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        if self._plain_maf and torch.compiler.is_compiling():
-            return maf_log_prob(self.flow, x, context)
-        return self.flow(context).log_prob(x)
+        return flow_log_prob(self.flow, x, context)
 
 
 class DistillationObjective(nn.Module):

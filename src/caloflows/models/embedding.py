@@ -48,10 +48,11 @@ class ConditionalFlow(nn.Module):
         c = embed_out if embed else context
         build = F.build_iaf if inverse else F.build_maf
         self.flow = build(features, c, transforms, tuple(hidden), bins, bound, randperm_seed=randperm_seed)
+        F.mark_plain_maf(self.flow)
         self.features, self.context = features, context
 
     def forward(self, y: Tensor, context: Tensor) -> Tensor:
-        return self.flow(self.embed(context)).log_prob(y)
+        return F.flow_log_prob(self.flow, y, self.embed(context))
 
     def sample(self, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return F.flow_sample(self.flow, self.embed(context), generator=generator)

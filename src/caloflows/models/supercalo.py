@@ -156,10 +156,11 @@ class UpsamplerLogProb(nn.Module):
     def __init__(self, flow: nn.Module) -> None:
         super().__init__()
         self.flow = flow
+        F.mark_plain_maf(flow)
 
     def forward(self, target: Tensor, cond: Tensor) -> Tensor:
         b, v, k = target.shape
-        return self.flow(cond.reshape(b * v, -1)).log_prob(target.reshape(b * v, k)).reshape(b, v).sum(1)
+        return F.flow_log_prob(self.flow, target.reshape(b * v, k), cond.reshape(b * v, -1)).reshape(b, v).sum(1)
 
 
 class SuperCalo(Generator):
