@@ -283,6 +283,24 @@ def test_maf_log_prob_is_zukos_density_with_the_same_gradients():
     assert supports_maf_log_prob(flow) and not supports_maf_log_prob(build_iaf(4, 1, transforms=2))
 
 
+def test_a_compiled_log_prob_is_one_graph_in_training_and_in_validation():
+    # zuko's lazy transforms and the cached MADE weights of no-grad calls break dynamo's graph
+    # (and past 8 MADE layers hit its recompile limit): compiled, the density must trace whole
+    import torch._dynamo as dynamo
+
+    from caloflows.flows import LogProb, build_maf
+    from caloflows.models.embedding import ConditionalFlow
+
+    x, c = _conditional_maf_data(20)
+    for module in (LogProb(build_maf(4, 1, transforms=3, hidden_features=(16, 16))),
+                   ConditionalFlow(4, 1, embed=True, embed_hidden=(8,), embed_out=4, transforms=2, hidden=(8,))):
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                module(x, c)  # eager: a no-grad call caches the masked weights (validation after epoch 1)
+                e = dynamo.explain(module)(x, c)
+            assert (e.graph_count, e.graph_break_count) == (1, 0), (type(module).__name__, grad)
+
+
 @pytest.mark.slow
 def test_compiled_training_follows_the_eager_run_and_lowers_the_validation_loss(tmp_path):
     from caloflows.flows import LogProb, build_maf

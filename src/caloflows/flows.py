@@ -128,7 +128,7 @@ class CachedMaskedLinear(MaskedLinear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (compiled: no cache, one graph)
             return nn.functional.linear(x, self.mask * self.weight, self.bias)
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device, self.mask.data_ptr())
