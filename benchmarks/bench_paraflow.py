@@ -437,9 +437,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fn in plan.items():
         steps.run(name, fn)
         if name == a.stop_after:
-            steps.write(summarize(steps))
+            summary = summarize(steps)
+            steps.write(summary)
             print(f"stopped after step {name!r} (--stop-after); rerun without it to resume")
-            return summarize(steps)
+            return summary
     summary = summarize(steps)
     steps.header["finished"] = _now()
     steps.write(summary)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from caloflows.flows import LogProb, build_maf
+from caloflows.flows import LogProb, build_maf, mark_plain_mafs
 from caloflows.io import atomic_output
 
 NETWORKS = {
@@ -67,6 +67,7 @@ def _setup(name: str, batch: int, compiled: bool, seed: int = 0):
     torch.manual_seed(seed)
     flow = build_maf(D, C, transforms=T, hidden_features=H, bins=K)
     module: torch.nn.Module = LogProb(flow)
+    mark_plain_mafs(module)  # as fit_flow does with TrainConfig.compile
     run = torch.compile(module, dynamic=False) if compiled else module
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed + 1)

@@ -288,12 +288,13 @@ def test_a_compiled_log_prob_is_one_graph_in_training_and_in_validation():
     # (and past 8 MADE layers hit its recompile limit): compiled, the density must trace whole
     import torch._dynamo as dynamo
 
-    from caloflows.flows import LogProb, build_maf
+    from caloflows.flows import LogProb, build_maf, mark_plain_mafs
     from caloflows.models.embedding import ConditionalFlow
 
     x, c = _conditional_maf_data(20)
     for module in (LogProb(build_maf(4, 1, transforms=3, hidden_features=(16, 16))),
                    ConditionalFlow(4, 1, embed=True, embed_hidden=(8,), embed_out=4, transforms=2, hidden=(8,))):
+        mark_plain_mafs(module)  # as fit_flow does before it compiles
         for grad in (True, False):
             with torch.set_grad_enabled(grad):
                 module(x, c)  # eager: a no-grad call caches the masked weights (validation after epoch 1)
@@ -317,6 +318,7 @@ def test_compiled_training_follows_the_eager_run_and_lowers_the_validation_loss(
 
     (eager, f_e), (comp, f_c) = run(False, "eager"), run(True, "compiled")
     assert comp.history["val_loss"][-1] < comp.history["val_loss"][0]
+    assert f_c.__dict__.get("_plain_maf") is True  # fit_flow marked it: traced as maf_log_prob
     # the same density and gradients: the runs differ by float32 round-off only
     assert np.allclose(comp.history["train_loss"], eager.history["train_loss"], rtol=1e-4)
     assert np.allclose(comp.history["val_loss"], eager.history["val_loss"], rtol=1e-4)

@@ -65,6 +65,7 @@ __all__ = [
     "flow_log_prob",
     "maf_log_prob",
     "supports_maf_log_prob",
+    "mark_plain_mafs",
     "flow_sample",
     "flow_decode",
     "count_parameters",
@@ -400,20 +401,20 @@ def inverse_path(flow: Flow, z: Tensor, context: Tensor | None = None, fast: boo
 
 def flow_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
     """log p(x | context) per row: zuko's ``log_prob``, or :func:`maf_log_prob` while
-    ``torch.compile`` traces it and the flow is a plain MAF (:func:`supports_maf_log_prob`, decided
-    eagerly once per flow), so that a compiled training step is one graph (``TrainConfig.compile``)."""
-    if torch.compiler.is_compiling():
-        if flow.__dict__.get("_plain_maf"):
-            return maf_log_prob(flow, x, context)
-    else:
-        mark_plain_maf(flow)
+    ``torch.compile`` traces it and the flow is a plain MAF (marked by :func:`mark_plain_mafs`
+    before compiling), so that a compiled training step is one graph (``TrainConfig.compile``)."""
+    if torch.compiler.is_compiling() and flow.__dict__.get("_plain_maf"):
+        return maf_log_prob(flow, x, context)
     return flow(context).log_prob(x)
 
 
-def mark_plain_maf(flow: nn.Module) -> None:
-    """Decide (eagerly, once) whether :func:`flow_log_prob` may trace ``flow`` as :func:`maf_log_prob`."""
-    if "_plain_maf" not in flow.__dict__:
-        flow.__dict__["_plain_maf"] = supports_maf_log_prob(flow)
+def mark_plain_mafs(module: nn.Module) -> None:
+    """Mark every zuko flow inside ``module`` for which :func:`supports_maf_log_prob` holds, so that
+    :func:`flow_log_prob` traces it as :func:`maf_log_prob` (decided eagerly: the check reads
+    buffers, which a traced graph cannot branch on).  Called by ``fit_flow`` before it compiles."""
+    for m in module.modules():
+        if isinstance(m, Flow):
+            m.__dict__["_plain_maf"] = supports_maf_log_prob(m)
 
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -645,7 +646,6 @@ class LogProb(nn.Module):
     def __init__(self, flow: Flow) -> None:
         super().__init__()
         self.flow = flow
-        mark_plain_maf(flow)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         return flow_log_prob(self.flow, x, context)

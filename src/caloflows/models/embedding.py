@@ -48,7 +48,6 @@ class ConditionalFlow(nn.Module):
         c = embed_out if embed else context
         build = F.build_iaf if inverse else F.build_maf
         self.flow = build(features, c, transforms, tuple(hidden), bins, bound, randperm_seed=randperm_seed)
-        F.mark_plain_maf(self.flow)
         self.features, self.context = features, context
 
     def forward(self, y: Tensor, context: Tensor) -> Tensor:

@@ -131,7 +131,6 @@ class EnergyFlow(nn.Module):
                  bound: float = 5.0, seed: int = 0, n_params: int = 0) -> None:
         super().__init__()
         self.flow = F.build_maf(n_layers, 1 + n_params, transforms, tuple(hidden), bins, bound, randperm_seed=seed)
-        F.mark_plain_maf(self.flow)
 
     def forward(self, y: Tensor, c: Tensor) -> Tensor:
         return F.flow_log_prob(self.flow, y, c)

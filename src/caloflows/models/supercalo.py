@@ -156,7 +156,6 @@ class UpsamplerLogProb(nn.Module):
     def __init__(self, flow: nn.Module) -> None:
         super().__init__()
         self.flow = flow
-        F.mark_plain_maf(flow)
 
     def forward(self, target: Tensor, cond: Tensor) -> Tensor:
         b, v, k = target.shape

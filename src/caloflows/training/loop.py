@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import ModelDirError, TrainingError, UsageError
+from ..flows import mark_plain_mafs
 from ..io import atomic_output
 from ..layerdata import iter_global_batches
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
@@ -247,6 +248,7 @@ def fit_flow(
         # a fresh dynamo cache per network: its per-function recompile limit counts every network
         # (shape) compiled in the process, and L2LFlows trains dozens of flows of different sizes
         torch.compiler.reset()
+        mark_plain_mafs(module)
         run_train = cast(nn.Module, torch.compile(model, dynamic=False))
         run_eval = cast(nn.Module, torch.compile(module, dynamic=False))
     opt = torch.optim.Adam(params, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
