@@ -17,7 +17,9 @@ from caloflows.evaluation.paraflow import (
     B_EDGES,
     D_EDGES,
     brightest_crystals,
+    cluster_shares,
     compare_observables,
+    hot_extent,
     mean_maps,
     n_clusters,
     paraflow_observables,
@@ -147,6 +149,23 @@ def test_dbscan_clusters_equal_8_connected_components():
     assert got.max() >= 3
 
 
+def test_hot_extent_and_cluster_shares_known_values():
+    a = np.concatenate([_img((3, 4, 1e3), (9, 4, 2e3)), _img((5, 5, 1e3), (6, 5, 500.0)), _img((5, 5, 300.0)),
+                        _img((0, 0, 1e3), (15, 7, 1e3), (7, 3, 1e3))])
+    # rows 3..9 -> 7; rows 5..6 -> 2; nothing above 400 MeV -> 0; rows 0..15 -> 16
+    np.testing.assert_array_equal(hot_extent(a), [7, 2, 0, 16])
+    np.testing.assert_array_equal(hot_extent(a, e_min_mev=999.0), [7, 1, 0, 16])
+    n = n_clusters(a)
+    np.testing.assert_array_equal(n, [2, 1, 0, 3])
+    cond = np.array([[0.6, 60.0], [0.6, 60.0], [1.4, 60.0], [1.5, 60.0]])
+    s = cluster_shares(n, cond)
+    assert s["all"] == [0.25, 0.25, 0.25, 0.25]
+    assert s["d=0.5-0.75"] == [0.0, 0.5, 0.5, 0.0]
+    assert s["d=1.25-1.5"] == [0.5, 0.0, 0.0, 0.5]  # d = 1.5 belongs to the last (closed) bin
+    assert all(math.isnan(x) for x in s["d=0.75-1"])
+    assert cluster_shares(np.array([0, 5, 2]), top=5)["all"] == pytest.approx([1 / 3, 0, 1 / 3, 0, 0, 1 / 3])
+
+
 def test_compare_and_mean_maps():
     rng = np.random.default_rng(2)
     n = 800
@@ -183,6 +202,10 @@ def test_paraflow_report_writes_metrics_and_plots(tmp_path):
     m = json.loads((tmp_path / "rep" / "paraflow_metrics.json").read_text())
     assert set(m["separation_power"]) >= {"w", "R9", "n_clusters", "E_1", "E_2", "w/d=1-1.25"}
     assert m["mean_maps"]["w"]["max_abs_relative_difference"] > 0
+    ref_n = n_clusters(read_showers(tmp_path / "ref.h5").showers)
+    assert m["cluster_shares"]["reference"]["all"] == pytest.approx(cluster_shares(ref_n)["all"])
+    assert set(m["cluster_shares"]["generated"]) == {"all", "d=0.5-0.75", "d=0.75-1", "d=1-1.25", "d=1.25-1.5"}
+    assert m["hot_extent_rows"]["reference"]["all"] >= 1.0
     for f in out["plots"]:
         assert (tmp_path / "rep" / f).stat().st_size > 1000
     assert len(out["plots"]) == 8

@@ -58,6 +58,8 @@ __all__ = [
     "cell_statistics",
     "cell_agreement",
     "CELL_TOLERANCE",
+    "hot_extent",
+    "cluster_shares",
     "paraflow_report",
     "D_EDGES",
     "B_EDGES",
@@ -149,6 +151,49 @@ def n_clusters(images: np.ndarray, e_min_mev: float = E_MIN_MEV, eps: float = EP
             continue
         labels = db.fit(np.stack([y[m], x[m]], axis=1)).labels_
         out[i] = len(set(labels.tolist()) - {-1})
+    return out
+
+
+def hot_extent(images: np.ndarray, e_min_mev: float = E_MIN_MEV) -> np.ndarray:
+    """Rows (crystal widths along y, the bending direction of the 4 T field) spanned by the
+    crystals above ``e_min_mev``, first to last hot row inclusive; 0 without a hot crystal.
+
+    A diagnostic of the cluster count (not in the paper): a converted pair bent apart by the
+    field gives hot crystals far apart in y, so a model that places as many hot crystals as
+    Geant4 but in one compact spot has the right hot-crystal count and too small an extent.
+
+    >>> img = np.zeros((1, 16, 8)); img[0, 3, 4] = img[0, 9, 4] = 1e3
+    >>> hot_extent(img).tolist()
+    [7]
+    """
+    hot = (as_images(images) > e_min_mev).any(axis=2)
+    rows = np.arange(hot.shape[1])
+    first = np.where(hot, rows, hot.shape[1]).min(axis=1)
+    last = np.where(hot, rows, -1).max(axis=1)
+    return np.where(hot.any(axis=1), last - first + 1, 0)
+
+
+def cluster_shares(counts: np.ndarray, cond: np.ndarray | None = None, d_edges: Sequence[float] = D_EDGES,
+                   top: int = 3) -> dict[str, list[float]]:
+    """Shares of images with 0, 1, ..., ``top - 1`` and ``>= top`` DBSCAN clusters, inclusive
+    (key ``all``) and per d bin (``d=0.5-0.75``, ...) when ``cond`` (N, >= 1; d first) is given.
+    Sec. 4.2 of ``paraflow.txt`` reads them as photons that did not convert (one cluster) and
+    converted pairs (two), and reports them reproduced "at the percent level".
+
+    >>> cluster_shares(np.array([1, 1, 2, 4]))["all"]
+    [0.0, 0.5, 0.25, 0.25]
+    """
+    n = np.asarray(counts, dtype=np.int64)
+
+    def shares(v: np.ndarray) -> list[float]:
+        if v.size == 0:
+            return [float("nan")] * (top + 1)
+        return [float(np.mean(v == k)) for k in range(top)] + [float(np.mean(v >= top))]
+
+    out = {"all": shares(n)}
+    if cond is not None:
+        for j, m in enumerate(_bin_masks(np.asarray(cond, dtype=np.float64), 0, d_edges)):
+            out[f"d={d_edges[j]:g}-{d_edges[j + 1]:g}"] = shares(n[m])
     return out
 
 
@@ -469,6 +514,16 @@ def _dbcond(d, what: str) -> np.ndarray | None:
     return d.conditions[:, [names.index("d"), names.index("b")]]
 
 
+def _mean_per_d(v: np.ndarray, cond: np.ndarray | None) -> dict[str, float]:
+    """Mean of ``v`` over the showers with a hot crystal (v > 0), inclusive and per d bin."""
+    out = {"all": float(v[v > 0].mean()) if (v > 0).any() else float("nan")}
+    if cond is not None:
+        for j, m in enumerate(_bin_masks(np.asarray(cond, dtype=np.float64), 0, D_EDGES)):
+            x = v[m & (v > 0)]
+            out[f"d={D_EDGES[j]:g}-{D_EDGES[j + 1]:g}"] = float(x.mean()) if x.size else float("nan")
+    return out
+
+
 def _json_clean(v):
     """NaN/inf -> None (strict JSON), recursively."""
     if isinstance(v, dict):
@@ -489,7 +544,9 @@ def paraflow_report(gen, ref, out_dir: str | os.PathLike, *, gen_label: str = "g
 
     Returns the metrics: separation power per observable (inclusive and per d / b bin), the
     (d, b) mean maps of both samples with their relative difference and its largest absolute
-    value per observable.  Per-bin results need ``conditions`` named d and b in both files.
+    value per observable, the shares of 0 / 1 / 2 / >= 3 clusters (:func:`cluster_shares`) and
+    the mean extent of the hot crystals along y (:func:`hot_extent`), inclusive and per d bin.
+    Per-bin results need ``conditions`` named d and b in both files.
 
     >>> paraflow_report("gen.h5", "geant4.h5", "report/")  # doctest: +SKIP
     """
@@ -516,6 +573,10 @@ def paraflow_report(gen, ref, out_dir: str | os.PathLike, *, gen_label: str = "g
                        "max_abs_relative_difference": float(np.nanmax(np.abs(rel))) if np.isfinite(rel).any() else None}
         maps["count_generated"], maps["count_reference"] = gm["count"].tolist(), rm["count"].tolist()
         out["mean_maps"] = maps
+    out["cluster_shares"] = {"counts": ["0", "1", "2", ">=3"], "generated": cluster_shares(go["n_clusters"], gc),
+                             "reference": cluster_shares(ro["n_clusters"], rc)}
+    ge, re_ = hot_extent(gi), hot_extent(ri)
+    out["hot_extent_rows"] = {"generated": _mean_per_d(ge, gc), "reference": _mean_per_d(re_, rc)}
     os.makedirs(out_dir, exist_ok=True)
     files = []
     if plots:
