@@ -209,6 +209,44 @@ def test_voxel_flow_inputs_of_a_sparse_layer_lie_inside_the_spline_domain():
         L2LFlowsConfig(voxel_standardise=False, voxel_bound=10.0).validate()
 
 
+def test_energy_flow_inputs_of_a_sparse_layer_and_the_spline_domain():
+    """The energy flow's inputs (appendix B.1): standardised per layer, the energy of a 3 %-occupied
+    layer lands far outside the spline domain (Geant4 ds2 layers 39-44: 70-100 % of their non-empty
+    values; the flows then almost never generate them, issue 15).  ``energy_standardise=false``
+    feeds the logits themselves (identity constants), inside ``energy_bound`` = 14."""
+    from caloflows.models.energy_flow import EnergyConstants
+    from caloflows.models.l2lflows import compute_constants
+
+    inc, sh, hit = _sparse_layer_showers()
+    E = torch.as_tensor(G.layer_energies(sh.astype(np.float64)))
+    for standardise, bound in ((True, None), (False, 14.0)):
+        cfg = tiny_config(energy_standardise=standardise, energy_bound=bound)
+        model = L2LFlows(G, cfg)
+        model.set_constants(compute_constants(MemoryColumns(ShowerData(inc, sh), G), cfg)[0])
+        c = model.energy_consts
+        y = c.forward(c.noisy(E, torch.Generator().manual_seed(0)))
+        outside = float((y[hit, 8].abs() > cfg.energy_spline_bound).double().mean())
+        if standardise:
+            assert cfg.energy_spline_bound == cfg.bound and outside > 0.3  # the defect (0.47 here)
+        else:
+            assert cfg.energy_spline_bound == 14.0 and outside == 0.0
+            assert set(c.standardize.mean) == {0.0} and set(c.standardize.std) == {1.0}
+            assert float(y.abs().max()) <= np.log((1 - 1e-6) / 1e-6) + 1e-9
+            # the inverse of the preprocessing returns the noisy energies
+            noisy = c.noisy(E, torch.Generator().manual_seed(0))
+            torch.testing.assert_close(c.inverse(c.forward(noisy)), noisy, rtol=1e-6, atol=1e-9)
+            assert model.build_energy_flow() is not None
+    # the same settings in iCaloFlow and SuperCalo; a domain too small is refused in one line
+    from caloflows.models.icaloflow import ICaloFlowConfig
+    from caloflows.models.supercalo import SuperCaloConfig
+
+    for cls in (L2LFlowsConfig, ICaloFlowConfig, SuperCaloConfig):
+        assert cls(energy_standardise=False, energy_bound=14.0).energy_spline_bound == 14.0
+        with pytest.raises(ConfigError, match="energy_bound >= 14"):
+            cls(energy_standardise=False).validate()
+    assert EnergyConstants.fit(E.numpy(), inc, standardise=False).standardize.std == [1.0] * G.n_layers
+
+
 def test_energy_flow_rejects_outliers(toy):
     d, path, inc, sh = toy
     model = L2LFlows(G, tiny_config())

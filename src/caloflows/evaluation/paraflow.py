@@ -166,11 +166,11 @@ def hot_extent(images: np.ndarray, e_min_mev: float = E_MIN_MEV) -> np.ndarray:
     >>> hot_extent(img).tolist()
     [7]
     """
-    hot = (as_images(images) > e_min_mev).any(axis=2)
+    hot: np.ndarray = np.any(as_images(images) > e_min_mev, axis=2)
     rows = np.arange(hot.shape[1])
     first = np.where(hot, rows, hot.shape[1]).min(axis=1)
     last = np.where(hot, rows, -1).max(axis=1)
-    return np.where(hot.any(axis=1), last - first + 1, 0)
+    return np.where(np.any(hot, axis=1), last - first + 1, 0)
 
 
 def cluster_shares(counts: np.ndarray, cond: np.ndarray | None = None, d_edges: Sequence[float] = D_EDGES,

@@ -108,12 +108,17 @@ class EnergyConstants:
 
     @classmethod
     def fit(cls, layer_energies: np.ndarray, einc: np.ndarray, seed: int = 0, alpha: float = 1e-6,
-            margin: float = 1.05, max_rows: int = 100_000) -> "EnergyConstants":
-        """Constants from the training layer energies (deterministic given ``seed``)."""
+            margin: float = 1.05, max_rows: int = 100_000, standardise: bool = True) -> "EnergyConstants":
+        """Constants from the training layer energies (deterministic given ``seed``).  With
+        ``standardise=False`` the standardisation is the identity (the logits as in eq. B.2;
+        :class:`~caloflows.models.settings.EnergyFlowSettings`)."""
         E = np.asarray(layer_energies, dtype=np.float64)
         le = np.log10(np.asarray(einc, dtype=np.float64))
         emax = np.maximum(E.max(0) + 2 * P.KEV, 10 * P.KEV) * margin
         c = cls(float(le.min()), float(le.max()), emax.tolist(), P.Standardize(), alpha)
+        if not standardise:
+            c.standardize = P.Standardize([0.0] * E.shape[1], [1.0] * E.shape[1])
+            return c
         sel = np.random.default_rng([seed, 11]).permutation(len(E))[:max_rows]
         g = torch.Generator().manual_seed(seed)
         y = P.Logit(alpha).forward((c.noisy(torch.as_tensor(E[sel]), g) / torch.as_tensor(emax)).clamp(0, 1))

@@ -121,8 +121,8 @@ class ICaloFlow(EnergyFlowModel, Generator):
                              f"{g.name!r} has layer sizes {sorted(set(g.layer_sizes))}")
         n, L = g.layer_sizes[0], g.n_layers
         self.n = n
-        self.energy_flow = EnergyFlow(L, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.bound, seed=c.seed,
-                                      n_params=k)
+        self.energy_flow = EnergyFlow(L, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.energy_spline_bound,
+                                      seed=c.seed, n_params=k)
         self.ctx2, self.ctx3 = 2 + k, n + 3 + (L - 1) + k
 
         def flow(context: int, hidden: list, inverse: bool) -> ConditionalFlow:
@@ -157,7 +157,7 @@ class ICaloFlow(EnergyFlowModel, Generator):
         """
         c = self.cfg
         t = data if isinstance(data, TrainingShowers) else TrainingShowers.from_data(data, self.geometry, c.chunk_rows)
-        energy = EnergyConstants.fit(t.E, t.einc, seed=c.seed, alpha=c.alpha)
+        energy = EnergyConstants.fit(t.E, t.einc, seed=c.seed, alpha=c.alpha, standardise=c.energy_standardise)
         rng = np.random.default_rng([c.seed, 31])
         acc = np.zeros((4, self.n))  # sum / sum of squares, layer 0 and layers >= 1
         cnt = np.zeros(2)

@@ -162,7 +162,8 @@ def compute_constants(cols, cfg: L2LFlowsConfig, progress: bool = False) -> tupl
     """
     g = cols.geometry
     stats = cols.scan(progress=progress)
-    energy = EnergyConstants.fit(stats.layer_energies, stats.incident_energies, seed=cfg.seed, alpha=cfg.alpha)
+    energy = EnergyConstants.fit(stats.layer_energies, stats.incident_energies, seed=cfg.seed, alpha=cfg.alpha,
+                                 standardise=cfg.energy_standardise)
     noise = cfg.voxel_noise_kev * P.KEV
     vmax = np.maximum(stats.layer_max_voxel, 0.0) + noise + 1e-9
     vmax_col = vmax[g.layer_index]
@@ -266,8 +267,8 @@ class L2LFlows(EnergyFlowModel, Generator):
     def build_energy_flow(self) -> EnergyFlow:
         torch.manual_seed(self.cfg.seed * 7919)
         c = self.cfg
-        return EnergyFlow(self.geometry.n_layers, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.bound, seed=c.seed,
-                          n_params=self.n_params)
+        return EnergyFlow(self.geometry.n_layers, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.energy_spline_bound,
+                          seed=c.seed, n_params=self.n_params)
 
     def context_size(self, i: int) -> int:
         g = self.geometry

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ConfigError
 from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 
-__all__ = ["ModelConfig", "FlowSettings", "LayerwiseSettings", "override_settings", "check_train_config",
+__all__ = ["ModelConfig", "FlowSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
            "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut"]
 
 C = TypeVar("C", bound="ModelConfig")
@@ -216,14 +216,59 @@ class FlowSettings(ModelConfig):
     seed: int = 0
 
 
+def logit_reach(alpha: float) -> float:
+    """``ln((1 - alpha) / alpha)``: the largest ``|l_alpha(x)|`` for x in [0, 1] (13.8 for 1e-6)."""
+    return math.log((1 - alpha) / alpha) if 0 < alpha < 0.5 else math.inf
+
+
 @dataclass
-class LayerwiseSettings(FlowSettings):
+class EnergyFlowSettings(FlowSettings):
+    """Flow settings plus what the energy distribution flow ``p(E_0..E_{L-1} | E_inc)`` (L2LFlows
+    appendix B.1) sees; shared by the families that have one (L2LFlows, iCaloFlow flow-1, SuperCalo
+    FLOW-1).
+
+    ``energy_standardise``: the logits ``l_alpha(E_i / E_max,i)`` standardised per layer with the
+    training mean / std (True; not in the paper), or as they are (False: eq. B.2 as published).
+    ``energy_bound``: the spline domain ``[-b, b]`` of the energy flow (None: ``bound``).  zuko's
+    splines are the identity outside it.  Standardised, a deep layer that is empty in 97 % of the
+    Geant4 ds2 showers puts its non-empty values at 5-10 standard deviations (layers 39-44: 70-100 %
+    outside [-5, 5], issue 15), so the flow never generates them; unstandardised, the logits stay
+    within ``+-ln(1 / alpha)`` and ``energy_bound`` must hold that (14 for alpha = 1e-6).
+
+    >>> from caloflows.models.l2lflows import L2LFlowsConfig
+    >>> L2LFlowsConfig(energy_standardise=False, energy_bound=14.0).energy_spline_bound
+    14.0
+    """
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
+        **FlowSettings.RANGES, "energy_bound": (1e-3, None, True)}
+
+    energy_standardise: bool = True
+    energy_bound: float | None = None
+
+    @property
+    def energy_spline_bound(self) -> float:
+        """The spline domain of the energy flow: ``energy_bound``, else ``bound``."""
+        return float(self.bound if self.energy_bound is None else self.energy_bound)
+
+    def validate(self) -> None:
+        """Also refuses unstandardised energy-flow inputs outside the spline domain (one line)."""
+        super().validate()
+        reach = logit_reach(self.alpha)
+        if not self.energy_standardise and self.energy_spline_bound < reach:
+            raise _bad("energy_bound", self.energy_bound,
+                       f"the unstandardised logit layer energies reach +-{reach:.2f}; the spline domain must "
+                       f"hold them: set energy_bound >= {math.ceil(reach)}")
+
+
+@dataclass
+class LayerwiseSettings(EnergyFlowSettings):
     """Settings shared by the layer-by-layer families (L2LFlows, iCaloFlow): the energy
     distribution flow (L2LFlows appendix B.1), its E_dep/E_inc bound, the per-layer
     post-processing (B.3) and how training data are read (standardisation rows, streaming)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **FlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True),
+        **EnergyFlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True),
         "voxel_bound": (1e-3, None, True)}
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
 
@@ -253,7 +298,7 @@ class LayerwiseSettings(FlowSettings):
 
     def validate(self) -> None:
         super().validate()
-        reach = math.log((1 - self.alpha) / self.alpha) if 0 < self.alpha < 0.5 else math.inf
+        reach = logit_reach(self.alpha)
         if not self.voxel_standardise and self.voxel_spline_bound < reach:
             raise _bad("voxel_bound", self.voxel_bound,
                        f"the unstandardised logit voxels reach +-{reach:.2f} (alpha={self.alpha:g}); the spline "

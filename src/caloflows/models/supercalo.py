@@ -67,7 +67,7 @@ from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
 from .caloflow import CaloFlow, CaloFlowConfig
 from .energy_flow import EnergyConstants, EnergyFlow, quick_energy_train
-from .settings import FlowSettings
+from .settings import EnergyFlowSettings
 
 if TYPE_CHECKING:
     from ..lean import LeanFlow
@@ -76,14 +76,14 @@ __all__ = ["SuperCalo", "SuperCaloConfig", "UpsamplerLogProb"]
 
 
 @dataclass
-class SuperCaloConfig(FlowSettings):
+class SuperCaloConfig(EnergyFlowSettings):
     """SuperCalo settings: the coarse-graining, the nested coarse CaloFlow's settings (``coarse``,
     a :class:`~caloflows.models.caloflow.CaloFlowConfig` dict: ``coarse.flow2_hidden=...``), the
     own FLOW-1 for ``f_z > 1`` (``flow1_*``), the SUPERCALO flow (``up_*``, ``upsampler_train``;
     its ``batch_size`` counts coarse voxels, as the paper's 60k) and the resampling factor."""
 
     TITLE: ClassVar[str] = "SuperCalo"
-    RANGES: ClassVar[dict] = {**FlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True)}
+    RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True)}
     CHOICES: ClassVar[dict] = {"up_precision": ("float32", "float64")}
 
     coarse_graining: str = "A"
@@ -187,7 +187,8 @@ class SuperCalo(Generator):
         ccfg = c.coarse_config()
         self.coarse = CaloFlow(self.cmap.coarse, ccfg, self.condition_spec)
         self.f_z = self.cmap.grouping.f_z
-        self.flow1 = (EnergyFlow(self.geometry.n_layers, c.flow1_transforms, tuple(c.flow1_hidden), c.bins, c.bound,
+        self.flow1 = (EnergyFlow(self.geometry.n_layers, c.flow1_transforms, tuple(c.flow1_hidden), c.bins,
+                                 c.energy_spline_bound,
                                  seed=c.seed, n_params=k) if self.f_z > 1 else None)
         # conditions: table I (prep.condition_dim) + detector parameters
         cond_dim = 8 + self.f_z + self.cmap.nc_z + self.cmap.nc_r + k
@@ -318,7 +319,8 @@ class SuperCalo(Generator):
             self._ratio_max = float(np.max(layers.sum(1) / einc))
             self.einc_dist = einc_summary(einc)
             if self.flow1 is not None:
-                self._energy = EnergyConstants.fit(layers, einc, seed=self.cfg.seed, alpha=self.cfg.alpha)
+                self._energy = EnergyConstants.fit(layers, einc, seed=self.cfg.seed, alpha=self.cfg.alpha,
+                                                   standardise=self.cfg.energy_standardise)
         if ctx.is_main:
             self.save(out_dir)
         out: dict[str, Any] = {"coarse": self.coarse.fit(cdata, out_dir / "coarse", stage="train", resume=resume,
