@@ -221,6 +221,16 @@ def logit_reach(alpha: float) -> float:
     return math.log((1 - alpha) / alpha) if 0 < alpha < 0.5 else math.inf
 
 
+def check_logit_domain(key: str, bound: float | None, spline_bound: float, standardise: bool, alpha: float,
+                       what: str) -> None:
+    """Refuse (one line) unstandardised logit inputs ``what`` that the spline domain
+    ``[-spline_bound, spline_bound]`` (setting ``key``) cannot hold."""
+    reach = logit_reach(alpha)
+    if not standardise and spline_bound < reach:
+        raise _bad(key, bound, f"the unstandardised logit {what} reach +-{reach:.2f} (alpha={alpha:g}); the spline "
+                               f"domain must hold them: set {key} >= {math.ceil(reach)}")
+
+
 @dataclass
 class EnergyFlowSettings(FlowSettings):
     """Flow settings plus what the energy distribution flow ``p(E_0..E_{L-1} | E_inc)`` (L2LFlows
@@ -254,11 +264,8 @@ class EnergyFlowSettings(FlowSettings):
     def validate(self) -> None:
         """Also refuses unstandardised energy-flow inputs outside the spline domain (one line)."""
         super().validate()
-        reach = logit_reach(self.alpha)
-        if not self.energy_standardise and self.energy_spline_bound < reach:
-            raise _bad("energy_bound", self.energy_bound,
-                       f"the unstandardised logit layer energies reach +-{reach:.2f}; the spline domain must "
-                       f"hold them: set energy_bound >= {math.ceil(reach)}")
+        check_logit_domain("energy_bound", self.energy_bound, self.energy_spline_bound, self.energy_standardise,
+                           self.alpha, "layer energies")
 
 
 @dataclass
@@ -298,11 +305,8 @@ class LayerwiseSettings(EnergyFlowSettings):
 
     def validate(self) -> None:
         super().validate()
-        reach = logit_reach(self.alpha)
-        if not self.voxel_standardise and self.voxel_spline_bound < reach:
-            raise _bad("voxel_bound", self.voxel_bound,
-                       f"the unstandardised logit voxels reach +-{reach:.2f} (alpha={self.alpha:g}); the spline "
-                       f"domain must hold them: set voxel_bound >= {math.ceil(reach)}")
+        check_logit_domain("voxel_bound", self.voxel_bound, self.voxel_spline_bound, self.voxel_standardise,
+                           self.alpha, "voxels")
 
 
 #: the threshold-aware generation cut of the ``medium`` presets on Par04 geometries (MeV), at the
