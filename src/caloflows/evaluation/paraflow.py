@@ -190,10 +190,15 @@ def cluster_shares(counts: np.ndarray, cond: np.ndarray | None = None, d_edges: 
             return [float("nan")] * (top + 1)
         return [float(np.mean(v == k)) for k in range(top)] + [float(np.mean(v >= top))]
 
-    out = {"all": shares(n)}
+    return _per_d_bin(n, cond, shares, d_edges)
+
+
+def _per_d_bin(v: np.ndarray, cond: np.ndarray | None, stat, d_edges: Sequence[float] = D_EDGES) -> dict:
+    """``stat(v)`` inclusive (key ``all``) and per d bin (``d=0.5-0.75``, ...) when ``cond`` is given."""
+    out = {"all": stat(v)}
     if cond is not None:
         for j, m in enumerate(_bin_masks(np.asarray(cond, dtype=np.float64), 0, d_edges)):
-            out[f"d={d_edges[j]:g}-{d_edges[j + 1]:g}"] = shares(n[m])
+            out[f"d={d_edges[j]:g}-{d_edges[j + 1]:g}"] = stat(v[m])
     return out
 
 
@@ -516,12 +521,7 @@ def _dbcond(d, what: str) -> np.ndarray | None:
 
 def _mean_per_d(v: np.ndarray, cond: np.ndarray | None) -> dict[str, float]:
     """Mean of ``v`` over the showers with a hot crystal (v > 0), inclusive and per d bin."""
-    out = {"all": float(v[v > 0].mean()) if (v > 0).any() else float("nan")}
-    if cond is not None:
-        for j, m in enumerate(_bin_masks(np.asarray(cond, dtype=np.float64), 0, D_EDGES)):
-            x = v[m & (v > 0)]
-            out[f"d={D_EDGES[j]:g}-{D_EDGES[j + 1]:g}"] = float(x.mean()) if x.size else float("nan")
-    return out
+    return _per_d_bin(v, cond, lambda x: float(x[x > 0].mean()) if (x > 0).any() else float("nan"))
 
 
 def _json_clean(v):
