@@ -9,8 +9,13 @@ Times latent -> data sampling of an IAF student of ds2-coarse size (648 voxels, 
 
 at batch sizes 1 / 100 / 1000 / 10000, in float32, one thread by default.  Timings are the
 median of ``--reps`` repetitions (wall clock).  Weights are random (speed does not depend on them).
+``--shape`` times the student flow of another model family instead (:data:`SHAPES`: features,
+conditions, MADE blocks, hidden layers), e.g. the ParaFlow quick student or one layer step of the
+iCaloFlow quick flow-3 student, to choose the chunk size for them too.
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_lean.py --out bench_lean.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_lean.py --shape paraflow-quick --no-zuko \
+        --batches 100 10000 --chunks 128 256 512 1024 --out lean_paraflow.json
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ import torch
 from caloflows import flows as F
 from caloflows import lean as L
 
+#: student flows by name: (features, conditions, MADE blocks, hidden layers of each block)
+SHAPES: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
+    "ds2-coarse-quick": (648, 10, 6, (128,)),  # CaloFlow quick flow-II student (the --preset default)
+    "ds2-coarse-full": (648, 10, 8, (1296,)),  # CaloFlow full flow-II student
+    "paraflow-quick": (128, 3, 4, (64, 64)),  # ParaFlow quick student: 8 x 16 crystals | E_inc, d, b
+    "icaloflow-quick-flow3": (144, 191, 4, (192,)),  # iCaloFlow quick flow-3 student, one ds2 layer
+}
+
 
 def median_time(fn, reps: int) -> float:
     fn()  # warm-up
@@ -40,7 +53,8 @@ def median_time(fn, reps: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["quick", "full"], default="quick")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick", help="ds2-coarse-quick or -full")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="another student flow (overrides --preset)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 100, 1000, 10000])
     p.add_argument("--chunks", nargs="*", type=int, default=[64, 128, 256, 512, 1024, 4096])
     p.add_argument("--reps", type=int, default=5)
@@ -50,14 +64,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench_lean.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    D, C = 648, 10
-    blocks, hidden = (6, 128) if args.preset == "quick" else (8, 2 * D)
+    shape = args.shape or f"ds2-coarse-{args.preset}"
+    D, C, blocks, hidden = SHAPES[shape]
     torch.manual_seed(0)
-    flow = F.build_iaf(D, C, blocks, (hidden,))
+    flow = F.build_iaf(D, C, blocks, hidden)
     with torch.no_grad():
         for q in flow.parameters():
             q.add_(0.05 * torch.randn_like(q))
-    res: dict = {"preset": args.preset, "threads": args.threads, "torch": torch.__version__,
+    res: dict = {"shape": shape, "features": D, "conditions": C, "blocks": blocks, "hidden": list(hidden),
+                 "threads": args.threads, "torch": torch.__version__,
                  "load_before": os.getloadavg(), "ms_per_row": {}}
     variants: list[tuple[str, object]] = []
     if not args.no_zuko:
@@ -85,7 +100,7 @@ def main(argv=None) -> int:
             res["ms_per_row"].setdefault(name, {})[b] = t / b * 1e3
             print(f"batch {b:>6} {name:>14}: {t / b * 1e3:.4f} ms/row ({reps} reps, {time.perf_counter() - t0:.0f} s)",
                   flush=True)
-    res["auto_chunk"] = L.auto_chunk(D, 23, 4)
+    res["auto_chunk"] = L.LeanFlow.from_flow(flow).chunk_rows(torch.float32)
     res["load_after"] = os.getloadavg()
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -247,6 +247,35 @@ def test_energy_flow_inputs_of_a_sparse_layer_and_the_spline_domain():
     assert EnergyConstants.fit(E.numpy(), inc, standardise=False).standardize.std == [1.0] * G.n_layers
 
 
+def test_every_preset_gives_the_energy_flow_inputs_inside_its_spline_domain():
+    """Issue 15: the presets of L2LFlows, iCaloFlow and SuperCalo feed the energy flow the
+    unstandardised logits (eq. B.2) inside a domain of 14, so the 3 %-occupied layer of the toy has
+    all its values inside (standardised: 47 % outside, test above).  A saved config without these
+    keys (a model trained before) keeps the standardised inputs it was trained with."""
+    from caloflows.geometry import load_geometry
+    from caloflows.models.energy_flow import EnergyConstants
+    from caloflows.models.icaloflow import ICaloFlowConfig
+    from caloflows.models.settings import logit_reach
+    from caloflows.models.supercalo import SuperCaloConfig
+
+    inc, sh, hit = _sparse_layer_showers()
+    E = G.layer_energies(sh.astype(np.float64))
+    ds2 = load_geometry("ds2")
+    seen = 0
+    for cls in (L2LFlowsConfig, ICaloFlowConfig, SuperCaloConfig):
+        for name in cls.PRESETS:
+            cfg = cls.preset(name, ds2)
+            cfg.validate()
+            assert not cfg.energy_standardise and cfg.energy_spline_bound >= logit_reach(cfg.alpha), (cls, name)
+            c = EnergyConstants.fit(E, inc, alpha=cfg.alpha, standardise=cfg.energy_standardise)
+            y = c.forward(c.noisy(torch.as_tensor(E), torch.Generator().manual_seed(0)))
+            assert float(y[hit, 8].abs().max()) < cfg.energy_spline_bound, (cls, name)
+            seen += 1
+        old = {k: v for k, v in cls.preset("quick", ds2).to_dict().items() if not k.startswith("energy_")}
+        assert cls.from_dict(old).energy_standardise and cls.from_dict(old).energy_bound is None
+    assert seen == 7  # L2LFlows quick / medium / full, iCaloFlow and SuperCalo quick / full
+
+
 def test_energy_flow_rejects_outliers(toy):
     d, path, inc, sh = toy
     model = L2LFlows(G, tiny_config())

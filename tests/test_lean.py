@@ -86,7 +86,17 @@ def test_auto_chunk():
     assert L.auto_chunk(648, 23, 8) <= L.auto_chunk(648, 23, 4) <= L.auto_chunk(64, 23, 4)
     assert 64 <= L.auto_chunk(648, 23, 4) <= 4096
     assert L.auto_chunk(3, 23, 8) == 4096
-    assert L.auto_chunk(10**6, 23, 8) == 64
+    assert L.auto_chunk(10**6, 23, 8) == L.CHUNK_MIN_ROWS == 256
+    # one-pass blocks measured in bench_lean.py / bench_chunk.py: the students of ds2-coarse (648
+    # voxels), ParaFlow (128 crystals) and one ds2 layer (144 voxels) all get 256 rows; sequentially
+    # inverted MAF blocks keep larger chunks: flow-I (9 layers, float64) 4096, the ParaFlow teacher 512
+    assert [L.auto_chunk(d, 23, 4) for d in (648, 128, 144)] == [256, 256, 256]
+    assert L.auto_chunk(9, 23, 8, sequential=True) == 4096 and L.auto_chunk(128, 23, 8, sequential=True) == 512
+    # which rule a flow uses: a MAF samples sequentially and evaluates densities in one pass, an IAF
+    # the other way round
+    maf, iaf = (L.LeanFlow.from_flow(b(128, 3, 2, (16,))) for b in (F.build_maf, F.build_iaf))
+    assert maf.chunk_rows(torch.float64, sampling=True) == 512 and maf.chunk_rows(torch.float64, sampling=False) == 256
+    assert iaf.chunk_rows(torch.float32, sampling=True) == 256 and iaf.chunk_rows(torch.float32, sampling=False) == 1024
 
 
 def test_unsupported_flow_falls_back():

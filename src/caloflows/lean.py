@@ -50,26 +50,50 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import Flow
 
 __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "rqs_forward_log_det", "auto_chunk", "lean_flow", "supports_lean",
-           "CHUNK_BYTES"]
+           "CHUNK_BYTES", "CHUNK_MIN_ROWS"]
 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
-#: measured with ``benchmarks/bench_lean.py`` (issue 13), see :func:`auto_chunk`.
-CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 16 << 20))
+#: measured with ``benchmarks/bench_lean.py`` and ``benchmarks/bench_chunk.py`` (issue 13), see
+#: :func:`auto_chunk`.
+CHUNK_BYTES = int(os.environ.get("CALOFLOWS_CHUNK_BYTES", 4 << 20))
+
+#: fewest rows per chunk (:func:`auto_chunk`'s ``lo``): below it the per-call overhead of the ~20
+#: tensor operations per block dominates.
+CHUNK_MIN_ROWS = int(os.environ.get("CALOFLOWS_CHUNK_MIN_ROWS", 256))
+
+#: the byte target and floor for a block inverted in D sequential steps (a MAF teacher's or flow-I's
+#: sampling), whose per-step overhead wants larger chunks: on the ParaFlow teacher (128 crystals,
+#: float64) 256-row chunks are 34 % slower at batch 10000 than these 512 (bench_chunk.py).
+SEQUENTIAL_CHUNK_BYTES = int(os.environ.get("CALOFLOWS_SEQUENTIAL_CHUNK_BYTES", 16 << 20))
+SEQUENTIAL_CHUNK_MIN_ROWS = 64
 
 #: a sequential (MAF) inverse of at most this many rows on the CPU runs its steps in numpy
 #: (:meth:`LeanBlock._sequential_numpy`); measured with ``benchmarks/bench_lean.py --flow1``.
 NUMPY_ROWS = int(os.environ.get("CALOFLOWS_NUMPY_ROWS", 16))
 
 
-def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int = 64, hi: int = 4096) -> int:
-    """Rows per chunk so that one block's spline parameters take about :data:`CHUNK_BYTES`.
+def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int | None = None, hi: int = 4096,
+               sequential: bool = False) -> int:
+    """Rows per chunk so that one block's spline parameters take about :data:`CHUNK_BYTES`
+    (``sequential``: a block inverted in D steps, :data:`SEQUENTIAL_CHUNK_BYTES`).
 
-    A power of two in ``[lo, hi]``.  For ds2-coarse (648 voxels, 23 parameters each, float32)
-    this is 256 rows (fastest of 64-4096 at batch 1000 in bench_lean.py); for flow-I (9 layers,
-    float64) 4096.
+    A power of two in ``[lo, hi]`` (``lo``: :data:`CHUNK_MIN_ROWS`, sequential
+    :data:`SEQUENTIAL_CHUNK_MIN_ROWS`).  One-pass (IAF student) blocks: 256 rows for ds2-coarse (648
+    voxels, 23 parameters each, float32; fastest of 64-4096 at batch 1000 in bench_lean.py), ParaFlow
+    (128 crystals) and one ds2 layer (144 voxels).  Until stop 16 they had the sequential rule (16 MiB,
+    ``lo`` = 64), which gave the ParaFlow student chunks of 1024 rows, 30 % slower at batch 10000 than
+    256 and slower per shower than at batch 100 (bench_chunk.py).  Sequential: 4096 rows for flow-I
+    (9 layers, float64), 512 for the ParaFlow teacher.
+
+    >>> auto_chunk(128, 23), auto_chunk(128, 23, 8, sequential=True)
+    (256, 512)
     """
+    if sequential:
+        target, lo = SEQUENTIAL_CHUNK_BYTES, SEQUENTIAL_CHUNK_MIN_ROWS if lo is None else lo
+    else:
+        target, lo = CHUNK_BYTES, CHUNK_MIN_ROWS if lo is None else lo
     per_row = max(1, features * params_per_feature * itemsize)
-    n = max(1, CHUNK_BYTES // per_row)
+    n = max(1, target // per_row)
     n = 1 << int(math.floor(math.log2(n)))
     return int(min(hi, max(lo, n)))
 
@@ -463,15 +487,19 @@ class LeanFlow(nn.Module):
                 raise TypeError(f"the lean path does not support {type(t).__name__}")
         return cls(blocks, chunk, compiled)
 
-    def chunk_rows(self, dtype: torch.dtype) -> int:
+    def chunk_rows(self, dtype: torch.dtype, sampling: bool = True) -> int:
+        """Rows per chunk (``chunk``, else :func:`auto_chunk`); ``sampling``: latent -> data, where
+        MAF blocks are inverted sequentially (data -> latent: IAF blocks)."""
         if self.chunk:
             return int(self.chunk)
         b = cast(LeanBlock, self.blocks[0])  # nn.ModuleList is not generic in the torch stubs
-        return auto_chunk(self.features, 3 * b.bins - 1, torch.finfo(dtype).bits // 8)
+        return auto_chunk(self.features, 3 * b.bins - 1, torch.finfo(dtype).bits // 8,
+                          sequential=b.iaf != sampling)
 
-    def _run(self, v: Tensor, c: Tensor | None, fn: Callable[[Tensor, Tensor | None], Tensor]) -> Tensor:
+    def _run(self, v: Tensor, c: Tensor | None, sampling: bool) -> Tensor:
+        fn = self._sample if sampling else self._transform
         n = v.shape[0]
-        step = self.chunk_rows(v.dtype)
+        step = self.chunk_rows(v.dtype, sampling)
         if n <= step:
             return fn(v, c)
         out = torch.empty_like(v)
@@ -491,11 +519,11 @@ class LeanFlow(nn.Module):
 
     def sample(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         """latent ``z`` (B, D) and context (B, C) -> data (B, D); dtype of the snapshot."""
-        return self._run(z, self._cond(c, z), self._sample)
+        return self._run(z, self._cond(c, z), sampling=True)
 
     def transform(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """data ``x`` (B, D) and context (B, C) -> latent (B, D)."""
-        return self._run(x, self._cond(c, x), self._transform)
+        return self._run(x, self._cond(c, x), sampling=False)
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:  # for tracing / ONNX
         return self._sample(z, self._cond(c, z))

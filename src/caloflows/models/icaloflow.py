@@ -51,6 +51,7 @@ from ..training.loop import ArraySource, TrainConfig
 from .base import Generator
 from .embedding import ConditionalFlow
 from .energy_flow import (
+    PAPER_ENERGY_INPUTS,
     EnergyConstants,
     EnergyFlow,
     EnergyFlowModel,
@@ -83,6 +84,7 @@ class ICaloFlowConfig(LayerwiseSettings):
 
 def _quick(g: Geometry) -> ICaloFlowConfig:
     return ICaloFlowConfig(
+        **PAPER_ENERGY_INPUTS,
         edf_transforms=4, transforms=4, hidden=[128], student_hidden=[192],
         edf_train=quick_energy_train(),
         teacher_train=asdict(TrainConfig(epochs=10, batch_size=512, base_lr=1e-4, max_lr=2e-3)),
@@ -92,8 +94,8 @@ def _quick(g: Geometry) -> ICaloFlowConfig:
 
 def _full(g: Geometry) -> ICaloFlowConfig:
     if g.n_voxels > 20_000:  # ds3: flow-3 with one hidden layer (review sec. 4.2)
-        return ICaloFlowConfig(hidden=[256], student_hidden=[384])
-    return ICaloFlowConfig()
+        return ICaloFlowConfig(**PAPER_ENERGY_INPUTS, hidden=[256], student_hidden=[384])
+    return ICaloFlowConfig(**PAPER_ENERGY_INPUTS)
 
 
 ICaloFlowConfig.PRESETS = {"quick": _quick, "full": _full}

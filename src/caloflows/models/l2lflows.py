@@ -62,6 +62,7 @@ from ..training.loop import ArraySource, StreamSource, TrainConfig, fit_flow
 from .base import Generator, need
 from .embedding import ConditionalFlow
 from .energy_flow import (
+    PAPER_ENERGY_INPUTS,
     EnergyConstants,
     EnergyFlow,
     EnergyFlowModel,
@@ -118,12 +119,13 @@ class L2LFlowsConfig(LayerwiseSettings):
 #: the voxel-flow inputs of the presets: the logit values as they are (eq. B.4), inside a spline
 #: domain of 14 (README "L2LFlows: hits outside the spline domain").  iCaloFlow keeps the
 #: standardisation: its inputs are fractions of E_i, and on Geant4 ds2 they stay within +-4.5.
+#: Every preset also gives the energy flow its paper inputs (:data:`.energy_flow.PAPER_ENERGY_INPUTS`).
 PAPER_VOXEL_INPUTS: dict = {"voxel_standardise": False, "voxel_bound": 14.0}
 
 
 def _quick(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig(
-        **PAPER_VOXEL_INPUTS,
+        **PAPER_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS,
         cf_hidden=[64], embed_hidden=[128, 64], embed_out=32,
         edf_train=quick_energy_train(val_fraction=0.1),
         cf_train=asdict(TrainConfig(epochs=10, batch_size=256, base_lr=1e-4, max_lr=2e-3, val_fraction=0.1)),
@@ -148,7 +150,7 @@ def _medium(g: Geometry) -> L2LFlowsConfig:
 
 
 def _full(g: Geometry) -> L2LFlowsConfig:
-    return L2LFlowsConfig(**PAPER_VOXEL_INPUTS)
+    return L2LFlowsConfig(**PAPER_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS)
 
 
 L2LFlowsConfig.PRESETS = {"quick": _quick, "medium": _medium, "full": _full}

@@ -66,7 +66,7 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
 from .caloflow import CaloFlow, CaloFlowConfig
-from .energy_flow import EnergyConstants, EnergyFlow, quick_energy_train
+from .energy_flow import PAPER_ENERGY_INPUTS, EnergyConstants, EnergyFlow, quick_energy_train
 from .settings import EnergyFlowSettings
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def _quick(g: Any) -> SuperCaloConfig:
     # 2 CPU cores, minutes: the quick CaloFlow on the coarse geometry, SUPERCALO as
     # upsampler.PRESETS["quick"] (4 MADE blocks of 2 x 64, batches of 10k coarse voxels, 6 epochs).
     return SuperCaloConfig(
+        **PAPER_ENERGY_INPUTS,
         coarse=CaloFlowConfig.preset("quick", g).to_dict(), flow1_transforms=4, flow1_hidden=[64, 64],
         up_transforms=4, up_hidden=[64, 64],
         flow1_train=quick_energy_train(),
@@ -142,7 +143,7 @@ def _quick(g: Any) -> SuperCaloConfig:
 def _full(g: Any) -> SuperCaloConfig:
     # table II: FLOW-1 6 MADE blocks of 2 x 64, FLOW-2 = CaloFlow's full flow-II, SUPERCALO 8 blocks
     # of 2 x 128, 8 bins, tail bound 14, batches of 60k coarse voxels, OneCycle 2e-5 -> 1e-3, 40 epochs.
-    return SuperCaloConfig(coarse=CaloFlowConfig.preset("full", g).to_dict())
+    return SuperCaloConfig(**PAPER_ENERGY_INPUTS, coarse=CaloFlowConfig.preset("full", g).to_dict())
 
 
 SuperCaloConfig.PRESETS = {"quick": _quick, "full": _full}
