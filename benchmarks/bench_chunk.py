@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     for r in args.rule:
         name, _, spec = r.partition("=")
         b, _, lo = spec.partition(":")
+        if not (name and b.isdigit() and lo.isdigit() and int(b) > 0 and int(lo) > 0):
+            p.error(f"--rule {r!r}: expected NAME=BYTES:MIN_ROWS with positive integers, e.g. new=4194304:256")
         rules[name] = (int(b), int(lo))
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
