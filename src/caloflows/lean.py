@@ -50,7 +50,7 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import Flow
 
 __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "rqs_forward_log_det", "auto_chunk", "lean_flow", "supports_lean",
-           "CHUNK_BYTES", "CHUNK_MIN_ROWS"]
+           "CHUNK_BYTES", "CHUNK_MIN_ROWS", "SEQUENTIAL_CHUNK_BYTES", "SEQUENTIAL_CHUNK_MIN_ROWS"]
 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
 #: measured with ``benchmarks/bench_lean.py`` and ``benchmarks/bench_chunk.py`` (issue 13), see
@@ -88,10 +88,8 @@ def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: in
     >>> auto_chunk(128, 23), auto_chunk(128, 23, 8, sequential=True)
     (256, 512)
     """
-    if sequential:
-        target, lo = SEQUENTIAL_CHUNK_BYTES, SEQUENTIAL_CHUNK_MIN_ROWS if lo is None else lo
-    else:
-        target, lo = CHUNK_BYTES, CHUNK_MIN_ROWS if lo is None else lo
+    target, floor = (SEQUENTIAL_CHUNK_BYTES, SEQUENTIAL_CHUNK_MIN_ROWS) if sequential else (CHUNK_BYTES, CHUNK_MIN_ROWS)
+    lo = floor if lo is None else lo
     per_row = max(1, features * params_per_feature * itemsize)
     n = max(1, target // per_row)
     n = 1 << int(math.floor(math.log2(n)))
