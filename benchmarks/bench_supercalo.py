@@ -30,6 +30,17 @@ sample; the table is also printed.
     # the issue's run: 10k / 6k showers
     OMP_NUM_THREADS=2 python benchmarks/bench_supercalo.py --train g4_train10k_ds2.h5 --test g4_test6k_ds2.h5 \
         --n-train 10000 --n-test 6000 --epochs 10 --cls-seeds 3 --workdir WORK --out bench_supercalo.json
+    # stop 17, one core per process: choice A with the quick preset's schedules (--epochs not given),
+    # no student, generated with the 2 MeV cut of the other families' medium presets; then the
+    # resampling factors on the same trained model (--reuse) on the other core
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_supercalo.py --train ... --test ... --choices A \
+        --skip layerwise,speed,distill,floor --resample 1 --compile --metrics hist,cls-high,supercalo \
+        --cls-epochs 30 --generation-set voxel_cut_mev=2 --workdir WORK --out a.json
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_supercalo.py ... --reuse --skip ...,upsample \
+        --resample 5 10 --workdir WORK --out a_resampled.json
+
+Every option that changes what is trained or generated (``--set``, ``--generation-set``, ``--epochs``)
+is recorded in the JSON's ``settings``.
 """
 
 from __future__ import annotations
@@ -93,10 +104,10 @@ def evaluate_sample(gen, ref, a) -> dict:
     g = ShowerData(gen.incident_energies, gen.showers)
     kw = dict(seeds=a.cls_seeds, classifier=ClassifierConfig(epochs=a.cls_epochs), plots=False, seed=a.seed)
     try:
-        r = evaluate(g, ref, "ds2", metrics=METRICS, **kw)
+        r = evaluate(g, ref, "ds2", metrics=a.metrics, **kw)
     except EvaluationError as exc:  # e.g. too few showers for FPD/KPD: the rest, and why
         out["skipped"] = str(exc)
-        r = evaluate(g, ref, "ds2", metrics=METRICS.replace("fpd,kpd,", ""), **kw)
+        r = evaluate(g, ref, "ds2", metrics=a.metrics.replace("fpd,", "").replace("kpd,", ""), **kw)
     out["evaluate_seconds"] = time.perf_counter() - t
     out["timing_s"] = r.get("timing_s", {})
     for k, v in r.get("classifiers", {}).items():
@@ -149,21 +160,33 @@ def train_supercalo(choice: str, train: Path, work: Path, a) -> tuple:
     from caloflows.models.supercalo import SuperCalo, SuperCaloConfig
 
     d = work / f"supercalo_{choice}"
+    distill = "distill" not in a.skip_set
     if a.reuse and (d / "config.json").exists():
         m = SuperCalo.load(d)
-        if m.variant_ready("student") and m.variant_ready("teacher"):
+        if m.variant_ready("teacher") and (m.variant_ready("student") or not distill):
             log(f"SuperCalo {choice}: reused {d}")
             return m, _histories(d), None
-    cfg = SuperCaloConfig.preset("quick", "ds2").override([f"coarse_graining={choice}"]).replace_train(epochs=a.epochs)
-    cfg = cfg.override([f"flow1_train.epochs={a.energy_epochs}", f"coarse.flow1_train.epochs={a.energy_epochs}",
-                        f"coarse.student_train.epochs={max(1, a.epochs // 2)}"])
+    cfg = SuperCaloConfig.preset("quick", "ds2").override([f"coarse_graining={choice}"])
+    if a.epochs is not None:
+        cfg = cfg.replace_train(epochs=a.epochs).override([f"coarse.student_train.epochs={max(1, a.epochs // 2)}"])
+    if a.energy_epochs is not None:
+        cfg = cfg.override([f"flow1_train.epochs={a.energy_epochs}", f"coarse.flow1_train.epochs={a.energy_epochs}"])
+    if a.compile:
+        cfg = cfg.replace_train(compile=True)
+    cfg = cfg.override(a.set)
     m = SuperCalo("ds2", cfg)
     t = time.perf_counter()
     m.fit(train, d, progress=False)
-    m.fit(train, d, stage="distill", progress=False)
+    if distill:
+        m.fit(train, d, stage="distill", progress=False)
     sec = time.perf_counter() - t
     log(f"SuperCalo {choice}: trained in {sec:.0f} s")
     return m, _histories(d), sec
+
+
+def _epochs(**schedules: int | None) -> list[str]:
+    """``NAME.epochs=E`` settings for the schedules given a number (None: the preset's)."""
+    return [f"{k}.epochs={v}" for k, v in schedules.items() if v is not None]
 
 
 def train_layerwise(train: Path, work: Path, a) -> dict:
@@ -181,7 +204,7 @@ def train_layerwise(train: Path, work: Path, a) -> dict:
         l2l = L2LFlows.load(d)
     except Exception:  # noqa: BLE001 - not there / incomplete: train
         cfg = override_settings(L2LFlowsConfig.preset("quick", None).to_dict(),
-                                [f"edf_train.epochs={a.energy_epochs}", f"cf_train.epochs={a.epochs}"])
+                                _epochs(edf_train=a.energy_epochs, cf_train=a.epochs))
         L2LFlows("ds2", L2LFlowsConfig.from_dict(cfg)).train(train, d, progress=False)
         l2l = L2LFlows.load(d)
     out["l2lflows"] = (l2l, _histories(d), time.perf_counter() - t, {})
@@ -197,8 +220,8 @@ def train_layerwise(train: Path, work: Path, a) -> dict:
             ic = None
     if ic is None:
         cfg = override_settings(ICaloFlowConfig.preset("quick", None).to_dict(),
-                                [f"edf_train.epochs={a.energy_epochs}", f"teacher_train.epochs={a.epochs}",
-                                 f"student_train.epochs={max(1, a.epochs // 2)}"])
+                                _epochs(edf_train=a.energy_epochs, teacher_train=a.epochs,
+                                        student_train=None if a.epochs is None else max(1, a.epochs // 2)))
         ic = ICaloFlow("ds2", ICaloFlowConfig.from_dict(cfg))
         ic.fit(train, d, progress=False)
         ic.fit(train, d, stage="distill", progress=False)
@@ -234,12 +257,21 @@ def main(argv=None) -> int:
     p.add_argument("--test", required=True, help="held-out Geant4 ds2 file")
     p.add_argument("--n-train", type=int, default=10_000)
     p.add_argument("--n-test", type=int, default=6_000)
-    p.add_argument("--epochs", type=int, default=10,
-                   help="epochs of every network but the energy flows (IAF students: half)")
-    p.add_argument("--energy-epochs", type=int, default=20,
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of every network but the energy flows (IAF students: half; default: the quick "
+                        "preset's schedules)")
+    p.add_argument("--energy-epochs", type=int, default=None,
                    help="epochs of the (cheap) layer-energy flows: SuperCalo FLOW-1, the coarse flow-I, the "
                         "L2LFlows/iCaloFlow energy flows (an undertrained FLOW-1 is slow to sample: its "
-                        "rejection loop redraws)")
+                        "rejection loop redraws; default: the quick preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="SuperCalo training setting on top of the quick preset and --epochs (repeatable), "
+                        "e.g. coarse.flow2_train.epochs=40")
+    p.add_argument("--generation-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="generation setting of every model (repeatable), e.g. voxel_cut_mev=2: the "
+                        "threshold-aware cut at the MIP scale (issue 15)")
+    p.add_argument("--compile", action="store_true", help="train every network through torch.compile")
+    p.add_argument("--metrics", default=METRICS, help=f"evaluation metrics (default {METRICS})")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 600 / 300 showers, 1 epoch, 1 classifier seed of 5 epochs, batches 1 and 100")
     p.add_argument("--variant", choices=("teacher", "student"), default="teacher",
@@ -254,19 +286,22 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", action="store_true", help="load the models already trained in --workdir")
     p.add_argument("--choices", nargs="+", default=list(CHOICES), help="SuperCalo coarse-grainings (default: A B)")
     p.add_argument("--skip", default="",
-                   help="comma-separated parts to leave out: supercalo, upsample (table III), layerwise, floor (Geant4 "
-                        "halves), fidelity "
-                        "(all evaluations: train/load and time only), speed")
+                   help="comma-separated parts to leave out: supercalo, upsample (table III), chain (full chain "
+                        "and resampling), distill (the coarse IAF student; then --variant teacher), layerwise, "
+                        "floor (Geant4 halves), fidelity (all evaluations: train/load and time only), speed")
     p.add_argument("--out", default="bench_supercalo.json")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     if os.path.exists(a.out) and not a.force:
         raise SystemExit(f"--out {a.out} exists (use --force to replace it)")
     if a.quick:
-        a.n_train, a.n_test, a.epochs = min(a.n_train, 600), min(a.n_test, 300), min(a.epochs, 1)
+        a.n_train, a.n_test, a.epochs = min(a.n_train, 600), min(a.n_test, 300), 1
+        a.energy_epochs = a.energy_epochs or 20
         a.cls_seeds, a.cls_epochs, a.min_seconds = 1, min(a.cls_epochs, 5), min(a.min_seconds, 0.3)
         a.batches = [b for b in a.batches if b <= 100] or [1]
-    skip = set(filter(None, a.skip.split(",")))
+    skip = a.skip_set = set(filter(None, a.skip.split(",")))
+    if "distill" in skip and a.variant == "student":
+        raise SystemExit("--skip distill needs --variant teacher (the student is what distillation makes)")
     for f in (a.train, a.test):
         if not os.path.exists(f):
             raise SystemExit(f"{f}: no such file")
@@ -304,6 +339,7 @@ def main(argv=None) -> int:
     choices = () if "supercalo" in skip else tuple(a.choices)
     for choice in choices:
         m, hist, sec = train_supercalo(choice, train, work, a)
+        m.with_generation_settings(a.generation_set)
         models[f"supercalo_{choice}"] = m
         res.setdefault("training", {})[f"supercalo_{choice}"] = {"seconds": sec, "networks": hist,
                                                                  "parameters": m.parameter_counts()}
@@ -318,7 +354,7 @@ def main(argv=None) -> int:
             ev[f"upsample_{choice}"] = evaluate_sample(up, test, a)
             log(f"upsample {choice}", json.dumps(row(f"upsample_{choice}", ev[f"upsample_{choice}"], None)))
         # (b) full chain = N 1, (c) resampling
-        for N in a.resample:
+        for N in () if "chain" in skip else a.resample:
             t0 = time.perf_counter()
             g = m.sample_resampled(einc_mix, N, batch_size=1000, seed=a.seed + 7, variant=a.variant)
             key = f"supercalo_{choice}_{a.variant}_N{N}"
@@ -329,6 +365,7 @@ def main(argv=None) -> int:
             save(res, a.out)
     if "layerwise" not in skip:
         for name, (m, hist, sec, kw) in train_layerwise(train, work, a).items():
+            m.with_generation_settings(a.generation_set)
             models[name] = (m, kw)
             res.setdefault("training", {})[name] = {"seconds": sec, "networks": hist, "parameters": m.parameter_counts()}
             if "fidelity" in skip:
@@ -352,7 +389,7 @@ def main(argv=None) -> int:
             speed[f"upsample_{choice}"] = [ms_per_shower(lambda b=b, m=m, c=c, L=L: m.upsample(c[:b], einc[:b], layer_energies=L[:b],
                                                                                 seed=1, batch_size=b), b, a.min_seconds)
                                            for b in a.batches if b <= len(c)]
-            for N in a.resample:
+            for N in () if "chain" in skip else a.resample:
                 key = f"supercalo_{choice}_{a.variant}_N{N}"
                 speed[key] = [ms_per_shower(lambda b=b, N=N, m=m: m.sample_resampled(np.resize(einc_mix, b), N, batch_size=b,
                                                                                 seed=1, variant=a.variant), b,

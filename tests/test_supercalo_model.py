@@ -311,3 +311,27 @@ def test_coarse_generation_cut_reaches_the_nested_coarse_model(model_b):
     assert not np.any((cg > 0) & (cg < t * (1 - 1e-5)))
     with pytest.raises(UsageError, match="not a generation setting"):
         load_model(path.parent / "m").with_generation_settings(["up_bins=3"])
+
+
+def test_fine_voxel_cut_keeps_every_coarse_voxel_and_leaves_no_fine_voxel_below_it(model_a):
+    """``--set voxel_cut_mev=T``: FLOW-2's coarse voxels get the threshold-aware cut per coarse layer
+    and every coarse voxel's upsampled fine voxels the same cut per coarse voxel (L2LFlows eqs.
+    B.8-B.9), so no fine voxel lies in (0, T) and every coarse voxel keeps its energy exactly."""
+    m, data, path = model_a
+    einc = data.incident_energies[:30]
+    plain = load_model(path.parent / "m").sample(einc, seed=2).showers.astype(np.float64)
+    t = round(float(np.quantile(plain[plain > 0], 0.3)), 4)  # a cut with something to remove (toy MeV scale)
+    assert np.mean((plain > 0) & (plain < t)) > 0.05
+    cut = load_model(path.parent / "m").with_generation_settings([f"voxel_cut_mev={t}"])
+    assert cut.fine_cut == t and cut.coarse.generation_cut == t  # the coarse half follows unless set itself
+    e = torch.as_tensor(einc, dtype=torch.float64)
+    c, E = cut.sample_coarse(e, torch.zeros(30, 0, dtype=torch.float64), torch.Generator().manual_seed(4), "teacher")
+    c = c.numpy()
+    assert not np.any((c > 0) & (c < t))
+    fine = cut._upsample_rows(c, einc, E.numpy(), np.zeros((30, 0)), torch.Generator().manual_seed(5))
+    assert not np.any((fine > 0) & (fine < t))
+    np.testing.assert_allclose(m.cmap.coarse_grain(fine), c, rtol=1e-12, atol=1e-12)  # coarse voxels kept
+    out = cut.sample(einc, seed=2).showers
+    assert not np.any((out > 0) & (out < t * (1 - 1e-6)))
+    both = load_model(path.parent / "m").with_generation_settings([f"voxel_cut_mev={t}", "coarse.voxel_cut_mev=0"])
+    assert both.coarse.generation_cut == 0 and both.fine_cut == t  # an explicit coarse cut wins

@@ -34,7 +34,7 @@ from ..training.loop import TrainConfig
 from .base import einc_draw, einc_summary, need, sample_with_rejection  # noqa: F401  (re-exported)
 from .settings import LayerwiseSettings
 
-__all__ = ["EnergyConstants", "EnergyFlow", "EnergyFlowModel", "einc_condition", "layer_energy_condition", "einc_summary",
+__all__ = ["EnergyConstants", "EnergyFlow", "EnergyFlowModel", "effective_cut", "einc_condition", "layer_energy_condition", "einc_summary",
            "einc_draw", "quick_energy_train", "QUICK_ENERGY_EPOCHS", "PAPER_ENERGY_INPUTS"]
 
 GEV = 1000.0
@@ -171,6 +171,19 @@ class EnergyFlow(nn.Module):
             return sample_with_rejection(draw, einc, params.to(torch.float64), max_ratio, max_resample)
 
 
+def effective_cut(geometry: Geometry, voxel_cut_mev: float | None) -> float:
+    """The generation cut (MeV) of a ``voxel_cut_mev`` setting: the setting where it is set, never
+    below the geometry's readout threshold; else that threshold (the papers' post-processing).
+
+    >>> from caloflows.geometry import load_geometry
+    >>> g = load_geometry("ds2")
+    >>> round(effective_cut(g, None), 5), effective_cut(g, 2.0), round(effective_cut(g, 0.001), 5)
+    (0.01515, 2.0, 0.01515)
+    """
+    thr = float(geometry.threshold_mev)
+    return thr if voxel_cut_mev is None else max(float(voxel_cut_mev), thr)
+
+
 class EnergyFlowModel:
     """Mixin of the families that sample layer energies with the energy distribution flow
     (L2LFlows, iCaloFlow): their preprocessing constants, with the energy flow's among them,
@@ -202,9 +215,7 @@ class EnergyFlowModel:
         >>> L2LFlows("ds2", L2LFlowsConfig(voxel_cut_mev=0.5)).voxel_cut
         0.5
         """
-        thr = float(self.geometry.threshold_mev)
-        cut = self.cfg.voxel_cut_mev
-        return thr if cut is None else max(float(cut), thr)
+        return effective_cut(self.geometry, self.cfg.voxel_cut_mev)
 
     @property
     def energy_consts(self) -> EnergyConstants:

@@ -66,7 +66,7 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
 from .caloflow import CaloFlow, CaloFlowConfig
-from .energy_flow import PAPER_ENERGY_INPUTS, EnergyConstants, EnergyFlow, quick_energy_train
+from .energy_flow import PAPER_ENERGY_INPUTS, EnergyConstants, EnergyFlow, effective_cut, quick_energy_train
 from .settings import EnergyFlowSettings
 
 if TYPE_CHECKING:
@@ -83,7 +83,8 @@ class SuperCaloConfig(EnergyFlowSettings):
     its ``batch_size`` counts coarse voxels, as the paper's 60k) and the resampling factor."""
 
     TITLE: ClassVar[str] = "SuperCalo"
-    RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True)}
+    RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True),
+                              "voxel_cut_mev": (0, None, True)}
     CHOICES: ClassVar[dict] = {"up_precision": ("float32", "float64")}
 
     coarse_graining: str = "A"
@@ -99,6 +100,13 @@ class SuperCaloConfig(EnergyFlowSettings):
     #: SUPERCALO sampling precision: float32 (default; checked against float64 on a fixed latent in
     #: benchmarks/bench_supercalo_upsampling_speed.py) or float64
     up_precision: str = "float32"
+    #: the cut ``t`` (MeV) of the generated fine voxels; None: the geometry's readout threshold (the
+    #: paper).  A generation setting (issue 15): every coarse voxel's upsampled fine voxels get the
+    #: threshold-aware renormalisation (L2LFlows eqs. B.8-B.9, here per coarse voxel: the dimmest are
+    #: dropped until the survivors, renormalised to the coarse voxel's energy, are all >= t), and,
+    #: unless ``coarse.voxel_cut_mev`` is set, FLOW-2's coarse voxels the same cut per coarse layer, so
+    #: coarse voxels and layer energies are kept exactly and no fine voxel lies in (0, t)
+    voxel_cut_mev: float | None = None
     chunk_showers: int = 256
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     upsampler_train: dict = field(default_factory=lambda: asdict(TrainConfig(
@@ -117,7 +125,10 @@ class SuperCaloConfig(EnergyFlowSettings):
     def coarse_config(self) -> CaloFlowConfig:
         """The nested coarse CaloFlow's settings; its initialisation ``seed`` is this config's (so
         ``--seed`` reaches it; ``coarse.seed`` is not used)."""
-        return CaloFlowConfig.from_dict({**self.coarse, "seed": self.seed})
+        d = {**self.coarse, "seed": self.seed}
+        if self.voxel_cut_mev is not None and d.get("voxel_cut_mev") is None:
+            d["voxel_cut_mev"] = self.voxel_cut_mev  # the fine cut's coarse half (see ``voxel_cut_mev``)
+        return CaloFlowConfig.from_dict(d)
 
     def replace_train(self, **entries: Any) -> "SuperCaloConfig":
         """Also sets ``entries`` in the coarse model's ``*_train`` dicts."""
@@ -174,7 +185,8 @@ class SuperCalo(Generator):
     weight_files = {"flow1": ("flow1.safetensors", "train"), "upsampler": ("upsampler.safetensors", "train")}
     #: ``coarse.voxel_cut_mev``: the coarse CaloFlow's threshold-aware cut (L2LFlows eqs. B.8-B.9) on
     #: FLOW-2's coarse voxels, so that SUPERCALO upsamples no sub-MIP coarse voxel (issue 15)
-    generation_settings = ("coarse.voxel_cut_mev", "max_ratio")
+    #: ``voxel_cut_mev``: the same cut on the fine voxels of every coarse voxel (and on the coarse voxels)
+    generation_settings = ("voxel_cut_mev", "coarse.voxel_cut_mev", "max_ratio")
     cfg: SuperCaloConfig
 
     # ------------------------------------------------------------------ networks
@@ -373,6 +385,12 @@ class SuperCalo(Generator):
         """The appendix-B cut on every flow's output: the geometry's readout threshold (MeV)."""
         return float(self.geometry.threshold_mev)
 
+    @property
+    def fine_cut(self) -> float:
+        """The cut (MeV) of the upsampled fine voxels: ``voxel_cut_mev`` where it is set (never below
+        :attr:`cut`), else :attr:`cut`."""
+        return effective_cut(self.geometry, self.cfg.voxel_cut_mev)
+
     def _coarse_layer_sums(self, E: Tensor) -> Tensor:
         return E.reshape(len(E), self.cmap.nc_z, self.f_z).sum(2)
 
@@ -459,7 +477,7 @@ class SuperCalo(Generator):
         cmap = self.cmap
         out = np.empty((len(coarse), self.geometry.n_voxels))
         per = max(1, int(self.batch_rows) // cmap.n_coarse)  # showers per flow call (bounded memory)
-        cut = self.cut
+        cut = self.fine_cut
         for a in range(0, len(coarse), per):
             s = slice(a, a + per)
             c = coarse[s]
