@@ -335,3 +335,29 @@ def test_fine_voxel_cut_keeps_every_coarse_voxel_and_leaves_no_fine_voxel_below_
     assert not np.any((out > 0) & (out < t * (1 - 1e-6)))
     both = load_model(path.parent / "m").with_generation_settings([f"voxel_cut_mev={t}", "coarse.voxel_cut_mev=0"])
     assert both.coarse.generation_cut == 0 and both.fine_cut == t  # an explicit coarse cut wins
+
+
+def test_fine_layer_fit_brings_the_fine_layers_to_flow1s_energies_and_keeps_the_coarse_voxels(model_a, model_b):
+    """``--set fine_layer_fit=K`` (choice-A-like f_z > 1): the upsampled fine layers move towards the
+    fine layer energies SUPERCALO was conditioned on, every coarse voxel keeps its energy exactly and
+    no voxel falls below the cut; with f_z = 1 the fine layers are the coarse ones and nothing changes."""
+    m, data, path = model_a
+    einc = data.incident_energies[:30]
+    e = torch.as_tensor(einc, dtype=torch.float64)
+    c, E = m.sample_coarse(e, torch.zeros(30, 0, dtype=torch.float64), torch.Generator().manual_seed(4), "teacher")
+    c, E = c.numpy(), E.numpy()
+    fitted = load_model(path.parent / "m").with_generation_settings(["fine_layer_fit=30"])
+    plain = m._upsample_rows(c, einc, E, np.zeros((30, 0)), torch.Generator().manual_seed(5))
+    fit = fitted._upsample_rows(c, einc, E, np.zeros((30, 0)), torch.Generator().manual_seed(5))
+    L = m.geometry.layer_energies
+    err = lambda f: np.abs(L(f) - E).sum() / E.sum()  # noqa: E731
+    assert err(plain) > 0.02 and err(fit) < 0.2 * err(plain)
+    np.testing.assert_allclose(m.cmap.coarse_grain(fit), c, rtol=1e-12, atol=1e-12)
+    assert not np.any((fit > 0) & (fit < m.cut))
+    mb, datab, pathb = model_b
+    eb = torch.as_tensor(datab.incident_energies[:10], dtype=torch.float64)
+    cb, Eb = mb.sample_coarse(eb, torch.zeros(10, 0, dtype=torch.float64), torch.Generator().manual_seed(4), "teacher")
+    args = (cb.numpy(), eb.numpy(), Eb.numpy(), np.zeros((10, 0)))
+    fb = load_model(pathb.parent / "m").with_generation_settings(["fine_layer_fit=30"])
+    np.testing.assert_array_equal(fb._upsample_rows(*args, torch.Generator().manual_seed(5)),
+                                  mb._upsample_rows(*args, torch.Generator().manual_seed(5)))

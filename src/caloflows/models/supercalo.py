@@ -61,7 +61,7 @@ from ..coarsegraining import CoarseGraining, CoarseMap
 from ..conditions import Conditions
 from ..errors import ConditionsError, ConfigError, GeometryError, ModelDirError, UsageError
 from ..io import ShowerData, iter_showers, read_conditions
-from ..superres import SuperCaloPreprocessing, apply_cut, assemble_fine, build_conditions, build_rows
+from ..superres import SuperCaloPreprocessing, apply_cut, assemble_fine, build_conditions, build_rows, fit_fine_layers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
@@ -84,7 +84,7 @@ class SuperCaloConfig(EnergyFlowSettings):
 
     TITLE: ClassVar[str] = "SuperCalo"
     RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True),
-                              "voxel_cut_mev": (0, None, True)}
+                              "voxel_cut_mev": (0, None, True), "fine_layer_fit": (0, None, False)}
     CHOICES: ClassVar[dict] = {"up_precision": ("float32", "float64")}
 
     coarse_graining: str = "A"
@@ -107,6 +107,10 @@ class SuperCaloConfig(EnergyFlowSettings):
     #: unless ``coarse.voxel_cut_mev`` is set, FLOW-2's coarse voxels the same cut per coarse layer, so
     #: coarse voxels and layer energies are kept exactly and no fine voxel lies in (0, t)
     voxel_cut_mev: float | None = None
+    #: iterations of the fit of the upsampled fine layers to FLOW-1's fine layer energies
+    #: (:func:`caloflows.superres.fit_fine_layers`; beyond the paper, stop 17); 0: none (the paper).  A
+    #: generation setting; it acts only when a coarse voxel spans several fine layers (f_z > 1, choice A)
+    fine_layer_fit: int = 0
     chunk_showers: int = 256
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     upsampler_train: dict = field(default_factory=lambda: asdict(TrainConfig(
@@ -186,7 +190,8 @@ class SuperCalo(Generator):
     #: ``coarse.voxel_cut_mev``: the coarse CaloFlow's threshold-aware cut (L2LFlows eqs. B.8-B.9) on
     #: FLOW-2's coarse voxels, so that SUPERCALO upsamples no sub-MIP coarse voxel (issue 15)
     #: ``voxel_cut_mev``: the same cut on the fine voxels of every coarse voxel (and on the coarse voxels)
-    generation_settings = ("voxel_cut_mev", "coarse.voxel_cut_mev", "max_ratio")
+    #: ``fine_layer_fit``: iterations of the fit of the fine layers to FLOW-1's energies (f_z > 1)
+    generation_settings = ("voxel_cut_mev", "fine_layer_fit", "coarse.voxel_cut_mev", "max_ratio")
     cfg: SuperCaloConfig
 
     # ------------------------------------------------------------------ networks
@@ -488,6 +493,8 @@ class SuperCalo(Generator):
                 cond = np.concatenate([cond, feats[s][si]], axis=-1)
             rel = self.sample_relative(cond, generator, precision=precision)
             out[s] = assemble_fine(rel, c, cmap, cut, rows=rows)
+            if self.cfg.fine_layer_fit and self.f_z > 1:
+                out[s] = fit_fine_layers(out[s], c, layers[s], cmap, self.cfg.fine_layer_fit, cut)
         return out
 
     def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
