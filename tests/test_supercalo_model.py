@@ -361,3 +361,21 @@ def test_fine_layer_fit_brings_the_fine_layers_to_flow1s_energies_and_keeps_the_
     fb = load_model(pathb.parent / "m").with_generation_settings(["fine_layer_fit=30"])
     np.testing.assert_array_equal(fb._upsample_rows(*args, torch.Generator().manual_seed(5)),
                                   mb._upsample_rows(*args, torch.Generator().manual_seed(5)))
+
+
+def test_resample_warns_when_every_nth_energy_is_not_a_fair_sample(model_b, tmp_path):
+    """A file cycling through its energies would give every group of N the same E_inc."""
+    from caloflows.conditions import ConditionsWarning
+    m, data, path = model_b
+    e1, e2 = np.sort(data.incident_energies)[[10, 50]]
+    einc = np.tile([e1, e2], 50)
+    cyc, shuf = tmp_path / "cycled.h5", tmp_path / "shuffled.h5"
+    sh = np.zeros((100, m.geometry.n_voxels), np.float32)
+    write_showers(cyc, einc, sh)
+    write_showers(shuf, np.random.default_rng(0).permutation(einc), sh)
+    with pytest.warns(ConditionsWarning, match="shuffle the file's rows"):
+        api.generate(path.parent / "m", tmp_path / "a.h5", energies_from=str(cyc), resample=2, seed=1, progress=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConditionsWarning)
+        api.generate(path.parent / "m", tmp_path / "b.h5", energies_from=str(shuf), resample=2, seed=1, progress=False)

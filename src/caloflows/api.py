@@ -361,6 +361,8 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if coarse is not None:
         return _upsample_file(model, model_dir, coarse, out, resample or 1, batch_size, seed)
     what = generation_conditions(model, n=n, energies_from=energies_from, condition=condition, seed=seed)
+    if resample is not None and resample > 1 and isinstance(what, Conditions):
+        _check_resample_energies(what, resample, energies_from)
     total = len(what) if isinstance(what, Conditions) else int(what)
     chunk = batch_size * max(1, math.ceil(chunk_size / batch_size))
     if resample is not None:
@@ -394,6 +396,28 @@ def generate(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
             bar.update(m)
     dt = time.time() - t0
     return {"n": n_here, "seconds": dt, "ms_per_shower": 1e3 * dt / max(n_here, 1), "out": str(out)}
+
+
+def _check_resample_energies(what: Conditions, resample: int, source: Any) -> None:
+    """``--resample N`` generates every group of N showers at the E_inc (and parameters) of the
+    group's first row.  Warn when those rows are not a fair sample of all rows: a file that cycles
+    through its energies (1, 2, 4, 8, 16 GeV, ...) would give one energy only with N = 5 or 10."""
+    import warnings
+
+    from scipy.stats import ks_2samp
+
+    from .conditions import ConditionsWarning
+
+    e = np.asarray(what.incident_energies, dtype=np.float64)
+    lead = e[::resample]
+    if len(lead) < 2 or np.ptp(e) == 0:
+        return
+    p = float(ks_2samp(lead, e).pvalue)
+    if p < 1e-3:
+        warnings.warn(f"{source or 'energies'}: --resample {resample} generates each group of {resample} showers at "
+                      f"the E_inc of its first row, and those {len(lead)} energies are not distributed as all "
+                      f"{len(e)} (Kolmogorov-Smirnov p = {p:.1g}; mean {lead.mean():g} against {e.mean():g} MeV): "
+                      "shuffle the file's rows first", ConditionsWarning, stacklevel=3)
 
 
 def _upsample_file(model: Any, model_dir: Any, coarse: str, out: Any, resample: int, batch_size: int,
