@@ -429,9 +429,7 @@ def fit_fine_layers(fine: np.ndarray, coarse: np.ndarray, layer_energies: np.nda
     if f.shape != (len(c), g.n_voxels) or c.shape[1:] != (cmap.n_coarse,) or E.shape != (len(c), g.n_layers):
         raise ConditionsError(f"fit_fine_layers: fine {f.shape}, coarse {c.shape} and layer energies {E.shape} "
                               f"do not match {cmap}")
-    layer_of = np.repeat(np.arange(g.n_layers), np.diff(np.asarray(g.layer_offsets)))
-    coarse_of = np.empty(g.n_voxels, dtype=np.int64)
-    coarse_of[cmap.members] = np.arange(cmap.n_coarse)[:, None]
+    layer_of, coarse_of = g.layer_index, cmap.fine_to_coarse
 
     def ratio(target: np.ndarray, now: np.ndarray) -> np.ndarray:
         return np.where(now > 0, target / np.where(now > 0, now, 1.0), 1.0)
