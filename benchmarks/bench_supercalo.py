@@ -39,6 +39,18 @@ sample; the table is also printed.
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_supercalo.py ... --reuse --skip ...,upsample \
         --resample 5 10 --workdir WORK --out a_resampled.json
 
+``--upsampler teacher student`` generates every SuperCalo row with the SUPERCALO MAF and with its
+distilled IAF student (beyond the paper; distilled first, ``--set upsampler_student_train.*``, when the
+model has none, also a ``--reuse``d one); the student's rows get the suffix ``_upstudent``:
+
+    # stop 18: distil the student of the stop-17 model on 4000 showers, its fidelity rows, then speed
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_supercalo.py ... --n-train 4000 --choices A --reuse \
+        --skip layerwise,distill,floor,speed --resample 1 10 --upsampler student \
+        --set upsampler_student_train.epochs=3 --metrics hist,cls-high,supercalo --cls-seeds 1 --cls-epochs 30 \
+        --generation-set voxel_cut_mev=2 --workdir WORK --out student.json
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_supercalo.py ... --reuse --skip layerwise,distill,floor,fidelity \
+        --resample 1 5 10 --batches 100 1000 --upsampler teacher student --generation-set voxel_cut_mev=2 ...
+
 Every option that changes what is trained or generated (``--set``, ``--generation-set``, ``--epochs``)
 is recorded in the JSON's ``settings``.
 """
@@ -165,6 +177,7 @@ def train_supercalo(choice: str, train: Path, work: Path, a) -> tuple:
         m = SuperCalo.load(d)
         if m.variant_ready("teacher") and (m.variant_ready("student") or not distill):
             log(f"SuperCalo {choice}: reused {d}")
+            _distill_upsampler(m, train, d, a)  # its per-epoch seconds are in the histories
             return m, _histories(d), None
     cfg = SuperCaloConfig.preset("quick", "ds2").override([f"coarse_graining={choice}"])
     if a.epochs is not None:
@@ -181,7 +194,23 @@ def train_supercalo(choice: str, train: Path, work: Path, a) -> tuple:
         m.fit(train, d, stage="distill", progress=False)
     sec = time.perf_counter() - t
     log(f"SuperCalo {choice}: trained in {sec:.0f} s")
+    _distill_upsampler(m, train, d, a)
     return m, _histories(d), sec
+
+
+def _distill_upsampler(m, train: Path, d: Path, a) -> float | None:
+    """``--upsampler student``: distil the SUPERCALO IAF student of a model that has none yet (its
+    schedule from ``--set upsampler_student_train.*``, also for a reused model).  Returns seconds."""
+    if "student" not in a.upsampler or m.trained["up_student"]:
+        return None
+    m.cfg = m.cfg.override([x for x in a.set if x.startswith("upsampler_student_train.")])
+    if a.compile:
+        m.cfg = m.cfg.replace_train(compile=True)
+    t = time.perf_counter()
+    m.fit(train, d, stage="distill", networks=("upsampler",), progress=True)
+    sec = time.perf_counter() - t
+    log(f"SUPERCALO student of {d.name}: distilled in {sec:.0f} s")
+    return sec
 
 
 def _epochs(**schedules: int | None) -> list[str]:
@@ -276,6 +305,10 @@ def main(argv=None) -> int:
                    help="smoke run: 600 / 300 showers, 1 epoch, 1 classifier seed of 5 epochs, batches 1 and 100")
     p.add_argument("--variant", choices=("teacher", "student"), default="teacher",
                    help="SuperCalo's coarse FLOW-2 in the full chain (default: the MAF teacher)")
+    p.add_argument("--upsampler", nargs="+", choices=("teacher", "student"), default=["teacher"],
+                   help="SUPERCALO network(s) to generate with, side by side: the MAF (paper) and/or its "
+                        "distilled IAF student (distilled first if the model has none); rows of the "
+                        "student get the suffix _upstudent")
     p.add_argument("--resample", type=int, nargs="+", default=[1, 5, 10])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
     p.add_argument("--min-seconds", type=float, default=2.0, help="timing: repeat each call for this long (median)")
@@ -345,24 +378,29 @@ def main(argv=None) -> int:
                                                                  "parameters": m.parameter_counts()}
         if "fidelity" in skip:
             continue
-        # (a) upsampling of the true held-out coarse showers (table III)
-        if "upsample" not in skip:
-            t0 = time.perf_counter()
-            up = m.upsample(m.cmap.coarse_grain(fine), einc, seed=a.seed + 5,
-                            layer_energies=m.geometry.layer_energies(fine))
-            res.setdefault("generate_seconds", {})[f"upsample_{choice}"] = time.perf_counter() - t0
-            ev[f"upsample_{choice}"] = evaluate_sample(up, test, a)
-            log(f"upsample {choice}", json.dumps(row(f"upsample_{choice}", ev[f"upsample_{choice}"], None)))
-        # (b) full chain = N 1, (c) resampling
-        for N in () if "chain" in skip else a.resample:
-            t0 = time.perf_counter()
-            g = m.sample_resampled(einc_mix, N, batch_size=1000, seed=a.seed + 7, variant=a.variant)
-            key = f"supercalo_{choice}_{a.variant}_N{N}"
-            res.setdefault("generate_seconds", {})[key] = time.perf_counter() - t0
-            ev[key] = evaluate_sample(g, test, a)
-            log(key, json.dumps(row(key, ev[key], None)))
-            res["fidelity"] = ev
-            save(res, a.out)
+        for up_net in a.upsampler:
+            m.cfg.up_student = up_net == "student"
+            sfx = "_upstudent" if m.cfg.up_student else ""
+            # (a) upsampling of the true held-out coarse showers (table III)
+            if "upsample" not in skip:
+                t0 = time.perf_counter()
+                up = m.upsample(m.cmap.coarse_grain(fine), einc, seed=a.seed + 5,
+                                layer_energies=m.geometry.layer_energies(fine))
+                key = f"upsample_{choice}{sfx}"
+                res.setdefault("generate_seconds", {})[key] = time.perf_counter() - t0
+                ev[key] = evaluate_sample(up, test, a)
+                log(key, json.dumps(row(key, ev[key], None)))
+            # (b) full chain = N 1, (c) resampling
+            for N in () if "chain" in skip else a.resample:
+                t0 = time.perf_counter()
+                g = m.sample_resampled(einc_mix, N, batch_size=1000, seed=a.seed + 7, variant=a.variant)
+                key = f"supercalo_{choice}_{a.variant}_N{N}{sfx}"
+                res.setdefault("generate_seconds", {})[key] = time.perf_counter() - t0
+                ev[key] = evaluate_sample(g, test, a)
+                log(key, json.dumps(row(key, ev[key], None)))
+                res["fidelity"] = ev
+                save(res, a.out)
+        m.cfg.up_student = False
     if "layerwise" not in skip:
         for name, (m, hist, sec, kw) in train_layerwise(train, work, a).items():
             m.with_generation_settings(a.generation_set)
@@ -382,21 +420,25 @@ def main(argv=None) -> int:
     if "speed" not in skip:  # 1 torch thread, same process, held-out energies
         torch.set_num_threads(1)
         res["load_speed_start"] = os.getloadavg()
-        for choice in choices:
+        for choice, up_net in ((c, u) for c in choices for u in a.upsampler):
             m = models[f"supercalo_{choice}"]
+            m.cfg.up_student = up_net == "student"
+            sfx = "_upstudent" if m.cfg.up_student else ""
             c = m.cmap.coarse_grain(fine)
             L = m.geometry.layer_energies(fine)
-            speed[f"upsample_{choice}"] = [ms_per_shower(lambda b=b, m=m, c=c, L=L: m.upsample(c[:b], einc[:b], layer_energies=L[:b],
-                                                                                seed=1, batch_size=b), b, a.min_seconds)
-                                           for b in a.batches if b <= len(c)]
+            speed[f"upsample_{choice}{sfx}"] = [
+                ms_per_shower(lambda b=b, m=m, c=c, L=L: m.upsample(c[:b], einc[:b], layer_energies=L[:b], seed=1,
+                                                                    batch_size=b), b, a.min_seconds)
+                for b in a.batches if b <= len(c)]
             for N in () if "chain" in skip else a.resample:
-                key = f"supercalo_{choice}_{a.variant}_N{N}"
+                key = f"supercalo_{choice}_{a.variant}_N{N}{sfx}"
                 speed[key] = [ms_per_shower(lambda b=b, N=N, m=m: m.sample_resampled(np.resize(einc_mix, b), N, batch_size=b,
                                                                                 seed=1, variant=a.variant), b,
                                             a.min_seconds) for b in a.batches if b >= N]
                 log(key, json.dumps(speed[key]))
                 res["generation_ms_per_shower"] = speed
                 save(res, a.out)
+            m.cfg.up_student = False
         for name, v in models.items():
             if isinstance(v, tuple):
                 m, kw = v

@@ -141,6 +141,21 @@ def test_student_warm_start_reproduces_teacher_parameters():
     assert not F.init_student_from_teacher(F.build_iaf(6, 2, 2, (5,)), maf)  # narrower student: refused
 
 
+def test_student_warm_start_with_two_hidden_layers_and_wider_student():
+    """SUPERCALO's MADEs have 2 hidden layers: the warm start must reproduce them too."""
+    torch.manual_seed(5)
+    maf = F.build_maf(5, 3, 2, (12, 12))
+    _perturb(maf)
+    for hidden in ((12, 12), (20, 16)):
+        iaf = F.build_iaf(5, 3, 2, hidden)
+        assert F.init_student_from_teacher(iaf, maf)
+        x = torch.randn(7, 8)
+        for s, t in zip(F.flow_blocks(iaf), F.flow_blocks(maf)):
+            assert torch.allclose(s.hyper(x), t.hyper(x), atol=1e-6)
+    assert not F.init_student_from_teacher(F.build_iaf(5, 3, 2, (12, 8)), maf)  # a narrower layer
+    assert not F.init_student_from_teacher(F.build_iaf(5, 3, 2, (12,)), maf)  # another depth
+
+
 def test_spline_column_inverse_matches_zuko_inside_and_outside_the_bound():
     from zuko.transforms import MonotonicRQSTransform
 

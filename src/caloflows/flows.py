@@ -233,13 +233,14 @@ def build_iaf(
 
 @torch.no_grad()
 def init_student_from_teacher(student: Flow, teacher: Flow) -> bool:
-    """Start the IAF student's MADEs from the teacher's weights (one hidden layer each).
+    """Start the IAF student's MADEs from the teacher's weights (any number of hidden layers).
 
-    A student with at least as many hidden units gets the teacher's weights in its first
-    units and zero output weights for the others, so each student MADE initially computes
-    the teacher's spline parameters -- only fed with latent-side instead of data-side
-    coordinates.  The masks agree because zuko assigns hidden-unit degrees cyclically.
-    Returns False (student unchanged) if the architectures do not allow it.
+    A student whose MADE layers are at least as wide as the teacher's gets the teacher's weights
+    in its first units and zeros elsewhere (extra hidden units stay at ReLU(0) = 0, extra output
+    weights are zero), so each student MADE initially computes the teacher's spline parameters --
+    only fed with latent-side instead of data-side coordinates.  The masks agree because zuko
+    assigns hidden-unit degrees cyclically.  Returns False (student unchanged) if the
+    architectures do not allow it (other depth, a narrower layer, other feature orders).
     """
     sb, tb = flow_blocks(student), flow_blocks(teacher)
     if len(sb) != len(tb):
@@ -250,22 +251,24 @@ def init_student_from_teacher(student: Flow, teacher: Flow) -> bool:
             return False
         sl = [m for m in s.hyper if isinstance(m, nn.Linear)]
         tl = [m for m in t.hyper if isinstance(m, nn.Linear)]
-        if len(sl) != 2 or len(tl) != 2 or not torch.equal(s.order, t.order):
+        if len(sl) != len(tl) or len(sl) < 2 or not torch.equal(s.order, t.order):
             return False
-        h_t, h_s = tl[0].out_features, sl[0].out_features
-        if h_s < h_t or sl[0].in_features != tl[0].in_features or sl[1].out_features != tl[1].out_features:
+        if sl[0].in_features != tl[0].in_features or sl[-1].out_features != tl[-1].out_features:
             return False
-        # zuko's MaskedLinear registers ``mask`` as a buffer: nn.Module.__getattr__ is typed Tensor | Module
-        ms, mt = [cast(Tensor, m.mask) for m in sl], [cast(Tensor, m.mask) for m in tl]
-        if not torch.equal(ms[0][:h_t], mt[0]) or not torch.equal(ms[1][:, :h_t], mt[1]):
+        if any(a.out_features < b.out_features for a, b in zip(sl[:-1], tl[:-1])):
             return False
-        pairs.append((sl, tl, h_t))
-    for sl, tl, h_t in pairs:
-        sl[0].weight[:h_t] = tl[0].weight
-        sl[0].bias[:h_t] = tl[0].bias
-        sl[1].weight.zero_()
-        sl[1].weight[:, :h_t] = tl[1].weight
-        sl[1].bias.copy_(tl[1].bias)
+        for a, b in zip(sl, tl):
+            # zuko's MaskedLinear registers ``mask`` as a buffer: nn.Module.__getattr__ is typed Tensor | Module
+            ma, mb = cast(Tensor, a.mask), cast(Tensor, b.mask)
+            if not torch.equal(ma[:b.out_features, :b.in_features], mb):
+                return False
+        pairs.append((sl, tl))
+    for sl, tl in pairs:
+        for a, b in zip(sl, tl):
+            a.weight.zero_()
+            a.weight[:b.out_features, :b.in_features] = b.weight
+            a.bias.zero_()
+            a.bias[:b.out_features] = b.bias
     return True
 
 

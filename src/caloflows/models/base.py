@@ -214,13 +214,16 @@ class Generator(abc.ABC):
     def train_student(self, name: str, teacher: nn.Module, student: nn.Module, source: Any,
                       inputs: Callable[..., tuple[Tensor, ...]], out_dir: Path, train: Mapping[str, Any],
                       ctx: DistContext, *, intermediate: bool = True, warm_start: Callable[[], object] | None = None,
-                      progress: bool = True, resume: bool = False, checkpoint: str | None = None) -> dict:
+                      progress: bool = True, resume: bool = False, checkpoint: str | None = None,
+                      norm: float = 1.0, wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict:
         """Distill IAF ``student`` from MAF ``teacher`` (zuko flows, or modules with a ``.flow``) by
         probability density distillation (CaloFlow II, arXiv:2110.11377, sec. 3; x- and z-loss,
         per MADE block with ``intermediate``; :class:`caloflows.flows.DistillationObjective`).
 
         The teacher is frozen while the student trains; ``warm_start()`` runs unless an interrupted
         distillation is resumed; ``inputs`` must also return the latent ``z`` of the z-loss.
+        ``wrap(objective)`` adapts the per-row objective to the source's batches (SuperCalo: rows
+        of (shower, coarse voxel) pairs summed per shower); ``norm`` as for :meth:`train_network`.
         """
         from .. import flows as F
 
@@ -232,9 +235,11 @@ class Generator(abc.ABC):
         for p in frozen:
             p.requires_grad_(False)
         try:
-            obj = F.DistillationObjective(getattr(teacher, "flow", teacher), getattr(student, "flow", student),
-                                          intermediate)
-            return self.train_network(name, obj, source, inputs, out_dir, train, ctx, progress=progress,
+            obj: nn.Module = F.DistillationObjective(getattr(teacher, "flow", teacher),
+                                                     getattr(student, "flow", student), intermediate)
+            if wrap is not None:
+                obj = wrap(obj)
+            return self.train_network(name, obj, source, inputs, out_dir, train, ctx, norm=norm, progress=progress,
                                       resume=resume, params=list(student.parameters()), checkpoint=checkpoint)
         finally:
             for p in frozen:

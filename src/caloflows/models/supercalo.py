@@ -32,6 +32,14 @@ argument of :meth:`SuperCalo.sample_resampled`), ``ceil(n / N)`` coarse showers 
 each is upsampled ``N`` times.  :meth:`SuperCalo.upsample` upsamples given coarse showers (the
 paper's table III study).
 
+**SUPERCALO student** (beyond the paper; this package's answer to the sampling cost): an IAF with
+SUPERCALO's architecture, distilled from it by probability density distillation (CaloFlow II,
+arXiv:2110.11377, sec. 3, as CaloFlow's flow-II student), started from the teacher's weights.  The
+MAF's sequential inverse takes ``k`` MADE passes per block (10 for choice A), the IAF one, so the
+upsampling cost that bounds the gain of resampling (table VI) falls.  ``caloflows distill`` trains
+it after the coarse FLOW-2 student; ``--set up_student=true`` samples with it (a generation
+setting, with either coarse variant).
+
 ``log_prob`` (of the preprocessed representation, noise at its mid-point / none):
 ``log p_FLOW-1 + log p_FLOW-2 + sum over coarse voxels of log p_SUPERCALO``; for ``f_z = 1`` the
 first two are the coarse CaloFlow's ``log_prob`` of the coarse-grained shower.
@@ -72,7 +80,7 @@ from .settings import EnergyFlowSettings
 if TYPE_CHECKING:
     from ..lean import LeanFlow
 
-__all__ = ["SuperCalo", "SuperCaloConfig", "UpsamplerLogProb"]
+__all__ = ["SuperCalo", "SuperCaloConfig", "UpsamplerLogProb", "CoarseVoxelSum"]
 
 
 @dataclass
@@ -111,10 +119,20 @@ class SuperCaloConfig(EnergyFlowSettings):
     #: (:func:`caloflows.superres.fit_fine_layers`; beyond the paper, stop 17); 0: none (the paper).  A
     #: generation setting; it acts only when a coarse voxel spans several fine layers (f_z > 1, choice A)
     fine_layer_fit: int = 0
+    #: sample SUPERCALO with its distilled IAF student instead of the MAF's sequential inverse (beyond
+    #: the paper; ``caloflows distill`` trains it).  A generation setting
+    up_student: bool = False
+    #: evaluate SUPERCALO's splines through ``torch.compile`` when sampling (:class:`caloflows.lean.LeanFlow`
+    #: ``compiled``): about a minute of compilation on the first call, then faster for large samples.  A
+    #: generation setting; the same draws to float round-off
+    up_compile: bool = False
     chunk_showers: int = 256
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=256, base_lr=4e-5, max_lr=1e-3)))
     upsampler_train: dict = field(default_factory=lambda: asdict(TrainConfig(
         epochs=40, batch_size=60_000, base_lr=2e-5, max_lr=1e-3, annihilation=0.1)))
+    #: distillation of the SUPERCALO student (not in the paper; ``batch_size`` counts coarse voxels)
+    upsampler_student_train: dict = field(default_factory=lambda: asdict(TrainConfig(
+        epochs=10, batch_size=60_000, base_lr=1e-4, max_lr=1e-3)))
 
     def validate(self) -> None:
         super().validate()
@@ -152,7 +170,8 @@ def _quick(g: Any) -> SuperCaloConfig:
         coarse=CaloFlowConfig.preset("quick", g).to_dict(), flow1_transforms=4, flow1_hidden=[64, 64],
         up_transforms=4, up_hidden=[64, 64],
         flow1_train=quick_energy_train(),
-        upsampler_train=asdict(TrainConfig(epochs=6, batch_size=10_000, base_lr=2e-5, max_lr=2e-3, annihilation=0.1)))
+        upsampler_train=asdict(TrainConfig(epochs=6, batch_size=10_000, base_lr=2e-5, max_lr=2e-3, annihilation=0.1)),
+        upsampler_student_train=asdict(TrainConfig(epochs=2, batch_size=10_000, base_lr=1e-4, max_lr=1e-3)))
 
 
 def _full(g: Any) -> SuperCaloConfig:
@@ -162,6 +181,20 @@ def _full(g: Any) -> SuperCaloConfig:
 
 
 SuperCaloConfig.PRESETS = {"quick": _quick, "full": _full}
+
+
+class CoarseVoxelSum(nn.Module):
+    """``forward(*tensors (B, Vc, ...))`` = a per-row module applied to the ``B Vc`` (shower, coarse
+    voxel) rows, summed over the ``Vc`` coarse voxels: one value per shower (the SUPERCALO student's
+    distillation objective over the training loop's per-shower batches)."""
+
+    def __init__(self, rows: nn.Module) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        b, v = tensors[0].shape[:2]
+        return self.rows(*(t.reshape(b * v, -1) for t in tensors)).reshape(b, v).sum(1)
 
 
 class UpsamplerLogProb(nn.Module):
@@ -184,14 +217,18 @@ class SuperCalo(Generator):
     kind = "supercalo"
     Config = SuperCaloConfig
     stages = {"train": "coarse CaloFlow (flow-I + flow-II teacher), FLOW-1 if f_z > 1, then the SUPERCALO upsampler",
-              "distill": "the coarse model's flow-II IAF student (distillation)"}
+              "distill": "the coarse model's flow-II IAF student, then the SUPERCALO IAF student (distillation)"}
     variants = ("teacher", "student")
-    weight_files = {"flow1": ("flow1.safetensors", "train"), "upsampler": ("upsampler.safetensors", "train")}
+    weight_files = {"flow1": ("flow1.safetensors", "train"), "upsampler": ("upsampler.safetensors", "train"),
+                    "up_student": ("upsampler_student.safetensors", "distill")}
     #: ``coarse.voxel_cut_mev``: the coarse CaloFlow's threshold-aware cut (L2LFlows eqs. B.8-B.9) on
     #: FLOW-2's coarse voxels, so that SUPERCALO upsamples no sub-MIP coarse voxel (issue 15)
     #: ``voxel_cut_mev``: the same cut on the fine voxels of every coarse voxel (and on the coarse voxels)
     #: ``fine_layer_fit``: iterations of the fit of the fine layers to FLOW-1's energies (f_z > 1)
-    generation_settings = ("voxel_cut_mev", "fine_layer_fit", "coarse.voxel_cut_mev", "max_ratio")
+    #: ``up_student``: sample SUPERCALO with its distilled IAF student
+    #: ``up_compile``: SUPERCALO's splines through torch.compile
+    generation_settings = ("voxel_cut_mev", "fine_layer_fit", "up_student", "up_compile", "coarse.voxel_cut_mev",
+                           "max_ratio")
     cfg: SuperCaloConfig
 
     # ------------------------------------------------------------------ networks
@@ -212,6 +249,9 @@ class SuperCalo(Generator):
         cond_dim = 8 + self.f_z + self.cmap.nc_z + self.cmap.nc_r + k
         self.upflow = F.build_maf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
                                   c.up_bound)
+        # built last: the networks above keep the initial weights they had before the student existed
+        self.up_student = F.build_iaf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
+                                      c.up_bound)
         self._prep: SuperCaloPreprocessing | None = None
         self._energy: EnergyConstants | None = None
         self._ratio_max: float | None = None
@@ -221,7 +261,12 @@ class SuperCalo(Generator):
         nets: dict[str, nn.Module] = {"upsampler": self.upflow}
         if self.flow1 is not None:
             nets["flow1"] = self.flow1
+        nets["up_student"] = self.up_student
         return nets
+
+    def _own_trained(self, stage: str = "train") -> bool:
+        """Whether this model's own networks of ``stage`` (not the coarse model's) are trained."""
+        return all(self.trained[n] for n in self.stage_networks(stage) if n in self.trained)
 
     def submodels(self) -> dict[str, Generator]:
         return {"coarse": self.coarse}
@@ -236,11 +281,22 @@ class SuperCalo(Generator):
             raise ModelDirError(f"{sub}: the coarse model directory is missing")
 
     def stage_done(self, stage: str) -> bool:
-        own = all(self.trained.values()) if stage == "train" else True
-        return own and self.coarse.stage_done(stage)
+        return self._own_trained(stage) and self.coarse.stage_done(stage)
 
     def variant_ready(self, variant: str | None) -> bool:
-        return all(self.trained.values()) and self.coarse.variant_ready(variant)
+        """``variant`` names the coarse FLOW-2 network (teacher / student); the SUPERCALO student
+        (``up_student``) is checked by :meth:`_check_variant`."""
+        return self._own_trained() and self.coarse.variant_ready(variant)
+
+    def _check_variant(self, variant: str | None) -> str | None:
+        variant = super()._check_variant(variant)
+        self._check_up_student()
+        return variant
+
+    def _check_up_student(self) -> None:
+        if self.cfg.up_student and not self.trained["up_student"]:
+            raise ModelDirError("the SuperCalo model's SUPERCALO student is not distilled (setting up_student=true); "
+                                "run 'caloflows distill' first or leave the setting out")
 
     def parameter_counts(self) -> dict[str, int]:
         out = super().parameter_counts()
@@ -303,7 +359,8 @@ class SuperCalo(Generator):
         V = self.geometry.n_voxels
         return StreamSource(n, cols.chunk_rows, lambda a, b: cols.read(0, V, a, b))
 
-    def _up_inputs(self, einc: np.ndarray, feats: np.ndarray):
+    def _up_inputs(self, einc: np.ndarray, feats: np.ndarray, with_z: bool = False):
+        """Batches of showers -> (target (B, Vc, k), conditions (B, Vc, C)[, latent z (B, Vc, k)])."""
         cmap, prep = self.cmap, self.prep
 
         def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
@@ -312,8 +369,9 @@ class SuperCalo(Generator):
             r = build_rows(einc[ii], np.asarray(raw, dtype=np.float64), cmap, prep, rng)
             b, v = len(ii), cmap.n_coarse
             c = self._with_params(r.cond.reshape(b, v, -1), feats[ii])
-            return (torch.as_tensor(r.target.reshape(b, v, -1), dtype=torch.float32),
-                    torch.as_tensor(c, dtype=torch.float32))
+            t = torch.as_tensor(r.target.reshape(b, v, -1), dtype=torch.float32)
+            out = (t, torch.as_tensor(c, dtype=torch.float32))
+            return (*out, torch.randn(t.shape, generator=gen)) if with_z else out
 
         return inputs
 
@@ -325,15 +383,23 @@ class SuperCalo(Generator):
         return np.concatenate([cond, np.broadcast_to(feats[:, None, :], cond.shape[:2] + feats.shape[1:])], -1)
 
     def _fit_train(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
-                   progress: bool, ctx: DistContext) -> dict:
-        """Coarse CaloFlow (flow-I + teacher), FLOW-1 (f_z > 1), then SUPERCALO on streamed rows."""
+                   progress: bool, ctx: DistContext, networks: Sequence[str] = ("coarse", "flow1", "upsampler")) -> dict:
+        """Coarse CaloFlow (flow-I + teacher), FLOW-1 (f_z > 1), then SUPERCALO on streamed rows;
+        ``networks`` picks which of (``coarse``, ``flow1``, ``upsampler``) train: e.g. SUPERCALO again
+        with another schedule, starting from its current weights (a warm restart); the constants of
+        the networks that train are fitted again from ``data``, the others' are kept."""
+        unknown = sorted(set(networks) - {"coarse", "flow1", "upsampler"})
+        if unknown:
+            raise UsageError(f"unknown SuperCalo network {unknown[0]!r} (coarse, flow1, upsampler)")
         self.training_conditions(data)
         cdata, layers, feats = self._scan(data)
         self.to(ctx.device(device))
         einc = np.asarray(cdata.incident_energies, dtype=np.float64)
-        if self._prep is None or not resume:
+        # constants of the networks that train now (a network kept as it is keeps its own)
+        if self._prep is None or (not resume and "upsampler" in networks):
             self._prep = SuperCaloPreprocessing._from_maxima(self._coarse_max,
                                                               float(layers.max(initial=0.0)), self.cmap)
+        if self.einc_dist is None or (not resume and "flow1" in networks):
             self._ratio_max = float(np.max(layers.sum(1) / einc))
             self.einc_dist = einc_summary(einc)
             if self.flow1 is not None:
@@ -341,9 +407,11 @@ class SuperCalo(Generator):
                                                    standardise=self.cfg.energy_standardise)
         if ctx.is_main:
             self.save(out_dir)
-        out: dict[str, Any] = {"coarse": self.coarse.fit(cdata, out_dir / "coarse", stage="train", resume=resume,
-                                                         device=device, progress=progress, ctx=ctx)}
-        if self.flow1 is not None:
+        out: dict[str, Any] = {}
+        if "coarse" in networks:
+            out["coarse"] = self.coarse.fit(cdata, out_dir / "coarse", stage="train", resume=resume, device=device,
+                                            progress=progress, ctx=ctx)
+        if self.flow1 is not None and "flow1" in networks:
             ec = need(self._energy, "FLOW-1 constants")
             E_t = torch.as_tensor(layers)
             e_t, p_t = torch.as_tensor(einc), torch.as_tensor(feats)
@@ -356,27 +424,56 @@ class SuperCalo(Generator):
             out["flow1"] = self.train_network("flow1", self.flow1, ArraySource(layers.astype(np.float32)), f1_inputs,
                                               out_dir, self.cfg.flow1_train, ctx, norm=self.geometry.n_layers,
                                               progress=progress, resume=resume)
-        tc = dict(self.cfg.upsampler_train)
-        tc["batch_size"] = max(1, int(round(tc["batch_size"] / self.cmap.n_coarse)))  # coarse voxels -> showers
+        if "upsampler" not in networks:
+            return out
+        tc = self._row_schedule(self.cfg.upsampler_train)
         out["upsampler"] = self.train_network("upsampler", UpsamplerLogProb(self.upflow),
                                               self._fine_source(data, len(einc)), self._up_inputs(einc, feats),
                                               out_dir, tc, ctx, norm=self.cmap.n_coarse, progress=progress,
                                               resume=resume)
         return out
 
+    def _row_schedule(self, train: dict, epochs: int | None = None) -> dict:
+        """A SUPERCALO schedule for the shared loop: ``batch_size`` from coarse voxels (the paper's unit)
+        to whole showers (the loop's batches); ``epochs`` overrides."""
+        tc = dict(train)
+        tc["batch_size"] = max(1, int(round(tc["batch_size"] / self.cmap.n_coarse)))
+        if epochs is not None:
+            tc["epochs"] = int(epochs)
+        return tc
+
     def _fit_distill(self, data: "ShowerData | str | Path", out_dir: Path, *, resume: bool, device: str,
-                     progress: bool, ctx: DistContext, epochs: int | None = None) -> dict:
-        """Distill the coarse model's flow-II IAF student (CaloFlow's distillation on coarse showers)."""
+                     progress: bool, ctx: DistContext, epochs: int | None = None,
+                     networks: Sequence[str] = ("coarse", "upsampler")) -> dict:
+        """Distill the coarse model's flow-II IAF student (CaloFlow's distillation on coarse showers),
+        then the SUPERCALO IAF student on streamed (shower, coarse voxel) rows; ``networks`` picks
+        (``coarse``, ``upsampler``); ``epochs`` overrides both schedules."""
+        unknown = sorted(set(networks) - {"coarse", "upsampler"})
+        if unknown:
+            raise UsageError(f"unknown SuperCalo student {unknown[0]!r} (coarse, upsampler)")
         if not self.coarse.trained.get("teacher"):
             raise ModelDirError(f"{out_dir}: the coarse flow-II teacher is not trained yet; "
                                 "run 'caloflows train supercalo' first")
+        if "upsampler" in networks and not self.trained["upsampler"]:
+            raise ModelDirError(f"{out_dir}: the SUPERCALO flow is not trained yet; run 'caloflows train supercalo' first")
         self.training_conditions(data)
-        cdata, _, _ = self._scan(data)
-        r = self.coarse.fit(cdata, out_dir / "coarse", stage="distill", resume=resume, device=device,
-                            progress=progress, ctx=ctx, epochs=epochs)
-        if ctx.is_main:
+        cdata, _, feats = self._scan(data)
+        out: dict[str, Any] = {}
+        if "coarse" in networks:
+            out["coarse"] = self.coarse.fit(cdata, out_dir / "coarse", stage="distill", resume=resume, device=device,
+                                            progress=progress, ctx=ctx, epochs=epochs)
+        if "upsampler" in networks:
+            self.to(ctx.device(device))
+            tc = self._row_schedule(self.cfg.upsampler_student_train, epochs)
+            einc = np.asarray(cdata.incident_energies, dtype=np.float64)
+            out["upsampler"] = self.train_student(
+                "up_student", self.upflow, self.up_student, self._fine_source(data, len(einc)),
+                self._up_inputs(einc, feats, with_z=True), out_dir, tc, ctx, norm=self.cmap.n_coarse,
+                warm_start=lambda: F.init_student_from_teacher(self.up_student, self.upflow), progress=progress,
+                resume=resume, checkpoint="upsampler_student", wrap=CoarseVoxelSum)
+        elif ctx.is_main:
             self.save(out_dir)
-        return {"coarse": r}
+        return out
 
     def with_generation_settings(self, items: Sequence[str] | None) -> "SuperCalo":
         """As :meth:`Generator.with_generation_settings`; ``coarse.*`` items reach the nested coarse CaloFlow."""
@@ -428,23 +525,26 @@ class SuperCalo(Generator):
     #: were equally fast for 2 x 64 and 2 x 128 MADEs in bench_supercalo_upsampling_speed.py)
     lean_chunk: int = 8192
 
-    def _lean_upsampler(self, dtype: torch.dtype) -> "LeanFlow":
-        """The SUPERCALO flow's lean snapshot (:class:`caloflows.lean.LeanFlow`) in ``dtype``, built
-        once and rebuilt only when a weight changed (training step, ``load_state_dict``)."""
+    def _lean_upsampler(self, dtype: torch.dtype, student: bool = False) -> "LeanFlow":
+        """The lean snapshot (:class:`caloflows.lean.LeanFlow`) in ``dtype`` of the SUPERCALO flow (or
+        of its IAF student), built once and rebuilt only when a weight changed (training step,
+        ``load_state_dict``)."""
         from ..lean import LeanFlow
 
-        key = tuple((q.data_ptr(), q._version, q.dtype, q.device) for q in self.upflow.parameters())
+        net = self.up_student if student else self.upflow
+        key = tuple((q.data_ptr(), q._version, q.dtype, q.device) for q in net.parameters())
         cache = self.__dict__.setdefault("_lean_up", {})
-        hit = cache.get(dtype)
+        compiled = bool(self.cfg.up_compile)
+        hit = cache.get((dtype, student, compiled))
         if hit is not None and hit[0] == key:
             return hit[1]
-        src = self.upflow
+        src = net
         if next(src.parameters()).dtype != dtype:
             import copy
 
             src = copy.deepcopy(src).to(dtype)
-        lean = LeanFlow.from_flow(src, chunk=self.lean_chunk)
-        cache[dtype] = (key, lean)
+        lean = LeanFlow.from_flow(src, chunk=self.lean_chunk, compiled=compiled)
+        cache[(dtype, student, compiled)] = (key, lean)
         return lean
 
     @torch.no_grad()
@@ -453,12 +553,14 @@ class SuperCalo(Generator):
         """SUPERCALO's inverse on (R, C) preprocessed condition rows -> (R, k) relative fine energies
         (float64, inverse of B9, clipped at 0), by the lean sequential MAF inverse in ``precision``
         (default the ``up_precision`` setting); ``z`` (R, k) fixes the latent noise (else drawn
-        from ``generator`` in that precision)."""
+        from ``generator`` in that precision).  With the ``up_student`` setting the distilled IAF
+        student samples instead, one MADE pass per block."""
         prec = precision or self.cfg.up_precision
         if prec not in ("float32", "float64"):
             raise UsageError(f"SUPERCALO precision must be float32 or float64, got {prec!r}")
         dt = torch.float32 if prec == "float32" else torch.float64
-        lean = self._lean_upsampler(dt)
+        self._check_up_student()
+        lean = self._lean_upsampler(dt, student=bool(self.cfg.up_student))
         k = self.cmap.group_size
         if len(cond) == 0:
             return np.zeros((0, k))
@@ -543,8 +645,9 @@ class SuperCalo(Generator):
         group of ``f_z`` layers to the coarse layer's energy.  Returns the (M N, V) fine showers;
         shower-major: rows ``j N .. j N + N - 1`` come from coarse shower ``j``.
         """
-        if not all(self.trained.values()):
+        if not self._own_trained():
             raise ModelDirError(f"the {self.kind} upsampler is not trained; run 'caloflows train supercalo' first")
+        self._check_up_student()
         if int(resample) < 1:
             raise UsageError(f"resampling factor must be at least 1, got {resample}")
         coarse = np.asarray(coarse_showers, dtype=np.float64)
