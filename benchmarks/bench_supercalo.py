@@ -177,7 +177,7 @@ def train_supercalo(choice: str, train: Path, work: Path, a) -> tuple:
         m = SuperCalo.load(d)
         if m.variant_ready("teacher") and (m.variant_ready("student") or not distill):
             log(f"SuperCalo {choice}: reused {d}")
-            _distill_upsampler(m, train, d, a)  # its per-epoch seconds are in the histories
+            _distill_upsampler(m, train, d, a)
             return m, _histories(d), None
     cfg = SuperCaloConfig.preset("quick", "ds2").override([f"coarse_graining={choice}"])
     if a.epochs is not None:
@@ -198,19 +198,18 @@ def train_supercalo(choice: str, train: Path, work: Path, a) -> tuple:
     return m, _histories(d), sec
 
 
-def _distill_upsampler(m, train: Path, d: Path, a) -> float | None:
+def _distill_upsampler(m, train: Path, d: Path, a) -> None:
     """``--upsampler student``: distil the SUPERCALO IAF student of a model that has none yet (its
-    schedule from ``--set upsampler_student_train.*``, also for a reused model).  Returns seconds."""
+    schedule from ``--set upsampler_student_train.*``, also for a reused model; its seconds per epoch
+    land in the model's histories)."""
     if "student" not in a.upsampler or m.trained["up_student"]:
-        return None
+        return
     m.cfg = m.cfg.override([x for x in a.set if x.startswith("upsampler_student_train.")])
     if a.compile:
         m.cfg = m.cfg.replace_train(compile=True)
     t = time.perf_counter()
     m.fit(train, d, stage="distill", networks=("upsampler",), progress=True)
-    sec = time.perf_counter() - t
-    log(f"SUPERCALO student of {d.name}: distilled in {sec:.0f} s")
-    return sec
+    log(f"SUPERCALO student of {d.name}: distilled in {time.perf_counter() - t:.0f} s")
 
 
 def _epochs(**schedules: int | None) -> list[str]:
