@@ -273,7 +273,7 @@ def test_every_preset_gives_the_energy_flow_inputs_inside_its_spline_domain():
             seen += 1
         old = {k: v for k, v in cls.preset("quick", ds2).to_dict().items() if not k.startswith("energy_")}
         assert cls.from_dict(old).energy_standardise and cls.from_dict(old).energy_bound is None
-    assert seen == 7  # L2LFlows quick / medium / full, iCaloFlow and SuperCalo quick / full
+    assert seen == 8  # L2LFlows and iCaloFlow quick / medium / full, SuperCalo quick / full
 
 
 def test_energy_flow_rejects_outliers(toy):
@@ -447,20 +447,24 @@ def test_quick_presets_train_every_energy_flow_as_long():
     assert {(t["batch_size"], t["base_lr"], t["max_lr"]) for t in trains} == {(256, 1e-4, 2e-3)}
 
 
-def test_medium_preset_is_quick_with_longer_causal_training_and_the_generation_cut():
-    """``medium`` is the quick model with its causal flows trained 25 instead of 10 epochs (same
-    schedule otherwise) and the threshold-aware cut at the MIP scale (2 MeV) at generation on Par04
-    geometries (issue 15); elsewhere only the epochs differ."""
+@pytest.mark.parametrize("family, schedule, epochs", [("l2lflows", "cf_train", (10, 25)),
+                                                       ("icaloflow", "student_train", (5, 8))])
+def test_medium_preset_is_quick_with_longer_training_and_the_generation_cut(family, schedule, epochs):
+    """``medium`` (issue 15) is the quick model with one schedule longer (L2LFlows: the causal flows
+    25 instead of 10 epochs; iCaloFlow: the students distilled 8 instead of 5) and the threshold-aware
+    cut at the MIP scale (2 MeV) at generation on Par04 geometries; elsewhere only the epochs differ."""
     from dataclasses import asdict as _asdict
 
+    from caloflows.models.icaloflow import MEDIUM_STUDENT_EPOCHS, ICaloFlowConfig
     from caloflows.models.l2lflows import MEDIUM_CAUSAL_EPOCHS
     from caloflows.models.settings import MEDIUM_VOXEL_CUT_MEV
 
-    assert (MEDIUM_VOXEL_CUT_MEV, MEDIUM_CAUSAL_EPOCHS) == (2.0, 25)
+    assert (MEDIUM_VOXEL_CUT_MEV, MEDIUM_CAUSAL_EPOCHS, MEDIUM_STUDENT_EPOCHS) == (2.0, 25, 8)
+    cls = {"l2lflows": L2LFlowsConfig, "icaloflow": ICaloFlowConfig}[family]
     for name, cut in (("ds2", MEDIUM_VOXEL_CUT_MEV), ("paraflow-8x16", None)):
         g = load_geometry(name)
-        q, m = _asdict(L2LFlowsConfig.preset("quick", g)), _asdict(L2LFlowsConfig.preset("medium", g))
+        q, m = _asdict(cls.preset("quick", g)), _asdict(cls.preset("medium", g))
         assert m.pop("voxel_cut_mev") == cut and q.pop("voxel_cut_mev") is None
-        qe, me = q.pop("cf_train"), m.pop("cf_train")
-        assert (qe.pop("epochs"), me.pop("epochs")) == (10, 25) and qe == me
+        qe, me = q.pop(schedule), m.pop(schedule)
+        assert (qe.pop("epochs"), me.pop("epochs")) == epochs and qe == me
         assert m == q

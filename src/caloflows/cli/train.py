@@ -22,8 +22,8 @@ def register(sub: Any) -> None:
         mp.add_argument("--geometry", required=True, help="geometry name (ds1-photons, ds2-coarse, ...) or binning XML")
         mp.add_argument("--out", required=True, help="model directory to create (or to resume)")
         mp.add_argument("--preset", default="quick",
-                        help="model and training sizes: quick (default), full (the paper's), and for caloflow "
-                             "and l2lflows medium (the best fidelity in about 1 hour of 2 CPU cores); an unknown "
+                        help="model and training sizes: quick (default), full (the paper's), and for caloflow, "
+                             "l2lflows and icaloflow medium (the best fidelity in about 1 hour of 2 CPU cores); an unknown "
                              "name is refused")
         mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
