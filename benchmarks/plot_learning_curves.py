@@ -87,28 +87,34 @@ def table(points_file: Path) -> dict:
     base = points_file.parent
     if not isinstance(spec, dict) or not isinstance(spec.get("panels"), list):
         raise PointsError(f"{points_file}: expected an object with a list 'panels'")
-    panels = []
-    for panel in spec["panels"]:
-        out: dict[str, Any] = {"title": panel["title"], "curves": {}}
-        fl = panel.get("floor")
-        if fl:
-            src = base / fl["source"]
-            out["floor"] = {"auc_mean": resolve(fl["auc"], src, base, cache),
-                            "auc_std": resolve(fl["auc_std"], src, base, cache) if "auc_std" in fl else None,
-                            "source": fl["source"]}
-        for p in panel["points"]:
-            src = base / p["source"]
-            if ("seconds" in p) == ("hours" in p):
-                raise PointsError(f"{points_file}: point {p.get('label')!r} needs exactly one of 'seconds', 'hours'")
-            hours = (sum(resolve(s, src, base, cache) for s in p["seconds"]) / 3600 if "seconds" in p
-                     else resolve(p["hours"], src, base, cache))
-            out["curves"].setdefault(p["curve"], []).append({
-                "label": p["label"], "source": p["source"],
-                "auc_mean": resolve(p["auc"], src, base, cache),
-                "auc_std": resolve(p["auc_std"], src, base, cache) if "auc_std" in p else None,
-                "training_hours": hours, "note": p.get("note", "")})
-        panels.append(out)
-    return {"what": spec.get("what", ""), "points_file": str(points_file), "panels": panels}
+    try:
+        return {"what": spec.get("what", ""), "points_file": str(points_file),
+                "panels": [_panel(panel, points_file, base, cache) for panel in spec["panels"]]}
+    except (KeyError, TypeError) as exc:
+        raise PointsError(f"{points_file}: a panel or point lacks {exc} (see the module docstring)") from None
+
+
+def _panel(panel: dict, points_file: Path, base: Path, cache: dict[Path, Any]) -> dict:
+    """One panel of the points file, resolved."""
+    out: dict[str, Any] = {"title": panel["title"], "curves": {}}
+    fl = panel.get("floor")
+    if fl:
+        src = base / fl["source"]
+        out["floor"] = {"auc_mean": resolve(fl["auc"], src, base, cache),
+                        "auc_std": resolve(fl["auc_std"], src, base, cache) if "auc_std" in fl else None,
+                        "source": fl["source"]}
+    for p in panel["points"]:
+        src = base / p["source"]
+        if ("seconds" in p) == ("hours" in p):
+            raise PointsError(f"{points_file}: point {p.get('label')!r} needs exactly one of 'seconds', 'hours'")
+        hours = (sum(resolve(s, src, base, cache) for s in p["seconds"]) / 3600 if "seconds" in p
+                 else resolve(p["hours"], src, base, cache))
+        out["curves"].setdefault(p["curve"], []).append({
+            "label": p["label"], "source": p["source"],
+            "auc_mean": resolve(p["auc"], src, base, cache),
+            "auc_std": resolve(p["auc_std"], src, base, cache) if "auc_std" in p else None,
+            "training_hours": hours, "note": p.get("note", "")})
+    return out
 
 
 def plot(res: dict, path: Path) -> None:

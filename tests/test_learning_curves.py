@@ -56,6 +56,9 @@ def test_a_missing_entry_or_file_is_one_line_naming_the_file(tmp_path):
     missing = {"panels": [{"title": "T", "points": [dict(base, auc="gone.json#x")]}]}
     with pytest.raises(lc.PointsError, match=r"gone\.json: unreadable"):
         lc.table(_write(tmp_path / "p3.json", missing))
+    no_auc = {"panels": [{"title": "T", "points": [base]}]}
+    with pytest.raises(lc.PointsError, match=r"p5\.json: a panel or point lacks 'auc'"):
+        lc.table(_write(tmp_path / "p5.json", no_auc))
     both = {"panels": [{"title": "T", "points": [dict(base, auc="runs/b/auc", hours=1.0)]}]}
     with pytest.raises(lc.PointsError, match="exactly one of"):
         lc.table(_write(tmp_path / "p4.json", both))
