@@ -109,19 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from plot_learning_curves import draw_curves
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        floors = []
-        for c, pts in curves.items():
-            xs = [d["training_cpu_hours"] for d in pts.values()]
-            ys = [d["auc_mean"] for d in pts.values()]
-            es = [d["auc_std"] for d in pts.values()]
-            ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, label=c)
-            for x, y, n in zip(xs, ys, pts):
-                ax.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            floors += [d["floor_auc_mean"] for d in pts.values() if d["floor_auc_mean"] is not None]
-        if floors:
-            ax.axhline(sum(floors) / len(floors), color="k", ls="--", label="Geant4 vs Geant4")
+        floors = [d["floor_auc_mean"] for pts in curves.values() for d in pts.values()
+                  if d["floor_auc_mean"] is not None]
+        draw_curves(ax, {c: [(n, d["training_cpu_hours"], d["auc_mean"], d["auc_std"]) for n, d in pts.items()]
+                         for c, pts in curves.items()},
+                    sum(floors) / len(floors) if floors else None)
         ax.set_xlabel("training CPU-hours (2-core machine)")
         ax.set_ylabel("high-level classifier AUC (3 seeds)")
         ax.legend(fontsize=7)

@@ -117,6 +117,18 @@ def _panel(panel: dict, points_file: Path, base: Path, cache: dict[Path, Any]) -
     return out
 
 
+def draw_curves(ax: Any, curves: dict[str, list[tuple[str, float, float, float]]], floor: float | None) -> None:
+    """On ``ax``: one line per curve through its ``(label, hours, AUC, AUC spread)`` points, each
+    point annotated with its label, and the Geant4-vs-Geant4 AUC ``floor`` as a dashed line."""
+    for curve, pts in curves.items():
+        ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=[p[3] for p in pts], fmt="o-", capsize=3,
+                    label=curve)
+        for label, x, y, _ in pts:
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if floor is not None:
+        ax.axhline(floor, color="k", ls="--", label="Geant4 vs Geant4")
+
+
 def plot(res: dict, path: Path) -> None:
     """One panel per family: AUC (with its classifier-seed spread) against training hours."""
     import matplotlib
@@ -129,15 +141,10 @@ def plot(res: dict, path: Path) -> None:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.3 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, res["panels"]):
-        for curve, pts in panel["curves"].items():
-            pts = sorted(pts, key=lambda d: d["training_hours"])
-            ax.errorbar([d["training_hours"] for d in pts], [d["auc_mean"] for d in pts],
-                        yerr=[d["auc_std"] or 0.0 for d in pts], fmt="o-", capsize=3, label=curve)
-            for d in pts:
-                ax.annotate(d["label"], (d["training_hours"], d["auc_mean"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
-        if "floor" in panel:
-            ax.axhline(panel["floor"]["auc_mean"], color="k", ls="--", label="Geant4 vs Geant4")
+        draw_curves(ax, {curve: [(d["label"], d["training_hours"], d["auc_mean"], d["auc_std"] or 0.0)
+                                 for d in sorted(pts, key=lambda d: d["training_hours"])]
+                         for curve, pts in panel["curves"].items()},
+                    panel["floor"]["auc_mean"] if "floor" in panel else None)
         ax.set_title(panel["title"], fontsize=9)
         ax.set_xlabel("training hours (one core; summed over the training stages)")
         ax.set_ylabel("high-level classifier AUC")

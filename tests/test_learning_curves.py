@@ -76,3 +76,20 @@ def test_outputs_never_replace_the_points_file_or_an_existing_file(tmp_path):
     assert json.loads(out.read_text()) == {"keep": 1}
     assert lc.main([str(points), "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["panels"][0]["curves"]["c"][0]["training_hours"] == 2.0
+
+
+def test_draw_curves_one_line_per_curve_and_the_geant4_floor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    lc.draw_curves(ax, {"a": [("3k", 0.3, 0.8, 0.01), ("10k", 1.0, 0.7, 0.02)], "b": [("x", 2.0, 0.6, 0.0)]}, 0.5)
+    curves = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: the label is on its container
+    assert list(curves) == ["a", "b"]
+    assert list(curves["a"].get_xdata()) == [0.3, 1.0] and list(curves["a"].get_ydata()) == [0.8, 0.7]
+    (floor,) = [ln for ln in ax.get_lines() if ln.get_label() == "Geant4 vs Geant4"]
+    assert list(floor.get_ydata()) == [0.5, 0.5]
+    assert [t.get_text() for t in ax.texts] == ["3k", "10k", "x"]
+    plt.close(fig)
