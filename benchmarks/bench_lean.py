@@ -6,6 +6,9 @@ Times latent -> data sampling of an IAF student of ds2-coarse size (648 voxels, 
 * zuko's inverse (:func:`caloflows.flows.inverse_path`, the path before issue 13),
 * the lean path (:class:`caloflows.lean.LeanFlow`) at fixed chunk sizes and the automatic one,
 * the lean path with the spline functions under ``torch.compile`` (optional, ``--compile``),
+* the lean path with the spline as it was before stop 20 (optional, ``--reference-spline``): all
+  ``K + 1`` knots normalised (softmax, cumsum) and all derivatives transformed, then the bin
+  gathered, as zuko does; timed in the same loop as the current two-knot lookup,
 
 at batch sizes 1 / 100 / 1000 / 10000, in float32, one thread by default.  Timings are the
 median of ``--reps`` repetitions (wall clock).  Weights are random (speed does not depend on them).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -39,6 +43,25 @@ SHAPES: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
     "paraflow-quick": (128, 3, 4, (64, 64)),  # ParaFlow quick student: 8 x 16 crystals | E_inc, d, b
     "icaloflow-quick-flow3": (144, 191, 4, (192,)),  # iCaloFlow quick flow-3 student, one ds2 layer
 }
+
+
+def allknots_inverse(wh: torch.Tensor, d: torch.Tensor, y: torch.Tensor, bound: float, slope: float) -> torch.Tensor:
+    """The lean inverse spline before stop 20: every knot normalised, then the bin gathered."""
+    ls = math.log(slope)
+    kn, dv = L._knots(wh, bound, ls), L._derivatives(d, ls)
+    k = (kn[..., 1, :] < y.unsqueeze(-1)).sum(-1, keepdim=True) - 1
+    return L._inverse_in_bin(*L._bin(kn, dv, k), y)
+
+
+class ReferenceSpline:
+    """Context: the lean path's inverse spline replaced by :func:`allknots_inverse`."""
+
+    def __enter__(self):
+        self.saved = L._inverse_wh
+        L._inverse_wh = allknots_inverse
+
+    def __exit__(self, *exc):
+        L._inverse_wh = self.saved
 
 
 def median_time(fn, reps: int) -> float:
@@ -61,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd splines")
     p.add_argument("--no-zuko", action="store_true")
+    p.add_argument("--reference-spline", action="store_true",
+                   help="also time the automatic chunk with the pre-stop-20 all-knots spline (lean_auto_allknots)")
     p.add_argument("--out", default="bench_lean.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,6 +104,8 @@ def main(argv=None) -> int:
         variants.append(("zuko", None))
     variants += [(f"lean_chunk{c}", L.LeanFlow.from_flow(flow, chunk=c)) for c in args.chunks]
     variants.append(("lean_auto", L.LeanFlow.from_flow(flow)))
+    if args.reference_spline:
+        variants.append(("lean_auto_allknots", L.LeanFlow.from_flow(flow)))
     if args.compile:
         variants.append(("lean_compiled", L.LeanFlow.from_flow(flow, compiled=True)))
     for b in args.batches:
@@ -91,6 +118,10 @@ def main(argv=None) -> int:
                 def fn():
                     with torch.no_grad():
                         F.inverse_path(flow, z, c)
+            elif name.endswith("_allknots"):
+                def fn(lean=lean):
+                    with torch.inference_mode(), ReferenceSpline():
+                        lean.sample(z, c)
             else:
                 def fn(lean=lean):
                     with torch.inference_mode():
@@ -101,6 +132,9 @@ def main(argv=None) -> int:
             print(f"batch {b:>6} {name:>14}: {t / b * 1e3:.4f} ms/row ({reps} reps, {time.perf_counter() - t0:.0f} s)",
                   flush=True)
     res["auto_chunk"] = L.LeanFlow.from_flow(flow).chunk_rows(torch.float32)
+    if args.reference_spline:
+        res["allknots_over_current"] = {b: res["ms_per_row"]["lean_auto_allknots"][b] / res["ms_per_row"]["lean_auto"][b]
+                                        for b in args.batches}
     res["load_after"] = os.getloadavg()
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

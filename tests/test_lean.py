@@ -221,3 +221,26 @@ def test_generator_eval_sees_submodules_in_training_mode():
     assert not m.training
     _eval(m)
     assert not any(x.training for x in m.modules())
+
+
+def test_two_knot_lookup_at_knots_and_domain_edges():
+    """The sampling splines find the bin on unnormalised cumulative sizes (stop 20): exactly at the
+    knots, at +-bound and just outside they agree with zuko in float64 and with float64 in float32."""
+    from zuko.transforms import MonotonicRQSTransform
+
+    torch.manual_seed(3)
+    phi = 2 * torch.randn(40, 5, 23, dtype=torch.float64)
+    w, h, d = phi[..., :8], phi[..., 8:16], phi[..., 16:]
+    t = MonotonicRQSTransform(w, h, d)
+    ky, kx = t.vertical, t.horizontal  # zuko's knots (40, 5, 9)
+    for j in range(9):  # every knot, the ends being -bound and bound
+        y, x = ky[..., j], kx[..., j]
+        assert torch.allclose(L.rqs_inverse(w, h, d, y), t.inv(y), atol=1e-12, rtol=0)
+        assert torch.allclose(L.rqs_forward(w, h, d, x), t(x), atol=1e-12, rtol=0)
+    for v in (-5.0, 5.0, -5.0 - 1e-9, 5.0 + 1e-9, -7.0, 7.0):
+        y = torch.full((40, 5), v, dtype=torch.float64)
+        assert torch.allclose(L.rqs_inverse(w, h, d, y), t.inv(y), atol=1e-12, rtol=0)
+        assert torch.allclose(L.rqs_forward(w, h, d, y), t(y), atol=1e-12, rtol=0)
+    y = 6 * torch.rand(40, 5, dtype=torch.float64) - 3
+    x32 = L.rqs_inverse(w.float(), h.float(), d.float(), y.float()).double()
+    assert (x32 - t.inv(y)).abs().max() < 1e-4
