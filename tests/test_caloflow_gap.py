@@ -169,3 +169,27 @@ def test_medium_preset_trains_flow1_longer_and_cuts_on_par04_geometries():
     assert CaloFlowConfig.preset("medium", load_geometry("ds1-photons")).voxel_cut_mev is None
     with pytest.raises(ConfigError, match="unknown CaloFlow preset 'huge'"):
         CaloFlowConfig.preset("huge", load_geometry("ds2-coarse"))
+
+
+def test_unstandardised_flow2_inputs_stay_inside_the_spline_domain(geometry):
+    """``voxel_standardise=false, voxel_bound=14`` (stop 20): flow-II sees the logit fractions as they
+    are (constants 0 / 1), every input inside its splines' domain [-14, 14]; standardised, the rare
+    hits of sparse voxels fall outside [-5, 5], where zuko's splines are the identity."""
+    from caloflows.io import ShowerData
+    from caloflows.lean import LeanBlock
+
+    inc, sh = toy_showers(geometry, 300, seed=4)
+    data = ShowerData(inc, sh)
+    x, e = torch.as_tensor(sh, dtype=torch.float64), torch.as_tensor(inc, dtype=torch.float64).ravel()
+    std = _model(geometry)
+    std.fit_constants(data)
+    y_std = std.flow2_inputs(x, e, generator=torch.Generator().manual_seed(0))[0]
+    m = _model(geometry, voxel_standardise=False, voxel_bound=14.0)
+    m.fit_constants(data)
+    assert set(m.std2.mean) == {0.0} and set(m.std2.std) == {1.0}
+    y = m.flow2_inputs(x, e, generator=torch.Generator().manual_seed(0))[0]
+    assert y.abs().max() <= 14.0 and (y_std.abs() > 5.0).any()
+    assert LeanBlock(m.teacher.transform.transforms[0], iaf=False).bound == 14.0  # the splines' domain
+    assert LeanBlock(std.teacher.transform.transforms[0], iaf=False).bound == 5.0
+    with pytest.raises(ConfigError, match="voxel_bound >= 14"):
+        CaloFlowConfig(voxel_standardise=False).validate()

@@ -26,6 +26,10 @@ Deviations from the paper, and why:
 
 * Features are standardised after the logit: zuko's splines act on [-bound, bound] and are the
   identity outside, so unscaled logits (down to -13.8 for empty voxels) would bypass them.
+  Standardised, the rare hits of sparse voxels land outside [-5, 5] too (ds2-coarse: 94-99 % of
+  the hits in the outer rings of layer 0, 59 % in layer 8; the flow never generates them, stop 20).
+  ``voxel_standardise=False, voxel_bound=14`` (:class:`~caloflows.models.settings.VoxelInputSettings`)
+  feeds flow-II the logit voxels as they are, inside a spline domain that holds them all.
 * Student IAF: the conditioner of block k reads the latent-side coordinates while its spline
   acts in the same sense as the teacher's (:func:`caloflows.flows.build_iaf`), and the student
   starts from the teacher's weights (:func:`caloflows.flows.init_student_from_teacher`).
@@ -75,17 +79,17 @@ from ..postprocess import threshold_renormalise_layers
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
-from .settings import FlowSettings, medium_voxel_cut
+from .settings import VoxelInputSettings, medium_voxel_cut
 
 __all__ = ["CaloFlow", "CaloFlowConfig"]
 
 
 @dataclass
-class CaloFlowConfig(FlowSettings):
-    """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`FlowSettings`)."""
+class CaloFlowConfig(VoxelInputSettings):
+    """Hyper-parameters of CaloFlow (defaults: the paper's photon setup; shared ones in :class:`~caloflows.models.settings.VoxelInputSettings`)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **FlowSettings.RANGES, "empty_voxel_noise_mev": (0, None, False),
+        **VoxelInputSettings.RANGES, "empty_voxel_noise_mev": (0, None, False),
         "empty_layer_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False)}
 
     flow1_transforms: int = 6
@@ -181,8 +185,9 @@ class CaloFlow(Generator):
         if g.n_layers < 2:
             raise UsageError("CaloFlow needs a geometry with at least 2 layers")
         self.flow1 = F.build_maf(g.n_layers, 1 + k, c.flow1_transforms, c.flow1_hidden, c.bins, c.bound)
-        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, c.bound)
-        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, c.bound)
+        vb = c.voxel_spline_bound  # flow-II's spline domain (VoxelInputSettings)
+        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, vb)
+        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, vb)
         self.logit = P.Logit(c.alpha)
         self._unit: P.UnitSpaceEnergies | None = None
         self._std1: P.Standardize | None = None
@@ -317,6 +322,8 @@ class CaloFlow(Generator):
         self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
         frac = self.flow2_fractions(sh_t, generator=gen)[0]
         self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
+        if not self.cfg.voxel_standardise:  # the logit voxels as they are, inside voxel_bound
+            self._std2 = P.Standardize(mean=[0.0] * len(self._std2.mean), std=[1.0] * len(self._std2.std))
         self.einc_dist = einc_summary(einc)
 
     # ------------------------------------------------------------------ training

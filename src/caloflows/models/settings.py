@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ConfigError
 from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 
-__all__ = ["ModelConfig", "FlowSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
+__all__ = ["ModelConfig", "FlowSettings", "VoxelInputSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
            "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut"]
 
 C = TypeVar("C", bound="ModelConfig")
@@ -232,6 +232,43 @@ def check_logit_domain(key: str, bound: float | None, spline_bound: float, stand
 
 
 @dataclass
+class VoxelInputSettings(FlowSettings):
+    """Flow settings plus what a voxel flow sees: CaloFlow's flow-II (and SuperCalo's coarse
+    flow-II), the L2LFlows causal flows, iCaloFlow's flows 2 and 3.
+
+    ``voxel_standardise``: the logit voxels standardised per feature with the training mean / std
+    (True; not in the papers), or the logit values as they are (False: L2LFlows eq. B.4 as published),
+    inside ``|l_alpha| <= ln(1 / alpha)``.  ``voxel_bound``: the spline domain ``[-b, b]`` of the
+    voxel flows (None: ``bound``).  Outside it zuko's splines are the identity, so the domain must
+    hold the data: standardised, a hit in a sparse layer lands 7-27 standard deviations above the
+    empty-voxel noise (L2LFlows, stop 12; CaloFlow's outer rings of layer 0 and layer 8 on
+    ds2-coarse, 94-99 % and 59 % of the hits outside [-5, 5], stop 20), so the flow never generates
+    it; unstandardised, the logit needs ``b >= ln(1 / alpha)`` (14 for alpha = 1e-6).
+
+    >>> from caloflows.models.caloflow import CaloFlowConfig
+    >>> CaloFlowConfig(voxel_standardise=False, voxel_bound=14.0).voxel_spline_bound
+    14.0
+    """
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
+        **FlowSettings.RANGES, "voxel_bound": (1e-3, None, True)}
+
+    voxel_standardise: bool = True
+    voxel_bound: float | None = None
+
+    @property
+    def voxel_spline_bound(self) -> float:
+        """The spline domain of the voxel flows: ``voxel_bound``, else ``bound``."""
+        return float(self.bound if self.voxel_bound is None else self.voxel_bound)
+
+    def validate(self) -> None:
+        """Also refuses unstandardised voxel inputs outside the spline domain (one line)."""
+        super().validate()
+        check_logit_domain("voxel_bound", self.voxel_bound, self.voxel_spline_bound, self.voxel_standardise,
+                           self.alpha, "voxels")
+
+
+@dataclass
 class EnergyFlowSettings(FlowSettings):
     """Flow settings plus what the energy distribution flow ``p(E_0..E_{L-1} | E_inc)`` (L2LFlows
     appendix B.1) sees; shared by the families that have one (L2LFlows, iCaloFlow flow-1, SuperCalo
@@ -269,14 +306,14 @@ class EnergyFlowSettings(FlowSettings):
 
 
 @dataclass
-class LayerwiseSettings(EnergyFlowSettings):
+class LayerwiseSettings(EnergyFlowSettings, VoxelInputSettings):
     """Settings shared by the layer-by-layer families (L2LFlows, iCaloFlow): the energy
     distribution flow (L2LFlows appendix B.1), its E_dep/E_inc bound, the per-layer
     post-processing (B.3) and how training data are read (standardisation rows, streaming)."""
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
-        **EnergyFlowSettings.RANGES, "cache_mb": (0, None, False), "voxel_cut_mev": (0, None, True),
-        "voxel_bound": (1e-3, None, True)}
+        **EnergyFlowSettings.RANGES, **VoxelInputSettings.RANGES, "cache_mb": (0, None, False),
+        "voxel_cut_mev": (0, None, True)}
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
 
     edf_transforms: int = 4
@@ -289,24 +326,6 @@ class LayerwiseSettings(EnergyFlowSettings):
     voxel_cut_mev: float | None = None
     std_rows: int = 20_000
     cache_mb: float = 1024.0
-    #: the voxel flows' inputs (causal flows; iCaloFlow flows 2 and 3): the logit voxels standardised
-    #: per feature with the training mean / std (True; not in the papers), or the logit values as
-    #: they are (False: L2LFlows eq. B.4 as published), inside ``|l_alpha| <= ln(1 / alpha)``
-    voxel_standardise: bool = True
-    #: spline domain ``[-b, b]`` of the voxel flows (None: ``bound``).  Outside it zuko's splines are
-    #: the identity, so the domain must hold the data: a hit in a sparse layer standardises to 7-27
-    #: (issue 15), and the unstandardised logit needs ``b >= ln(1 / alpha)`` (14 for alpha = 1e-6)
-    voxel_bound: float | None = None
-
-    @property
-    def voxel_spline_bound(self) -> float:
-        """The spline domain of the voxel flows: ``voxel_bound``, else ``bound``."""
-        return float(self.bound if self.voxel_bound is None else self.voxel_bound)
-
-    def validate(self) -> None:
-        super().validate()
-        check_logit_domain("voxel_bound", self.voxel_bound, self.voxel_spline_bound, self.voxel_standardise,
-                           self.alpha, "voxels")
 
 
 #: the threshold-aware generation cut of the ``medium`` presets on Par04 geometries (MeV), at the
