@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 import torch
-from bench_l2lflows_domain import hit_spectrum
+from bench_l2lflows_domain import fraction_per_layer, hit_spectrum
 
 from caloflows.evaluation.features import compute_features
 from caloflows.geometry import load_geometry
@@ -42,13 +42,7 @@ def outside_domain(data: ShowerData, geometry, cfg: CaloFlowConfig, seed: int = 
     e = torch.as_tensor(np.asarray(data.incident_energies, dtype=np.float64)).ravel()
     y = model.flow2_inputs(x, e, generator=torch.Generator().manual_seed(seed))[0]
     hit = x > geometry.threshold_mev
-    out = (y.abs() > cfg.voxel_spline_bound) & hit
-    res = []
-    for i in range(geometry.n_layers):
-        sl = geometry.layer_slice(i)
-        n_hit = int(hit[:, sl].sum())
-        res.append(float(out[:, sl].sum()) / n_hit if n_hit else float("nan"))
-    return res
+    return fraction_per_layer((y.abs() > cfg.voxel_spline_bound) & hit, hit, geometry)
 
 
 def ring_occupancy(showers: np.ndarray, geometry, layer: int) -> dict[str, float]:
@@ -97,7 +91,8 @@ def main() -> None:
         res.setdefault("samples", {})[f] = entry
         print(f, "mean width_r", " ".join(f"{w:.2f}" for w in entry["mean_width_r"]))
         for i in layers:
-            print(f"  layer {i} ring occupancy", " ".join(f"{r}:{v:.4f}" for r, v in entry["ring_occupancy"][str(i)].items()))
+            rings = entry["ring_occupancy"][str(i)]
+            print(f"  layer {i} ring occupancy", " ".join(f"{r}:{v:.4f}" for r, v in rings.items()))
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=1)

@@ -42,7 +42,11 @@ def outside_domain(data: ShowerData, geometry, cfg: L2LFlowsConfig, seed: int = 
     hit = x > geometry.threshold_mev
     x = x + cfg.voxel_noise_kev * 1e-3 * torch.rand(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     y = model.voxels_forward(x, 0, geometry.n_voxels)
-    out = (y.abs() > cfg.voxel_spline_bound) & hit
+    return fraction_per_layer((y.abs() > cfg.voxel_spline_bound) & hit, hit, geometry)
+
+
+def fraction_per_layer(out: torch.Tensor, hit: torch.Tensor, geometry) -> list[float]:
+    """Per layer: the fraction of the ``hit`` voxels that are ``out`` (NaN for a layer without hits)."""
     res = []
     for i in range(geometry.n_layers):
         sl = geometry.layer_slice(i)
