@@ -321,9 +321,9 @@ class CaloFlow(Generator):
         u = self.unit.forward(self.flow1_energies(sh_t, generator=gen), e_t).clamp(0, 1)
         self._std1 = P.Standardize.fit(self.logit.forward(u).numpy())
         frac = self.flow2_fractions(sh_t, generator=gen)[0]
-        self._std2 = P.Standardize.fit(self.logit.forward(frac).numpy())
-        if not self.cfg.voxel_standardise:  # the logit voxels as they are, inside voxel_bound
-            self._std2 = P.Standardize(mean=[0.0] * len(self._std2.mean), std=[1.0] * len(self._std2.std))
+        y2 = self.logit.forward(frac).numpy()
+        n2 = y2.shape[1]  # unstandardised: the logit voxels as they are, inside voxel_bound
+        self._std2 = P.Standardize.fit(y2) if self.cfg.voxel_standardise else P.Standardize([0.0] * n2, [1.0] * n2)
         self.einc_dist = einc_summary(einc)
 
     # ------------------------------------------------------------------ training
