@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 import torch
-from bench_l2lflows_domain import fraction_per_layer, hit_spectrum
+from bench_l2lflows_domain import domain_report, fraction_per_layer, hit_spectrum
 
 from caloflows.evaluation.features import compute_features
 from caloflows.geometry import load_geometry
@@ -67,17 +67,11 @@ def main() -> None:
     g = load_geometry(a.geometry)
     res: dict = {"geometry": g.name, "layers": list(range(g.n_layers))}
     if a.train:
-        full = read_showers(a.train)
-        d = ShowerData(full.incident_energies[:a.n], np.asarray(full.showers[:a.n]))
         old = CaloFlowConfig.preset(a.preset, g)
         new = old.override(["voxel_standardise=false", "voxel_bound=14"])
-        res["hits_outside_spline_domain"] = {
-            "train": a.train, "n_showers": len(d),
-            f"standardised, domain {old.voxel_spline_bound:g}": outside_domain(d, g, old),
-            f"logit as it is, domain {new.voxel_spline_bound:g}": outside_domain(d, g, new)}
-        for k, v in res["hits_outside_spline_domain"].items():
-            if isinstance(v, list):
-                print(k, " ".join(f"{x:.3f}" for x in v))
+        res["hits_outside_spline_domain"] = domain_report(a.train, a.n, g, outside_domain, {
+            f"standardised, domain {old.voxel_spline_bound:g}": old,
+            f"logit as it is, domain {new.voxel_spline_bound:g}": new}, digits=3)
     layers = [int(x) for x in a.ring_layers.split(",") if x]
     files = ([a.reference] if a.reference else []) + list(a.generated)
     for f in files:

@@ -55,6 +55,18 @@ def fraction_per_layer(out: torch.Tensor, hit: torch.Tensor, geometry) -> list[f
     return res
 
 
+def domain_report(train: str, n: int, geometry, outside, configs: dict, digits: int = 2) -> dict:
+    """Per-layer fractions of hit voxels outside the spline domain, ``outside(data, geometry, cfg)``,
+    for each labelled config, on the first ``n`` showers of ``train`` (printed, one line per config)."""
+    full = read_showers(train)
+    d = ShowerData(full.incident_energies[:n], np.asarray(full.showers[:n]))
+    res: dict = {"train": train, "n_showers": len(d)}
+    for label, cfg in configs.items():
+        res[label] = outside(d, geometry, cfg)
+        print(label, " ".join(f"{x:.{digits}f}" for x in res[label]))
+    return res
+
+
 def diffuse_layers(showers: np.ndarray, geometry, n_diffuse: int) -> list[float]:
     """Per layer: the fraction of non-empty layers with more than ``n_diffuse`` hit voxels."""
     res = []
@@ -98,17 +110,11 @@ def main() -> None:
     g = load_geometry(a.geometry)
     res: dict = {"geometry": g.name, "layers": list(range(g.n_layers))}
     if a.train:
-        full = read_showers(a.train)
-        d = ShowerData(full.incident_energies[:a.n], np.asarray(full.showers[:a.n]))
         old = L2LFlowsConfig.preset("quick", g).override(["voxel_standardise=true", "voxel_bound=null"])
         new = L2LFlowsConfig.preset("quick", g)
-        res["hits_outside_spline_domain"] = {
-            "train": a.train, "n_showers": len(d),
-            f"standardised, domain {old.voxel_spline_bound:g} (old)": outside_domain(d, g, old),
-            f"logit as it is, domain {new.voxel_spline_bound:g} (presets)": outside_domain(d, g, new)}
-        for k, v in res["hits_outside_spline_domain"].items():
-            if isinstance(v, list):
-                print(k, " ".join(f"{x:.2f}" for x in v))
+        res["hits_outside_spline_domain"] = domain_report(a.train, a.n, g, outside_domain, {
+            f"standardised, domain {old.voxel_spline_bound:g} (old)": old,
+            f"logit as it is, domain {new.voxel_spline_bound:g} (presets)": new})
     if a.reference or a.generated:
         res["diffuse_layer_fraction"] = {"n_diffuse": a.diffuse}
         res["hit_spectrum"] = {}
