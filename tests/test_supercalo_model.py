@@ -71,6 +71,18 @@ def test_coarse_graining_and_nested_model(model_b, model_a):
         SuperCalo(GEOMETRY, SuperCaloConfig.preset("quick", GEOMETRY))  # 5 layers per coarse voxel, 9 layers
 
 
+def test_a_saved_config_without_a_newer_coarse_setting_takes_it_as_an_override():
+    d = SuperCaloConfig.preset("quick", GEOMETRY).to_dict()
+    for key in ("voxel_standardise", "voxel_bound"):  # a model directory written before stop 20
+        del d["coarse"][key]
+    old = SuperCaloConfig.from_dict(d)
+    assert old.coarse_config().voxel_standardise is True and old.coarse_config().voxel_bound is None
+    new = old.override(["coarse.voxel_standardise=false", "coarse.voxel_bound=14"])
+    assert new.coarse_config().voxel_standardise is False and new.coarse_config().voxel_spline_bound == 14.0
+    with pytest.raises(ConfigError, match="unknown SuperCalo setting 'coarse.no_such'"):
+        old.override(["coarse.no_such=1"])
+
+
 @pytest.mark.parametrize("which", ["model_b", "model_a"])
 def test_upsampled_fine_voxels_sum_exactly_to_their_coarse_voxel(which, request):
     m, data, _ = request.getfixturevalue(which)

@@ -55,7 +55,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -143,6 +143,15 @@ class SuperCaloConfig(EnergyFlowSettings):
         if not isinstance(self.coarse, dict):
             raise ConfigError(f"setting coarse={self.coarse!r}: must be a dict of CaloFlow settings")
         CaloFlowConfig.from_dict(self.coarse)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SuperCaloConfig":
+        """Also completes ``coarse`` with the CaloFlow defaults, so that a model saved before a CaloFlow
+        setting existed (``voxel_standardise``, stop 20) takes ``--set coarse.voxel_standardise=...``."""
+        d = dict(d)
+        if isinstance(d.get("coarse"), dict):
+            d["coarse"] = CaloFlowConfig.from_dict(d["coarse"]).to_dict()
+        return super().from_dict(d)
 
     def coarse_config(self) -> CaloFlowConfig:
         """The nested coarse CaloFlow's settings; its initialisation ``seed`` is this config's (so
