@@ -123,6 +123,19 @@ def test_settings_are_validated_before_any_work():
         G.Config.preset("huge", GEOMETRY)
 
 
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_a_saved_config_from_before_a_training_setting_existed_loads_and_takes_it(kind):
+    G = generator_class(kind)
+    d = G.Config.preset("quick", GEOMETRY).to_dict()
+    train = sorted(k for k in d if k.endswith("_train"))
+    assert train
+    for k in train:  # as written before stop 16, when 'compile' was added
+        del d[k]["compile"]
+    cfg = G.Config.from_dict(d)
+    assert all(cfg.to_dict()[k]["compile"] is False for k in train)  # what training did without the key
+    assert cfg.override([f"{train[0]}.compile=true"]).to_dict()[train[0]]["compile"] is True
+
+
 def test_same_seed_same_initial_weights():
     G = generator_class("icaloflow")
     cfg = G.Config.preset("quick", GEOMETRY).override([f"{k}={v}" for k, v in TINY["icaloflow"].items()])

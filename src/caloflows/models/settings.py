@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
 from ..geometry import PAR04_THRESHOLD_MEV, Geometry
+from ..training.loop import TrainConfig
 
 __all__ = ["ModelConfig", "FlowSettings", "VoxelInputSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
            "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut"]
@@ -128,7 +129,9 @@ class ModelConfig:
     def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
         """Settings from a dict; unknown keys, wrong types and out-of-range values raise ConfigError.
 
-        Keys missing from ``d`` take their defaults (model directories of older versions load).
+        Keys missing from ``d`` take their defaults (model directories of older versions load); a
+        ``*_train`` dict missing a newer training setting gets :class:`~caloflows.training.loop.TrainConfig`'s
+        default, which is what training does with it, so ``--set flow2_train.NEW=...`` works on it.
         """
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - names)
@@ -139,6 +142,8 @@ class ModelConfig:
         for k, v in d.items():
             if hints.get(k) is tuple and isinstance(v, list):
                 v = tuple(v)
+            if k.endswith("_train") and isinstance(v, dict):
+                v = {**asdict(TrainConfig()), **v}
             kw[k] = v
         cfg = cls(**kw)
         cfg.validate()
