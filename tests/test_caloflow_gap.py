@@ -165,6 +165,8 @@ def test_medium_preset_trains_flow1_longer_and_cuts_on_par04_geometries():
     assert medium.flow1_train["epochs"] == 5 * quick.flow1_train["epochs"] == 100
     assert medium.voxel_cut_mev == 2.0 and quick.voxel_cut_mev is None
     assert (medium.flow2_hidden, medium.flow2_train) == (quick.flow2_hidden, quick.flow2_train)
+    assert (medium.voxel_standardise, medium.voxel_spline_bound) == (False, 14.0)  # stop 21
+    assert quick.voxel_standardise and quick.voxel_spline_bound == quick.bound == 5.0
     assert medium.student_train == {**quick.student_train, "epochs": 24}
     assert CaloFlowConfig.preset("medium", load_geometry("ds1-photons")).voxel_cut_mev is None
     with pytest.raises(ConfigError, match="unknown CaloFlow preset 'huge'"):

@@ -70,7 +70,7 @@ from .energy_flow import (
     layer_energy_condition,
     quick_energy_train,
 )
-from .settings import LayerwiseSettings, medium_voxel_cut
+from .settings import UNSTANDARDISED_VOXEL_INPUTS, LayerwiseSettings, medium_voxel_cut
 
 __all__ = ["L2LFlows", "L2LFlowsConfig", "gather", "format_layers"]
 
@@ -117,10 +117,10 @@ class L2LFlowsConfig(LayerwiseSettings):
 
 
 #: the voxel-flow inputs of the presets: the logit values as they are (eq. B.4), inside a spline
-#: domain of 14 (README "L2LFlows: hits outside the spline domain").  iCaloFlow keeps the
+#: domain of 14 (:data:`.settings.UNSTANDARDISED_VOXEL_INPUTS`).  iCaloFlow keeps the
 #: standardisation: its inputs are fractions of E_i, and on Geant4 ds2 they stay within +-4.5.
 #: Every preset also gives the energy flow its paper inputs (:data:`.energy_flow.PAPER_ENERGY_INPUTS`).
-PAPER_VOXEL_INPUTS: dict = {"voxel_standardise": False, "voxel_bound": 14.0}
+PAPER_VOXEL_INPUTS: dict = UNSTANDARDISED_VOXEL_INPUTS
 
 
 def _quick(g: Geometry) -> L2LFlowsConfig:

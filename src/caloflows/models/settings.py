@@ -34,7 +34,8 @@ from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 from ..training.loop import TrainConfig
 
 __all__ = ["ModelConfig", "FlowSettings", "VoxelInputSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
-           "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut"]
+           "MEDIUM_VOXEL_CUT_MEV", "medium_voxel_cut",
+           "UNSTANDARDISED_VOXEL_INPUTS"]
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -219,6 +220,12 @@ class FlowSettings(ModelConfig):
     alpha: float = 1e-6
     max_resample: int = 20
     seed: int = 0
+
+
+#: voxel-flow inputs inside the spline domain: the logit values as they are (L2LFlows eq. B.4), in a
+#: domain of 14 >= ln(1 / alpha) for alpha = 1e-6 (README "L2LFlows: hits outside the spline domain",
+#: "CaloFlow: hits outside the spline domain").  Used by the L2LFlows presets and CaloFlow ``medium``.
+UNSTANDARDISED_VOXEL_INPUTS: dict[str, Any] = {"voxel_standardise": False, "voxel_bound": 14.0}
 
 
 def logit_reach(alpha: float) -> float:
