@@ -160,6 +160,22 @@ def test_the_generation_cut_keeps_or_empties_whole_layers(geometry):
     assert np.all((out == 0) | (out >= 0.5 * (1 - 1e-12)))
 
 
+@pytest.mark.parametrize("name", ["ds2-coarse", "ds1-photons"])  # equal layers (one call) / unequal (a loop)
+def test_the_layer_cut_equals_the_per_layer_cut_bit_for_bit(name):
+    from caloflows.postprocess import threshold_renormalise, threshold_renormalise_layers
+
+    g = load_geometry(name)
+    rng = np.random.default_rng(5)
+    n, off = 50, g.layer_offsets
+    frac = np.concatenate([rng.dirichlet(np.full(k, 0.3), size=n) for k in g.layer_sizes], 1)
+    E = rng.choice([0.0, 0.3, 2.0, 7.0, 300.0], size=(n, g.n_layers))
+    ref = np.concatenate([threshold_renormalise(frac[:, off[i]:off[i + 1]], E[:, i], 2.0) for i in range(g.n_layers)], 1)
+    np.testing.assert_array_equal(threshold_renormalise_layers(frac, E, off, 2.0), ref)
+    t = threshold_renormalise_layers(torch.as_tensor(frac), torch.as_tensor(E), off, 2.0)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
+    np.testing.assert_array_equal(t.numpy(), ref)
+
+
 def test_medium_preset_trains_flow1_longer_and_cuts_on_par04_geometries():
     quick, medium = (CaloFlowConfig.preset(p, load_geometry("ds2-coarse")) for p in ("quick", "medium"))
     assert medium.flow1_train["epochs"] == 5 * quick.flow1_train["epochs"] == 100

@@ -58,8 +58,20 @@ def threshold_renormalise(voxels, layer_energy, threshold: float):
 
 
 def threshold_renormalise_layers(showers, layer_energies, layer_offsets, threshold: float):
-    """Apply :func:`threshold_renormalise` to every layer of full showers (N, V)."""
+    """Apply :func:`threshold_renormalise` to every layer of full showers (N, V).
+
+    When every layer has the same number of voxels (ds2, ds3, ds2-coarse) the layers are one call on
+    the (N L, n) rows, a reshape (also inside an exported ONNX graph): each row is processed on its
+    own, so the result is the per-layer loop's, bit for bit, with 1 sort instead of L (at batch 1 the
+    loop's per-call overhead was ~1.5 ms of a 13 ms ds2-coarse CaloFlow shower).
+    """
     is_t = isinstance(showers, torch.Tensor)
+    sizes = {int(b) - int(a) for a, b in zip(layer_offsets[:-1], layer_offsets[1:])}
+    if len(sizes) == 1 and int(layer_offsets[0]) == 0 and int(layer_offsets[-1]) == showers.shape[1]:
+        n_vox, n_lay = sizes.pop(), len(layer_offsets) - 1
+        rows = showers.reshape(-1, n_vox)
+        E = layer_energies.reshape(-1)
+        return threshold_renormalise(rows, E, threshold).reshape(showers.shape[0], n_lay * n_vox)
     parts = []
     for i, (a, b) in enumerate(zip(layer_offsets[:-1], layer_offsets[1:])):
         blk = showers[:, int(a):int(b)]
