@@ -116,16 +116,15 @@ class L2LFlowsConfig(LayerwiseSettings):
     cf_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=200, batch_size=1024, base_lr=6e-5, max_lr=6e-4, val_fraction=0.1)))
 
 
-#: the voxel-flow inputs of the presets: the logit values as they are (eq. B.4), inside a spline
-#: domain of 14 (:data:`.settings.UNSTANDARDISED_VOXEL_INPUTS`).  iCaloFlow keeps the
-#: standardisation: its inputs are fractions of E_i, and on Geant4 ds2 they stay within +-4.5.
-#: Every preset also gives the energy flow its paper inputs (:data:`.energy_flow.PAPER_ENERGY_INPUTS`).
-PAPER_VOXEL_INPUTS: dict = UNSTANDARDISED_VOXEL_INPUTS
+# The voxel-flow inputs of the presets: the logit values as they are (eq. B.4), inside a spline
+# domain of 14 (settings.UNSTANDARDISED_VOXEL_INPUTS).  iCaloFlow keeps the standardisation: its
+# inputs are fractions of E_i, and on Geant4 ds2 they stay within +-4.5.  Every preset also gives the
+# energy flow its paper inputs (energy_flow.PAPER_ENERGY_INPUTS).
 
 
 def _quick(g: Geometry) -> L2LFlowsConfig:
     return L2LFlowsConfig(
-        **PAPER_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS,
+        **UNSTANDARDISED_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS,
         cf_hidden=[64], embed_hidden=[128, 64], embed_out=32,
         edf_train=quick_energy_train(val_fraction=0.1),
         cf_train=asdict(TrainConfig(epochs=10, batch_size=256, base_lr=1e-4, max_lr=2e-3, val_fraction=0.1)),
@@ -150,7 +149,7 @@ def _medium(g: Geometry) -> L2LFlowsConfig:
 
 
 def _full(g: Geometry) -> L2LFlowsConfig:
-    return L2LFlowsConfig(**PAPER_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS)
+    return L2LFlowsConfig(**UNSTANDARDISED_VOXEL_INPUTS, **PAPER_ENERGY_INPUTS)
 
 
 L2LFlowsConfig.PRESETS = {"quick": _quick, "medium": _medium, "full": _full}
