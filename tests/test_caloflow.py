@@ -245,3 +245,31 @@ def test_cli_train_distill_generate_and_errors(setup, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("caloflows: error:") and msg in err and "\n" not in err, err
     assert not (tmp_path / "g3.h5").exists() and not (tmp_path / "g4.h5").exists()
+
+
+def test_made_degrees_setting_and_masks_travel_with_the_weights(setup, tmp_path):
+    """``made_degrees=spread`` (issue 15) reaches flow-II, is validated, and a model directory keeps
+    the masks it was trained with whatever its config says (a directory written before the setting
+    existed loads as it was saved)."""
+    g = setup["g"]
+    assert g.n_voxels > 8  # flow-II narrower than its dimension: the rule matters
+    cfg = CaloFlowConfig(flow1_transforms=2, flow2_transforms=2, flow2_hidden=8, student_hidden=8,
+                         made_degrees="spread")
+    m = CaloFlow(g, cfg)
+    m.fit_constants(setup["data"])
+    cyc = CaloFlow(g, CaloFlowConfig(flow1_transforms=2, flow2_transforms=2, flow2_hidden=8, student_hidden=8))
+    mask = [b.hyper[0].mask for b in F.flow_blocks(m.teacher)]
+    assert not torch.equal(mask[0], F.flow_blocks(cyc.teacher)[0].hyper[0].mask)
+    assert F.flow_blocks(m.student)[0].hyper[0].mask.sum() == mask[0].sum()
+    m.trained = {k: True for k in m.trained}
+    m.save(tmp_path / "m")
+    conf = json.loads((tmp_path / "m" / "config.json").read_text())
+    del conf["config"]["caloflow"]["made_degrees"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(conf))
+    m2 = CaloFlow.load(tmp_path / "m")
+    assert m2.cfg.made_degrees == "cyclic"  # the old default ...
+    assert all(torch.equal(a, b.hyper[0].mask) for a, b in zip(mask, F.flow_blocks(m2.teacher)))  # ... old masks
+    a, b = m.sample(20, batch_size=20, seed=3), m2.sample(20, batch_size=20, seed=3)
+    assert np.allclose(a.showers, b.showers, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="made_degrees"):
+        CaloFlowConfig().override(["made_degrees=random"]).validate()

@@ -160,6 +160,31 @@ def test_the_generation_cut_keeps_or_empties_whole_layers(geometry):
     assert np.all((out == 0) | (out >= 0.5 * (1 - 1e-12)))
 
 
+def test_single_hit_keeps_sub_cut_layers_in_their_brightest_voxel(geometry):
+    """``single_hit_mev`` (issue 15): a layer with single_hit <= E_i < c keeps E_i in its brightest
+    voxel; below single_hit it ends empty; layers with E_i >= c are as without the rule."""
+    from caloflows.postprocess import threshold_renormalise_layers
+
+    rng = np.random.default_rng(4)
+    n, L, off = 300, geometry.n_layers, geometry.layer_offsets
+    frac = np.concatenate([rng.dirichlet(np.ones(k), size=n) for k in geometry.layer_sizes], 1)
+    E = rng.choice([0.0, 0.05, 0.2, 0.49, 0.5, 3.0, 40.0], size=(n, L))
+    plain = threshold_renormalise_layers(frac, E, off, 0.5)
+    out = threshold_renormalise_layers(frac, E, off, 0.5, single_hit=0.2)
+    np.testing.assert_allclose(geometry.layer_energies(out), np.where(E < 0.2, 0.0, E), rtol=1e-12, atol=0)
+    for i in range(L):
+        a, b = off[i], off[i + 1]
+        sub = (E[:, i] >= 0.2) & (E[:, i] < 0.5)
+        assert sub.any()
+        hits = out[sub, a:b]
+        assert np.all((hits > 0).sum(1) == 1)  # one voxel ...
+        np.testing.assert_array_equal(hits.argmax(1), frac[sub, a:b].argmax(1))  # ... the brightest
+        np.testing.assert_array_equal(out[~sub, a:b], plain[~sub, a:b])  # elsewhere unchanged
+    m = CaloFlow(geometry, CaloFlowConfig(voxel_cut_mev=0.5, single_hit_mev=0.2))
+    v = m.voxels_from_fractions(torch.as_tensor(frac), torch.as_tensor(E))
+    np.testing.assert_array_equal(v.numpy(), out)
+
+
 @pytest.mark.parametrize("name", ["ds2-coarse", "ds1-photons"])  # equal layers (one call) / unequal (a loop)
 def test_the_layer_cut_equals_the_per_layer_cut_bit_for_bit(name):
     from caloflows.postprocess import threshold_renormalise, threshold_renormalise_layers

@@ -153,17 +153,27 @@ def test_generate_backend_onnxruntime_and_shards(trained, tmp_path):
     assert main(["generate", model_dir, "--n", "5", "--shard", "0/2", "--out", str(tmp_path / "x.h5")]) == 2  # no seed
 
 
-def test_export_with_threshold_aware_cut(trained, tmp_path):
-    """A model with a generation cut (L2LFlows B.9 in CaloFlow, issue 15) exports the same chain."""
+@pytest.mark.parametrize("single_hit", [None, 0.25])
+def test_export_with_threshold_aware_cut(trained, tmp_path, single_hit):
+    """A model with a generation cut (L2LFlows B.9 in CaloFlow, issue 15), and with the single-hit
+    rule for layers below the cut, exports the same chain."""
     import dataclasses
 
     m = trained["model"]
     old = m.cfg
-    m.cfg = dataclasses.replace(old, voxel_cut_mev=float(np.quantile(trained["einc"], 0.5)) * 1e-3)
+    cut = float(np.quantile(trained["einc"], 0.5)) * 1e-3
+    m.cfg = dataclasses.replace(old, voxel_cut_mev=cut, single_hit_mev=None if single_hit is None else single_hit * cut)
     try:
         einc, z1, z2, out, ref = _sampler_and_chain(m, trained["einc"][:150], 9)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.max())
-        assert not ((out > 0) & (out < 0.999 * m.cfg.voxel_cut_mev)).any()
+        below = (out > 0) & (out < 0.999 * m.cfg.voxel_cut_mev)
+        if single_hit is None:
+            assert not below.any()
+        else:  # only as the one hit of its layer
+            g = m.geometry
+            for a, b in zip(g.layer_offsets[:-1], g.layer_offsets[1:]):
+                rows = below[:, a:b].any(1)
+                assert np.all((out[rows, a:b] > 0).sum(1) == 1)
         path = export_onnx(m, tmp_path / "cut.onnx")
         onnx_out = OnnxSampler(path).run(z1.numpy(), z2.numpy(), einc.numpy())
         np.testing.assert_allclose(onnx_out, out, rtol=1e-4, atol=1e-5 * out.max())

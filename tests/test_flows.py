@@ -208,3 +208,74 @@ def test_cached_masks_follow_weight_changes_and_leave_training_alone():
         assert maf(c.double()).log_prob(x.double()).dtype == torch.float64
     with torch.no_grad():
         assert torch.allclose(maf(c).log_prob(x), out2, atol=1e-5)
+
+
+# ---------------------------------------------------------------- MADE hidden degrees (issue 15)
+def _jacobian_support(block, D, C):
+    """Which data features (columns) each latent feature (rows) of one MAF block depends on, at
+    any of 8 random points (ReLU units can be inactive at one)."""
+    support = torch.zeros(D, D, dtype=torch.bool)
+    for _ in range(8):
+        x = torch.randn(1, D, dtype=torch.float64)
+        c = torch.randn(1, C, dtype=torch.float64)
+        J = torch.autograd.functional.jacobian(lambda v: block(c)(v), x)[0, :, 0, :]
+        support |= J.abs() > 0
+    return support
+
+
+@pytest.mark.parametrize("hidden", [(16,), (7, 5), (40,)])
+def test_cyclic_masks_are_zukos(hidden):
+    from zuko.nn import MaskedLinear
+
+    torch.manual_seed(0)
+    flow = F.build_iaf(20, 3, 2, hidden, randperm_seed=4)
+    for t in F.flow_blocks(flow):
+        layers = [m for m in t.hyper if isinstance(m, MaskedLinear)]
+        adj = torch.cat((t.order[:, None] > t.order, torch.ones(20, 3, dtype=torch.bool)), 1)
+        masks = F.made_masks(adj.repeat_interleave(t.total, 0), hidden, "cyclic")
+        assert all(torch.equal(a, b.mask) for a, b in zip(masks, layers))
+
+
+def test_spread_degrees_let_every_feature_read_the_whole_order():
+    """zuko's cyclic degrees with H < D: features beyond rank H read only the first H - 1 features
+    (the quick CaloFlow flow-II: 128 units for 648 voxels); spread degrees reach all, and the block
+    stays autoregressive (nothing above the diagonal in its order)."""
+    D, C, H = 60, 2, 12
+    support = {}
+    for degrees in ("cyclic", "spread"):
+        torch.manual_seed(1)
+        flow = F.build_maf(D, C, 2, (H,), degrees=degrees).double()
+        _perturb(flow)
+        for t in F.flow_blocks(flow):
+            s = _jacobian_support(t, D, C)
+            rank = torch.argsort(t.order)  # features in the order's sequence
+            s = s[rank][:, rank]
+            assert not s.triu(0).logical_and(~torch.eye(D, dtype=torch.bool)).any()  # autoregressive
+            support[degrees] = s.tril(-1).sum().item() / (D * (D - 1) / 2)
+            # the last feature of the order reads the features at the start and near its end
+            if degrees == "spread":
+                assert s[-1, 0] and s[-1, D - 1 - D // H - 1]
+            else:
+                assert not s[-1, D - 2]
+    assert support["cyclic"] < 0.4 and support["spread"] > 0.85
+
+
+@pytest.mark.parametrize("which", ["maf", "iaf"])
+def test_spread_degrees_roundtrip_and_warm_start(which):
+    torch.manual_seed(2)
+    maf = F.build_maf(30, 2, 2, (8,), degrees="spread")
+    iaf = F.build_iaf(30, 2, 2, (8,), degrees="spread")
+    _perturb(maf)
+    assert F.init_student_from_teacher(iaf, maf)  # same widths: the masks agree
+    flow = maf if which == "maf" else iaf
+    if which == "iaf":
+        _perturb(flow)
+    x = torch.randn(16, 30, dtype=torch.float64)
+    c = torch.randn(16, 2, dtype=torch.float64)
+    with F.double_precision(flow):
+        z = F.forward_path(flow, x, c)[-1]
+        x2 = F.inverse_path(flow, z, c)[0]
+    assert (z - x).abs().max() > 1e-2  # not the identity
+    assert (x2 - x).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="degrees"):
+        F.build_maf(4, 1, 1, (3,), degrees="random")

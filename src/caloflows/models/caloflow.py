@@ -91,7 +91,8 @@ class CaloFlowConfig(VoxelInputSettings):
 
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
         **VoxelInputSettings.RANGES, "empty_voxel_noise_mev": (0, None, False),
-        "empty_layer_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False)}
+        "empty_layer_noise_mev": (0, None, False), "voxel_cut_mev": (0, None, False),
+        "single_hit_mev": (0, None, True)}
 
     flow1_transforms: int = 6
     flow1_hidden: tuple = (64, 64)
@@ -111,6 +112,10 @@ class CaloFlowConfig(VoxelInputSettings):
     #: generation cut (MeV) with threshold-aware renormalisation (L2LFlows eqs. B.8-B.9); None: the
     #: paper's renormalise-then-cut at the geometry threshold, or ``empty_voxel_noise_mev`` if that is set
     voxel_cut_mev: float | None = None
+    #: with the generation cut: a layer whose flow-I energy E_i is below the cut but at least this
+    #: (MeV) keeps E_i in its brightest voxel instead of ending empty
+    #: (:func:`caloflows.postprocess.threshold_renormalise`); None: such layers end empty (L2LFlows B.3)
+    single_hit_mev: float | None = None
     flow1_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=4e-5, max_lr=1e-3)))
     flow2_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=200, base_lr=5e-5, max_lr=2e-3, schedule="cyclic")))
     student_train: dict = field(default_factory=lambda: asdict(TrainConfig(epochs=100, batch_size=175, base_lr=4e-5, max_lr=1e-3)))
@@ -180,7 +185,7 @@ class CaloFlow(Generator):
     Config = CaloFlowConfig
     stages = {"train": "flow-I and the flow-II MAF teacher", "distill": "the flow-II IAF student (distillation)"}
     variants = ("teacher", "student")
-    generation_settings = ("voxel_cut_mev", "max_ratio")
+    generation_settings = ("voxel_cut_mev", "single_hit_mev", "max_ratio")
     weight_files = {"flow1": ("flow1.safetensors", "train"), "teacher": ("flow2_teacher.safetensors", "train"),
                     "student": ("flow2_student.safetensors", "distill")}
     cfg: CaloFlowConfig
@@ -191,8 +196,10 @@ class CaloFlow(Generator):
             raise UsageError("CaloFlow needs a geometry with at least 2 layers")
         self.flow1 = F.build_maf(g.n_layers, 1 + k, c.flow1_transforms, c.flow1_hidden, c.bins, c.bound)
         vb = c.voxel_spline_bound  # flow-II's spline domain (VoxelInputSettings)
-        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, vb)
-        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, vb)
+        self.teacher = F.build_maf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.flow2_hidden,), c.bins, vb,
+                                   degrees=c.made_degrees)
+        self.student = F.build_iaf(g.n_voxels, 1 + g.n_layers + k, c.flow2_transforms, (c.student_hidden,), c.bins, vb,
+                                   degrees=c.made_degrees)
         self.logit = P.Logit(c.alpha)
         self._unit: P.UnitSpaceEnergies | None = None
         self._std1: P.Standardize | None = None
@@ -435,7 +442,8 @@ class CaloFlow(Generator):
         cut = self.generation_cut
         if cut is None:
             return P.renormalise_layers(frac, layer_energies, self.geometry.layer_offsets)
-        return threshold_renormalise_layers(frac, layer_energies, self.geometry.layer_offsets, cut)
+        return threshold_renormalise_layers(frac, layer_energies, self.geometry.layer_offsets, cut,
+                                            self.cfg.single_hit_mev)
 
     #: on CPU the student runs a batch in pieces of this many rows (its spline arithmetic is memory-bound)
     micro_batch: int = 512

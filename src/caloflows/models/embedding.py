@@ -42,12 +42,14 @@ class ConditionalFlow(nn.Module):
 
     def __init__(self, features: int, context: int, *, embed: bool = True, embed_hidden: Sequence[int] = (256, 128),
                  embed_out: int = 64, transforms: int = 4, hidden: Sequence[int] = (128,), bins: int = 8,
-                 bound: float = 5.0, inverse: bool = False, randperm_seed: int | None = None) -> None:
+                 bound: float = 5.0, inverse: bool = False, randperm_seed: int | None = None,
+                 degrees: str = "cyclic") -> None:
         super().__init__()
         self.embed: nn.Module = ContextEmbedding(context, embed_hidden, embed_out) if embed else nn.Identity()
         c = embed_out if embed else context
         build = F.build_iaf if inverse else F.build_maf
-        self.flow = build(features, c, transforms, tuple(hidden), bins, bound, randperm_seed=randperm_seed)
+        self.flow = build(features, c, transforms, tuple(hidden), bins, bound, randperm_seed=randperm_seed,
+                          degrees=degrees)
         self.features, self.context = features, context
 
     def forward(self, y: Tensor, context: Tensor) -> Tensor:

@@ -143,9 +143,10 @@ class EnergyFlow(nn.Module):
     features (:mod:`caloflows.conditions`)."""
 
     def __init__(self, n_layers: int, transforms: int = 4, hidden: tuple = (64,), bins: int = 8,
-                 bound: float = 5.0, seed: int = 0, n_params: int = 0) -> None:
+                 bound: float = 5.0, seed: int = 0, n_params: int = 0, degrees: str = "cyclic") -> None:
         super().__init__()
-        self.flow = F.build_maf(n_layers, 1 + n_params, transforms, tuple(hidden), bins, bound, randperm_seed=seed)
+        self.flow = F.build_maf(n_layers, 1 + n_params, transforms, tuple(hidden), bins, bound, randperm_seed=seed,
+                                degrees=degrees)
 
     def forward(self, y: Tensor, c: Tensor) -> Tensor:
         return F.flow_log_prob(self.flow, y, c)

@@ -141,12 +141,12 @@ class ICaloFlow(EnergyFlowModel, Generator):
         n, L = g.layer_sizes[0], g.n_layers
         self.n = n
         self.energy_flow = EnergyFlow(L, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.energy_spline_bound,
-                                      seed=c.seed, n_params=k)
+                                      seed=c.seed, n_params=k, degrees=c.made_degrees)
         self.ctx2, self.ctx3 = 2 + k, n + 3 + (L - 1) + k
 
         def flow(context: int, hidden: list, inverse: bool) -> ConditionalFlow:
             return ConditionalFlow(n, context, embed=False, transforms=c.transforms, hidden=hidden, bins=c.bins,
-                                   bound=c.voxel_spline_bound, inverse=inverse)
+                                   bound=c.voxel_spline_bound, inverse=inverse, degrees=c.made_degrees)
 
         self.flows: dict[str, ConditionalFlow] = {
             "teacher2": flow(self.ctx2, c.hidden, False), "teacher3": flow(self.ctx3, c.hidden, False),

@@ -269,7 +269,7 @@ class L2LFlows(EnergyFlowModel, Generator):
         torch.manual_seed(self.cfg.seed * 7919)
         c = self.cfg
         return EnergyFlow(self.geometry.n_layers, c.edf_transforms, tuple(c.edf_hidden), c.bins, c.energy_spline_bound,
-                          seed=c.seed, n_params=self.n_params)
+                          seed=c.seed, n_params=self.n_params, degrees=c.made_degrees)
 
     def context_size(self, i: int) -> int:
         g = self.geometry
@@ -281,7 +281,7 @@ class L2LFlows(EnergyFlowModel, Generator):
         c = self.cfg
         return ConditionalFlow(self.geometry.layer_sizes[i], self.context_size(i), embed=i > 0 and c.n_cond > 0,
                                embed_hidden=c.embed_hidden, embed_out=c.embed_out, transforms=c.cf_transforms,
-                               hidden=c.cf_hidden, bins=c.bins, bound=c.voxel_spline_bound)
+                               hidden=c.cf_hidden, bins=c.bins, bound=c.voxel_spline_bound, degrees=c.made_degrees)
 
     # ------------------------------------------------------------------ constants
     def set_constants(self, consts: dict) -> None:

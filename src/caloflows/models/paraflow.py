@@ -173,9 +173,10 @@ class ParaFlow(Generator):
             raise UsageError(f"ParaFlow needs a geometry with at least 2 voxels ({g.name} has {g.n_voxels})")
         perm = int(c.seed) + 1 if c.random_permutations else None
         ctx = 1 + self.n_params
-        self.teacher = F.build_maf(g.n_voxels, ctx, c.transforms, tuple(c.hidden), c.bins, c.bound, randperm_seed=perm)
+        self.teacher = F.build_maf(g.n_voxels, ctx, c.transforms, tuple(c.hidden), c.bins, c.bound, randperm_seed=perm,
+                                   degrees=c.made_degrees)
         self.student = F.build_iaf(g.n_voxels, ctx, c.transforms, tuple(c.student_hidden), c.bins, c.bound,
-                                   randperm_seed=perm)
+                                   randperm_seed=perm, degrees=c.made_degrees)
         self.logit = P.Logit(c.alpha)
         self._std: P.Standardize | None = None
         self._einc_range: tuple[float, float] | None = None

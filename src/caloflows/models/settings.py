@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
+from ..flows import MADE_DEGREES
 from ..geometry import PAR04_THRESHOLD_MEV, Geometry
 from ..training.loop import TrainConfig
 
@@ -214,12 +215,17 @@ class FlowSettings(ModelConfig):
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
         "alpha": (0, 0.1, True), "max_resample": (0, None, False), "seed": (0, None, False),
         "max_ratio": (0, None, True)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"made_degrees": MADE_DEGREES}
 
     bins: int = 8
     bound: float = 5.0
     alpha: float = 1e-6
     max_resample: int = 20
     seed: int = 0
+    #: which inputs the hidden units of a MADE narrower than its flow's dimension read
+    #: (:func:`caloflows.flows.made_masks`): ``cyclic`` (zuko's: only the first H - 1 features of
+    #: each order) or ``spread`` (all of them).  Saved models keep the masks they were trained with.
+    made_degrees: str = "cyclic"
 
 
 #: voxel-flow inputs inside the spline domain: the logit values as they are (L2LFlows eq. B.4), in a
@@ -326,7 +332,7 @@ class LayerwiseSettings(EnergyFlowSettings, VoxelInputSettings):
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
         **EnergyFlowSettings.RANGES, **VoxelInputSettings.RANGES, "cache_mb": (0, None, False),
         "voxel_cut_mev": (0, None, True)}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"postprocess": ("threshold", "renormalise")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**FlowSettings.CHOICES, "postprocess": ("threshold", "renormalise")}
 
     edf_transforms: int = 4
     edf_hidden: list = field(default_factory=lambda: [64])

@@ -93,7 +93,7 @@ class SuperCaloConfig(EnergyFlowSettings):
     TITLE: ClassVar[str] = "SuperCalo"
     RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True),
                               "voxel_cut_mev": (0, None, True), "fine_layer_fit": (0, None, False)}
-    CHOICES: ClassVar[dict] = {"up_precision": ("float32", "float64")}
+    CHOICES: ClassVar[dict] = {**EnergyFlowSettings.CHOICES, "up_precision": ("float32", "float64")}
 
     coarse_graining: str = "A"
     coarse: dict = field(default_factory=lambda: CaloFlowConfig().to_dict())
@@ -154,9 +154,10 @@ class SuperCaloConfig(EnergyFlowSettings):
         return super().from_dict(d)
 
     def coarse_config(self) -> CaloFlowConfig:
-        """The nested coarse CaloFlow's settings; its initialisation ``seed`` is this config's (so
-        ``--seed`` reaches it; ``coarse.seed`` is not used)."""
-        d = {**self.coarse, "seed": self.seed}
+        """The nested coarse CaloFlow's settings; its initialisation ``seed`` and its ``made_degrees``
+        are this config's (so ``--seed`` reaches it; ``coarse.seed`` and ``coarse.made_degrees`` are not
+        used)."""
+        d = {**self.coarse, "seed": self.seed, "made_degrees": self.made_degrees}
         if self.voxel_cut_mev is not None and d.get("voxel_cut_mev") is None:
             d["voxel_cut_mev"] = self.voxel_cut_mev  # the fine cut's coarse half (see ``voxel_cut_mev``)
         return CaloFlowConfig.from_dict(d)
@@ -253,14 +254,14 @@ class SuperCalo(Generator):
         self.f_z = self.cmap.grouping.f_z
         self.flow1 = (EnergyFlow(self.geometry.n_layers, c.flow1_transforms, tuple(c.flow1_hidden), c.bins,
                                  c.energy_spline_bound,
-                                 seed=c.seed, n_params=k) if self.f_z > 1 else None)
+                                 seed=c.seed, n_params=k, degrees=c.made_degrees) if self.f_z > 1 else None)
         # conditions: table I (prep.condition_dim) + detector parameters
         cond_dim = 8 + self.f_z + self.cmap.nc_z + self.cmap.nc_r + k
         self.upflow = F.build_maf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
-                                  c.up_bound)
+                                  c.up_bound, degrees=c.made_degrees)
         # built last: the networks above keep the initial weights they had before the student existed
         self.up_student = F.build_iaf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
-                                      c.up_bound)
+                                      c.up_bound, degrees=c.made_degrees)
         self._prep: SuperCaloPreprocessing | None = None
         self._energy: EnergyConstants | None = None
         self._ratio_max: float | None = None
