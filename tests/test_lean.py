@@ -244,3 +244,33 @@ def test_two_knot_lookup_at_knots_and_domain_edges():
     y = 6 * torch.rand(40, 5, dtype=torch.float64) - 3
     x32 = L.rqs_inverse(w.float(), h.float(), d.float(), y.float()).double()
     assert (x32 - t.inv(y)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("degrees,hidden,triangular", [("spread", (12,), True), ("cyclic", (12,), False),
+                                                       ("cyclic", (64,), True), ("spread", (12, 12), True)])
+def test_block_triangular_output_layer_matches_zuko(degrees, hidden, triangular, monkeypatch):
+    """The MADE output layer as matmuls over prefixes of degree-sorted hidden units (issue 13) is
+    used where it saves work (spread degrees, or H >= D) and gives zuko's samples."""
+    monkeypatch.setattr(L, "OUTPUT_GROUPS_MIN_WEIGHTS", 0)  # (real layers: >= 1M weights)
+    torch.manual_seed(3)
+    f = F.build_iaf(40, 3, 2, hidden, degrees=degrees)
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    with F.double_precision(f):
+        lean = L.LeanFlow.from_flow(f)
+        assert all((b._out_chunks is not None) == triangular for b in lean.blocks)
+        for rows in (L.OUTPUT_GROUPS_ROWS - 1, L.OUTPUT_GROUPS_ROWS):  # dense below, grouped from here
+            z = torch.randn(rows, 40, dtype=torch.float64)
+            c = torch.randn(rows, 3, dtype=torch.float64)
+            ref = F.inverse_path(f, z, c, fast=False)[0]
+            with torch.inference_mode():
+                x = lean.sample(z, c)
+            assert torch.allclose(x, ref, atol=1e-10, rtol=0)
+        if triangular:  # the prefixes are shorter than the layer
+            assert min(ch[0] for ch in lean.blocks[0]._out_chunks) < hidden[-1] // 2
+
+
+def test_small_output_layers_stay_dense():
+    f = F.build_iaf(10, 3, 2, (64,))  # SUPERCALO-sized: 10 x 23 outputs of 64 units
+    assert all(b._out_chunks is None for b in L.LeanFlow.from_flow(f).blocks)
