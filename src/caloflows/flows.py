@@ -234,8 +234,6 @@ def _made_blocks(
     else:
         # ascending / descending alternately, as zuko's MAF and nflows' reversed permutations
         orders = [torch.arange(features) if k % 2 == 0 else torch.arange(features).flip(0) for k in range(transforms)]
-    if degrees not in MADE_DEGREES:
-        raise ValueError(f"degrees must be one of {MADE_DEGREES}, not {degrees!r}")
     blocks = [
         _cache_masks(cls(
             features=features,
