@@ -83,25 +83,27 @@ def build_icaloflow(preset: str, geometry: str) -> ICaloFlow:
     return model
 
 
-def effective_flops(model) -> float:
-    """:func:`flops_and_shape`'s FLOPs counting only weights that no MADE mask fixes to zero (the
-    lean path's block-triangular output layer skips most of the masked ones)."""
-    nets = {k: F.count_effective_parameters(m) for k, m in model.networks().items()}
+def chain_flops(model, params: dict[str, int]) -> float:
+    """``2 x`` the multiply-adds of one shower of the student chain, from per-network ``params``
+    (CaloFlow: flow-I + student; iCaloFlow: flow-1 + flow-2 student + (L - 1) x flow-3 student)."""
     if isinstance(model, ICaloFlow):
         L = model.geometry.n_layers
-        return 2.0 * (nets["energy"] + nets["student2"] + (L - 1) * nets["student3"])
-    return 2.0 * (nets["flow1"] + nets["student"])
+        return 2.0 * (params["energy"] + params["student2"] + (L - 1) * params["student3"])
+    return 2.0 * (params["flow1"] + params["student"])
+
+
+def effective_flops(model) -> float:
+    """:func:`chain_flops` counting only weights that no MADE mask fixes to zero (the lean path's
+    block-triangular output layer skips most of the masked ones)."""
+    return chain_flops(model, {k: F.count_effective_parameters(m) for k, m in model.networks().items()})
 
 
 def flops_and_shape(model) -> tuple[float, tuple[int, int]]:
     """(FLOPs per shower of the student chain, (hidden, output) of its widest MADE output layer)."""
-    params = model.parameter_counts()
+    flops = chain_flops(model, model.parameter_counts())
     if isinstance(model, ICaloFlow):
-        L = model.geometry.n_layers
-        flops = 2.0 * (params["energy"] + params["student2"] + (L - 1) * params["student3"])
         return flops, (int(model.cfg.student_hidden[-1]), model.n * (3 * model.cfg.bins - 1))
-    return 2.0 * (params["flow1"] + params["student"]), (int(model.cfg.student_hidden),
-                                                        model.geometry.n_voxels * (3 * model.cfg.bins - 1))
+    return flops, (int(model.cfg.student_hidden), model.geometry.n_voxels * (3 * model.cfg.bins - 1))
 
 
 def time_generation(model, batch: int, student: bool, min_seconds: float, max_reps: int,

@@ -113,7 +113,7 @@ class CaloFlowSampler(nn.Module):
         self.offsets = [int(o) for o in model.geometry.layer_offsets]
         self.threshold = float(model.geometry.threshold_mev) if threshold else None
         self.cut = model.generation_cut  # threshold-aware renormalisation (L2LFlows B.9) when set
-        self.single_hit = model.cfg.single_hit_mev if self.cut is not None else None
+        self.single_hit = model.cfg.single_hit_mev  # with the cut: sub-cut layers as one hit
         self.bound = float(model.cfg.max_ratio if model.cfg.max_ratio is not None else model.unit.u0_max)
         self.n_layers, self.n_voxels = model.geometry.n_layers, model.geometry.n_voxels
         self.student_dtype = torch.float32
