@@ -246,14 +246,16 @@ def test_two_knot_lookup_at_knots_and_domain_edges():
     assert (x32 - t.inv(y)).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("build", [F.build_iaf, F.build_maf])
 @pytest.mark.parametrize("degrees,hidden,triangular", [("spread", (12,), True), ("cyclic", (12,), False),
                                                        ("cyclic", (64,), True), ("spread", (12, 12), True)])
-def test_block_triangular_output_layer_matches_zuko(degrees, hidden, triangular, monkeypatch):
+def test_block_triangular_output_layer_matches_zuko(degrees, hidden, triangular, build, monkeypatch):
     """The MADE output layer as matmuls over prefixes of degree-sorted hidden units (issue 13) is
-    used where it saves work (spread degrees, or H >= D) and gives zuko's samples."""
+    used where it saves work (spread degrees, or H >= D) and gives zuko's samples; a MAF's
+    sequential inverse runs on the same degree-sorted weights."""
     monkeypatch.setattr(L, "OUTPUT_GROUPS_MIN_WEIGHTS", 0)  # (real layers: >= 1M weights)
     torch.manual_seed(3)
-    f = F.build_iaf(40, 3, 2, hidden, degrees=degrees)
+    f = build(40, 3, 2, hidden, degrees=degrees)
     with torch.no_grad():
         for p in f.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -266,7 +268,9 @@ def test_block_triangular_output_layer_matches_zuko(degrees, hidden, triangular,
             ref = F.inverse_path(f, z, c, fast=False)[0]
             with torch.inference_mode():
                 x = lean.sample(z, c)
+                back = lean.transform(x, c)  # the other direction (MAF: the grouped layer)
             assert torch.allclose(x, ref, atol=1e-10, rtol=0)
+            assert torch.allclose(back, z, atol=1e-8, rtol=0)
         if triangular:  # the prefixes are shorter than the layer
             assert min(ch[0] for ch in lean.blocks[0]._out_chunks) < hidden[-1] // 2
 
