@@ -133,14 +133,15 @@ def test_double_precision_keeps_the_lean_cache_and_follows_changes():
     assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("build", [F.build_maf, F.build_iaf])
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("hidden", [(32,), (16, 16)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_small_batch_numpy_inverse_matches_torch_steps(rows, hidden, dtype, tol, monkeypatch):
-    """The numpy steps of a MAF inverse (few rows; one row: Python-float spline) equal the torch
-    steps and zuko's inverse for the same latent, including values outside the spline's range
-    (identity tails); data -> latent inverts them."""
-    f = _flow(F.build_maf, 2, hidden, seed=2)
+def test_small_batch_numpy_inverse_matches_torch_steps(build, rows, hidden, dtype, tol, monkeypatch):
+    """Few rows on the CPU: the numpy steps of a MAF inverse (one row: Python-float spline) and the
+    numpy spline of an IAF block's one pass equal the torch path and zuko's inverse for the same
+    latent, including values outside the spline's range (identity tails); data -> latent inverts them."""
+    f = _flow(build, 2, hidden, seed=2)
     lean = L.LeanFlow.from_flow(f).to(dtype)
     gen = torch.Generator().manual_seed(rows)
     z = 2.5 * torch.randn(rows, 7, generator=gen, dtype=dtype)
@@ -152,7 +153,11 @@ def test_small_batch_numpy_inverse_matches_torch_steps(rows, hidden, dtype, tol,
         monkeypatch.setattr(L, "NUMPY_ROWS", 16)
         x = lean.sample(z, c)
         assert x.dtype == dtype and torch.allclose(x, ref, atol=tol, rtol=0)
-        assert torch.allclose(lean.transform(x, c), z, atol=10 * tol, rtol=0)
+        # an IAF's data -> latent is its sequential direction: in float32 these random weights amplify
+        # round-off ~1000x (numpy and torch samples, 1e-6 apart, invert to 3e-3 and 4e-4 of z), so the
+        # float32 IAF round trip is checked in the float64 case only (there: 1e-12)
+        if build is F.build_maf or dtype == torch.float64:
+            assert torch.allclose(lean.transform(x, c), z, atol=10 * tol, rtol=0)
     if dtype == torch.float64:
         with F.double_precision(f):
             zuko = F.inverse_path(f, z, c, fast=False)[0]

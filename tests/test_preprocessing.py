@@ -83,6 +83,26 @@ def test_normalise_renormalise_exact_layer_sums():
     assert np.allclose(sums, target, rtol=1e-12)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_equal_layers_renormalise_as_the_per_layer_loop_bit_for_bit(lib):
+    """Equal layers (one call on the (N L, n) rows) give the per-layer loop's result bit for bit,
+    including an empty layer (uniform) and negative fractions (clipped)."""
+    rng = np.random.default_rng(5)
+    offs = np.arange(0, 13, 4)  # 3 layers of 4
+    f = rng.normal(0.3, 0.4, (7, 12))
+    f[2, 4:8] = -1.0  # a layer that sums to 0 after clipping
+    E = rng.gamma(2, 5, size=(7, 3))
+    conv = (lambda a: torch.as_tensor(a)) if lib == "torch" else (lambda a: a)
+    fast = P.renormalise_layers(conv(f), conv(E), offs)
+    # the loop: each layer renormalised by itself
+    loop = [P.renormalise_layers(conv(f[:, a:b]), conv(E[:, i:i + 1]), np.array([0, b - a]))
+            for i, (a, b) in enumerate(zip(offs[:-1], offs[1:]))]
+    ref = torch.cat(loop, 1) if lib == "torch" else np.concatenate(loop, 1)
+    fast, ref = np.asarray(fast), np.asarray(ref)
+    assert np.array_equal(fast, ref)
+    assert np.allclose(fast[2, 4:8], E[2, 1] / 4) and (fast >= 0).all()
+
+
 def test_noise_range():
     x = torch.zeros(10000, dtype=torch.float64)
     y = P.add_uniform_noise(x, 1e-3, torch.Generator().manual_seed(0))

@@ -231,21 +231,31 @@ def normalise_layers(showers, layer_offsets: np.ndarray):
     return cat(out, 1), cat(sums, 1)
 
 
+def _renormalise_rows(f, E, lib):
+    """Rows ``f`` (R, n) of non-negative fractions -> rows summing to ``E`` (R, 1); uniform where a row sums to 0."""
+    s = f.sum(1, keepdims=True) if lib is np else f.sum(1, keepdim=True)
+    f = lib.where(s > 0, f / lib.where(s > 0, s, lib.ones_like(s)), lib.ones_like(f) / f.shape[1])
+    return f * E
+
+
 def renormalise_layers(fractions, layer_energies, layer_offsets: np.ndarray):
     """Inverse of :func:`normalise_layers` with exact layer sums.
 
     Negative fractions are clipped to 0, each layer is divided by its sum (uniform if the
     layer sums to 0) and multiplied by ``E_i``, so every layer sums to ``E_i`` up to round-off.
+    Layers of equal size (ds2, ds3, ds2-coarse) are one call on the (N L, n) rows (a reshape; each
+    row on its own, so the per-layer loop's result bit for bit): at batch 1 the loop's ~6 tensor
+    ops per layer cost ~0.3 ms of a ~6 ms ds2-coarse CaloFlow shower.
     """
     lib = _lib(fractions)
     f = lib.clip(fractions, 0, None) if lib is np else fractions.clamp_min(0)
-    out = []
-    for i, (a, b) in enumerate(zip(layer_offsets[:-1], layer_offsets[1:])):
-        blk = f[:, int(a):int(b)]
-        s = blk.sum(1, keepdims=True) if lib is np else blk.sum(1, keepdim=True)
-        n = int(b) - int(a)
-        blk = lib.where(s > 0, blk / lib.where(s > 0, s, lib.ones_like(s)), lib.ones_like(blk) / n)
-        out.append(blk * layer_energies[:, i:i + 1])
+    offs = [int(o) for o in layer_offsets]
+    sizes = {b - a for a, b in zip(offs[:-1], offs[1:])}
+    if len(sizes) == 1 and offs[0] == 0 and offs[-1] == f.shape[1]:
+        n = sizes.pop()
+        return _renormalise_rows(f.reshape(-1, n), layer_energies.reshape(-1, 1), lib).reshape(f.shape[0], -1)
+    out = [_renormalise_rows(f[:, a:b], layer_energies[:, i:i + 1], lib)
+           for i, (a, b) in enumerate(zip(offs[:-1], offs[1:]))]
     return np.concatenate(out, 1) if lib is np else torch.cat(out, 1)
 
 
