@@ -431,9 +431,13 @@ def main(argv=None) -> int:
                 for b in a.batches if b <= len(c)]
             for N in () if "chain" in skip else a.resample:
                 key = f"supercalo_{choice}_{a.variant}_N{N}{sfx}"
-                speed[key] = [ms_per_shower(lambda b=b, N=N, m=m: m.sample_resampled(np.resize(einc_mix, b), N, batch_size=b,
-                                                                                seed=1, variant=a.variant), b,
-                                            a.min_seconds) for b in a.batches if b >= N]
+                # batch b: b coarse showers per pass, as for N = 1, upsampled into b N fine showers
+                # (before stop 23 a call made b fine showers, so the coarse pass at N = 10 had b / 10 rows)
+                speed[key] = [ms_per_shower(lambda b=b, N=N, m=m: m.sample_resampled(np.resize(einc_mix, b * N), N,
+                                                                                batch_size=b, seed=1,
+                                                                                variant=a.variant), b * N,
+                                            a.min_seconds) | {"batch": b, "fine_showers_per_call": b * N}
+                              for b in a.batches]
                 log(key, json.dumps(speed[key]))
                 res["generation_ms_per_shower"] = speed
                 save(res, a.out)

@@ -194,6 +194,68 @@ def test_resampling_gives_n_distinct_upsamplings_of_each_coarse_shower(which, re
     assert m.cfg.resample == 1
 
 
+def test_resampling_runs_the_coarse_networks_at_the_batch_size(model_a, monkeypatch):
+    """With N > 1 a pass of the coarse networks draws ``batch_size`` coarse showers (not
+    batch_size / N), and SUPERCALO upsamples them in passes of at most ``batch_size`` fine showers."""
+    m, data, _ = model_a
+    coarse_rows, fine_rows = [], []
+    sample_coarse, upsample_rows = m.sample_coarse, m._upsample_rows
+
+    def spy_coarse(einc, *a, **k):
+        coarse_rows.append(len(einc))
+        return sample_coarse(einc, *a, **k)
+
+    def spy_fine(c, *a, **k):
+        fine_rows.append(len(c))
+        return upsample_rows(c, *a, **k)
+
+    monkeypatch.setattr(m, "sample_coarse", spy_coarse)
+    monkeypatch.setattr(m, "_upsample_rows", spy_fine)
+    e = np.resize(data.incident_energies, 38)
+    s = m.sample_resampled(e, 5, batch_size=4, seed=1)
+    assert s.showers.shape == (38, m.geometry.n_voxels)
+    assert coarse_rows == [4, 4]  # 8 coarse showers in passes of 4
+    assert fine_rows == [4, 4, 4, 4, 4, 4, 4, 4, 4, 2]  # 20 + 18 fine showers in passes of 4
+    cg = m.cmap.coarse_grain(s.showers.astype(np.float64))
+    np.testing.assert_allclose(cg[35:38], np.repeat(cg[35:36], 3, 0), rtol=1e-4, atol=1e-4)  # the last group
+    coarse_rows.clear()
+    m.sample_resampled(e, 1, batch_size=4, seed=1)
+    assert coarse_rows == [4] * 9 + [2]
+
+
+def test_coarse_layer_energies_from_the_coarse_flow1(model_a, monkeypatch):
+    """``coarse_layer_energies=coarse``: the chain's coarse layers carry the coarse CaloFlow's flow-I
+    energies (FLOW-1's fine energies rescaled to them); the default (the paper) never calls it."""
+    m, data, _ = model_a
+    drawn = []
+    orig = m.coarse.sample_layer_energies
+
+    def spy(*a, **k):
+        drawn.append(orig(*a, **k).cpu().numpy())
+        return torch.as_tensor(drawn[-1])
+
+    monkeypatch.setattr(m.coarse, "sample_layer_energies", spy)
+    e = data.incident_energies[:20]
+    m.sample(e, seed=3, variant="teacher")
+    assert drawn == []
+    old = m.cfg
+    try:
+        m.with_generation_settings(["coarse_layer_energies=coarse"])
+        out = m.sample(e, seed=3, variant="teacher").showers.astype(np.float64)
+    finally:
+        m.cfg = old
+    Ec = drawn[0]
+    got = m.cmap.coarse.layer_energies(m.cmap.coarse_grain(out))
+    big = Ec > 1.0  # MeV; the readout threshold removes a little of the faintest layers
+    assert big.sum() > 10 and np.allclose(got[big], Ec[big], rtol=2e-2)
+    # the rescaling itself: shares kept, group sums set, an empty group shared equally
+    E = np.array([[1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0, 4.0]])
+    fine = m._fine_layers_in(E, np.array([[8.0, 3.0, 4.0]]))
+    np.testing.assert_allclose(fine, [[2.0, 6.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]])
+    with pytest.raises(ConfigError, match="coarse_layer_energies"):
+        m.cfg.override(["coarse_layer_energies=fine"])
+
+
 def test_save_load_round_trip(model_a, tmp_path):
     m, data, path = model_a
     d = path.parent / "m"

@@ -18,7 +18,8 @@ model directory.  :class:`Generator` owns everything that is not a family's own 
 
 A family implements only what is its own: :meth:`Generator.build` (its networks),
 ``_fit_<stage>`` (how one stage trains), :meth:`Generator._sample_batch` (one batch of
-showers), :meth:`Generator._log_prob_batch`, and its preprocessing constants.
+showers; :meth:`Generator._batches` too where it draws in other groups, as SuperCalo's
+resampling), :meth:`Generator._log_prob_batch`, and its preprocessing constants.
 
 Example:
     >>> import caloflows
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -126,6 +127,16 @@ class Generator(abc.ABC):
     @abc.abstractmethod
     def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
         """``log p`` of one batch (float64 tensors on the model's device)."""
+
+    def _batches(self, einc: np.ndarray, feats: np.ndarray, batch_size: int, generator: torch.Generator,
+                 variant: str | None) -> Iterator[tuple[int, Tensor]]:
+        """``(first row, showers)`` of each network pass of :meth:`sample`: :meth:`_sample_batch` on
+        ``batch_size`` rows at a time.  Families that draw in other groups (SuperCalo's resampling:
+        one coarse pass for N fine passes) override this."""
+        for a in range(0, len(einc), batch_size):
+            e = torch.as_tensor(einc[a:a + batch_size], dtype=torch.float64, device=self.device)
+            p = torch.as_tensor(feats[a:a + batch_size], dtype=torch.float64, device=self.device)
+            yield a, self._sample_batch(e, p, generator, variant)
 
     def constants(self) -> dict | None:
         """Preprocessing constants to store in ``constants.json`` (None before training)."""
@@ -343,12 +354,11 @@ class Generator(abc.ABC):
         out = np.empty((n, self.geometry.n_voxels), dtype=np.float32)
         feats = self.condition_spec.features(cond.values)
         desc = f"generate ({self.kind}{'' if variant is None else ' ' + variant})"
-        with torch.no_grad():
-            for a in tqdm(range(0, n, bs), desc=desc, disable=None if progress else True):
-                e = torch.as_tensor(cond.incident_energies[a:a + bs], dtype=torch.float64, device=self.device)
-                p = torch.as_tensor(feats[a:a + bs], dtype=torch.float64, device=self.device)
-                v = self._sample_batch(e, p, gen, variant).cpu().numpy()
-                out[a:a + bs] = self.geometry.apply_threshold(v) if threshold else v
+        with torch.no_grad(), tqdm(total=n, desc=desc, unit="shower", disable=None if progress else True) as bar:
+            for a, t in self._batches(cond.incident_energies, feats, bs, gen, variant):
+                v = t.cpu().numpy()
+                out[a:a + len(v)] = self.geometry.apply_threshold(v) if threshold else v
+                bar.update(len(v))
         return ShowerData(cond.incident_energies, out, cond.values if self.n_params else None, cond.names,
                           {"generator": self.kind, "variant": variant or "default"})
 

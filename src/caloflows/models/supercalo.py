@@ -55,7 +55,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -93,7 +93,8 @@ class SuperCaloConfig(EnergyFlowSettings):
     TITLE: ClassVar[str] = "SuperCalo"
     RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True),
                               "voxel_cut_mev": (0, None, True), "fine_layer_fit": (0, None, False)}
-    CHOICES: ClassVar[dict] = {**EnergyFlowSettings.CHOICES, "up_precision": ("float32", "float64")}
+    CHOICES: ClassVar[dict] = {**EnergyFlowSettings.CHOICES, "up_precision": ("float32", "float64"),
+                               "coarse_layer_energies": ("flow1", "coarse")}
 
     coarse_graining: str = "A"
     coarse: dict = field(default_factory=lambda: CaloFlowConfig().to_dict())
@@ -119,6 +120,11 @@ class SuperCaloConfig(EnergyFlowSettings):
     #: (:func:`caloflows.superres.fit_fine_layers`; beyond the paper, stop 17); 0: none (the paper).  A
     #: generation setting; it acts only when a coarse voxel spans several fine layers (f_z > 1, choice A)
     fine_layer_fit: int = 0
+    #: where the coarse layer energies of the full chain come from (f_z > 1): ``flow1`` (the paper: FLOW-1's
+    #: fine layer energies, summed per coarse layer) or ``coarse`` (beyond the paper, stop 23: the nested
+    #: coarse CaloFlow's own flow-I, the one its flow-II trained with; FLOW-1's fine energies are then
+    #: rescaled in every coarse layer to its energy, as for ``--coarse`` upsampling).  A generation setting
+    coarse_layer_energies: str = "flow1"
     #: sample SUPERCALO with its distilled IAF student instead of the MAF's sequential inverse (beyond
     #: the paper; ``caloflows distill`` trains it).  A generation setting
     up_student: bool = False
@@ -237,8 +243,9 @@ class SuperCalo(Generator):
     #: ``fine_layer_fit``: iterations of the fit of the fine layers to FLOW-1's energies (f_z > 1)
     #: ``up_student``: sample SUPERCALO with its distilled IAF student
     #: ``up_compile``: SUPERCALO's splines through torch.compile
+    #: ``coarse_layer_energies``: the coarse layer energies from FLOW-1 (the paper) or the coarse flow-I
     generation_settings = ("voxel_cut_mev", "fine_layer_fit", "up_student", "up_compile", "coarse.voxel_cut_mev",
-                           "max_ratio")
+                           "max_ratio", "coarse_layer_energies")
     cfg: SuperCaloConfig
 
     # ------------------------------------------------------------------ networks
@@ -506,6 +513,15 @@ class SuperCalo(Generator):
     def _coarse_layer_sums(self, E: Tensor) -> Tensor:
         return E.reshape(len(E), self.cmap.nc_z, self.f_z).sum(2)
 
+    def _fine_layers_in(self, E: np.ndarray, Ec: np.ndarray) -> np.ndarray:
+        """Fine layer energies ``E`` (B, L) rescaled in every group of ``f_z`` layers to the coarse layer
+        energies ``Ec`` (B, L / f_z): each fine layer keeps its share of the group (equal shares where
+        the group is empty)."""
+        g = E.reshape(len(E), self.cmap.nc_z, self.f_z)
+        s = g.sum(2, keepdims=True)
+        share = np.where(s > 0, g / np.where(s > 0, s, 1.0), 1.0 / self.f_z)
+        return (share * Ec[:, :, None]).reshape(len(E), -1)
+
     @torch.no_grad()
     def sample_coarse(self, einc: Tensor, params: Tensor, generator: torch.Generator | None,
                       variant: str | None) -> tuple[Tensor, Tensor]:
@@ -521,7 +537,11 @@ class SuperCalo(Generator):
             bound = self.cfg.max_ratio if self.cfg.max_ratio is not None else self._ratio_max
             E = apply_cut(self.flow1.sample_energies(einc, ec, bound, self.cfg.max_resample, generator, params),
                           self.cut)
-            Ec = self._coarse_layer_sums(E)
+            if self.cfg.coarse_layer_energies == "coarse":
+                Ec = apply_cut(self.coarse.sample_layer_energies(einc, params, generator), self.cut)
+                E = torch.as_tensor(self._fine_layers_in(E.cpu().numpy(), Ec.cpu().numpy()), device=self.device)
+            else:
+                Ec = self._coarse_layer_sums(E)
         coarse = apply_cut(self.coarse.sample_voxels(Ec, einc, params, student=variant == "student",
                                                      generator=generator), self.cut)
         if self.flow1 is None:
@@ -609,36 +629,54 @@ class SuperCalo(Generator):
                 out[s] = fit_fine_layers(out[s], c, layers[s], cmap, self.cfg.fine_layer_fit, cut)
         return out
 
-    def _upsample_batch(self, coarse: Tensor, einc: Tensor, layers: Tensor, params: Tensor,
-                        generator: torch.Generator | None, resample: int) -> Tensor:
-        """Each of M coarse showers upsampled ``resample`` times, shower-major: (M N, V) float64."""
-        idx = np.repeat(np.arange(len(coarse)), resample)
-        c, e, L, p = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, einc, layers, params))
-        fine = self._upsample_rows(c[idx], e[idx], L[idx], p[idx], generator)
-        return torch.as_tensor(fine, device=self.device)
-
     def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
-        """Full chain; with ``resample = N`` (setting) the coarse shower of row ``j`` is that of row
-        ``N * (j // N)``: ceil(B / N) coarse showers, each upsampled N times (E_inc of the first row)."""
-        n = len(einc)
+        """Full chain, one fine shower per coarse shower: FLOW-1, FLOW-2, SUPERCALO (float64 MeV)."""
+        coarse, E = self.sample_coarse(einc, params, generator, variant)
+        c, e, L, p = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, einc, E, params))
+        return torch.as_tensor(self._upsample_rows(c, e, L, p, generator), device=self.device)
+
+    def _batches(self, einc: np.ndarray, feats: np.ndarray, batch_size: int, generator: torch.Generator,
+                 variant: str | None) -> Iterator[tuple[int, Tensor]]:
+        """With ``resample = N`` (setting): the coarse shower of fine row ``j`` is that of row
+        ``N (j // N)`` (E_inc and parameters of that row).  A pass of the coarse networks draws
+        ``batch_size`` coarse showers, as for N = 1, and SUPERCALO upsamples them N times in passes of
+        ``batch_size`` fine showers: resampling divides the coarse cost by N at the same batch
+        (paper sec. V C), and memory stays that of N = 1."""
         N = max(1, int(self.cfg.resample))
-        lead = torch.arange(0, n, N, device=einc.device)
-        coarse, E = self.sample_coarse(einc[lead], params[lead], generator, variant)
-        out = self._upsample_batch(coarse, einc[lead], E, params[lead], generator, N)[:n]
-        return out
+        if N == 1:
+            yield from super()._batches(einc, feats, batch_size, generator, variant)
+            return
+        n = len(einc)
+        lead = np.arange(0, n, N)
+        for a in range(0, len(lead), batch_size):
+            rows = lead[a:a + batch_size]
+            e = torch.as_tensor(einc[rows], dtype=torch.float64, device=self.device)
+            p = torch.as_tensor(feats[rows], dtype=torch.float64, device=self.device)
+            coarse, E = self.sample_coarse(e, p, generator, variant)
+            c, ee, L, pp = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, e, E, p))
+            first = int(rows[0])
+            idx = np.repeat(np.arange(len(rows)), N)[:n - first]  # this pass's fine rows, shower-major
+            for b in range(0, len(idx), batch_size):
+                j = idx[b:b + batch_size]
+                yield first + b, torch.as_tensor(self._upsample_rows(c[j], ee[j], L[j], pp[j], generator),
+                                                 device=self.device)
 
     def sample_resampled(self, conditions: "int | np.ndarray | Conditions", resample: int, batch_size: int = 10_000,
                          **kw: Any) -> ShowerData:
         """:meth:`sample` with resampling factor ``resample`` (N): ``ceil(n / N)`` coarse showers, each
         upsampled N times; consecutive groups of N output showers share one coarse shower and E_inc
-        (given E_inc / conditions are taken from every N-th row, and the output says so)."""
+        (given E_inc / conditions are taken from every N-th row, and the output says so).
+
+        ``batch_size`` is the rows of every network pass: ``batch_size`` coarse showers per pass of the
+        coarse networks (as for N = 1, so that resampling divides their cost by N at the same batch),
+        ``batch_size`` fine showers per SUPERCALO pass.
+        """
         if int(resample) < 1:
             raise UsageError(f"resampling factor must be at least 1, got {resample}")
         old = self.cfg.resample
         self.cfg.resample = int(resample)
-        bs = max(int(resample), int(batch_size) - int(batch_size) % int(resample))  # groups not split across batches
         try:
-            d = self.sample(conditions, batch_size=bs, **kw)
+            d = self.sample(conditions, batch_size=batch_size, **kw)
         finally:
             self.cfg.resample = old
         lead = (np.arange(len(d)) // int(resample)) * int(resample)  # the rows the coarse showers were drawn for
@@ -687,10 +725,7 @@ class SuperCalo(Generator):
                 E = self.flow1.sample_energies(torch.as_tensor(einc, device=self.device), ec, None,
                                                self.cfg.max_resample, gen,
                                                torch.as_tensor(feats, device=self.device)).cpu().numpy()
-            g = E.reshape(len(E), self.cmap.nc_z, self.f_z)
-            s = g.sum(2, keepdims=True)
-            share = np.where(s > 0, g / np.where(s > 0, s, 1.0), 1.0 / self.f_z)
-            layers = (share * Ec[:, :, None]).reshape(len(E), -1)
+            layers = self._fine_layers_in(E, Ec)
         N = int(resample)
         idx = np.repeat(np.arange(len(coarse)), N)
         out = np.empty((len(idx), self.geometry.n_voxels), dtype=np.float32)
