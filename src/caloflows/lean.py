@@ -282,14 +282,14 @@ def rqs_forward(w: Tensor, h: Tensor, d: Tensor, x: Tensor, bound: float = 5.0, 
     return _forward_wh(torch.stack([w, h], -2), d, x, bound, slope)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spline_scale(K: int, ls: float) -> np.ndarray:
     """Per-parameter scale of zuko's soft clamp ``u / (1 + |u * scale|)`` (widths, heights: 2 / log
     slope; derivatives: 1 / log slope) in the layout ``[widths K | heights K | derivatives K - 1]``."""
     return np.concatenate([np.full(2 * K, 2.0 / ls), np.full(K - 1, 1.0 / ls)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cumsum_matrix(K: int, dtype: np.dtype) -> np.ndarray:
     """(K, K + 1) 0/1 matrix: ``e @ M`` is ``[0, e_0, e_0 + e_1, ..., sum e]``."""
     return np.triu(np.ones((K, K + 1), dtype=dtype), 1)
@@ -323,9 +323,9 @@ def _rqs_inverse_numpy(wh: np.ndarray, d: np.ndarray, y: np.ndarray, bound: floa
     y0, y1 = c[i + W] * fy - bound, c[i + W + 1] * fy - bound
     dp = np.zeros((N, W), dtype=d.dtype)
     dp[:, 1:K] = d
-    j = np.arange(0, N * W, W) + k
+    jd = np.arange(0, N * W, W) + k
     dpf = dp.reshape(-1)
-    d0, d1 = dpf[j], dpf[j + 1]
+    d0, d1 = dpf[jd], dpf[jd + 1]
     d0 = np.exp(d0 / (1.0 + np.abs(d0 / ls)))
     d1 = np.exp(d1 / (1.0 + np.abs(d1 / ls)))
     dx, dy = x1 - x0, y1 - y0
