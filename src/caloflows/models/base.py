@@ -134,9 +134,12 @@ class Generator(abc.ABC):
         ``batch_size`` rows at a time.  Families that draw in other groups (SuperCalo's resampling:
         one coarse pass for N fine passes) override this."""
         for a in range(0, len(einc), batch_size):
-            e = torch.as_tensor(einc[a:a + batch_size], dtype=torch.float64, device=self.device)
-            p = torch.as_tensor(feats[a:a + batch_size], dtype=torch.float64, device=self.device)
-            yield a, self._sample_batch(e, p, generator, variant)
+            yield a, self._sample_batch(*self._condition_rows(einc, feats, slice(a, a + batch_size)), generator, variant)
+
+    def _condition_rows(self, einc: np.ndarray, feats: np.ndarray, rows: Any) -> tuple[Tensor, Tensor]:
+        """E_inc (MeV) and parameter features of ``rows`` as float64 tensors on the model's device."""
+        return (torch.as_tensor(einc[rows], dtype=torch.float64, device=self.device),
+                torch.as_tensor(feats[rows], dtype=torch.float64, device=self.device))
 
     def constants(self) -> dict | None:
         """Preprocessing constants to store in ``constants.json`` (None before training)."""

@@ -631,9 +631,16 @@ class SuperCalo(Generator):
 
     def _sample_batch(self, einc: Tensor, params: Tensor, generator: torch.Generator, variant: str | None) -> Tensor:
         """Full chain, one fine shower per coarse shower: FLOW-1, FLOW-2, SUPERCALO (float64 MeV)."""
+        return torch.as_tensor(self._upsample_rows(*self._coarse_pass(einc, params, generator, variant), generator),
+                               device=self.device)
+
+    def _coarse_pass(self, einc: Tensor, params: Tensor, generator: torch.Generator,
+                     variant: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`sample_coarse` for these rows: (coarse showers, E_inc, fine layer energies, parameter
+        features) as float64 arrays, the inputs of :meth:`_upsample_rows`."""
         coarse, E = self.sample_coarse(einc, params, generator, variant)
         c, e, L, p = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, einc, E, params))
-        return torch.as_tensor(self._upsample_rows(c, e, L, p, generator), device=self.device)
+        return c, e, L, p
 
     def _batches(self, einc: np.ndarray, feats: np.ndarray, batch_size: int, generator: torch.Generator,
                  variant: str | None) -> Iterator[tuple[int, Tensor]]:
@@ -650,10 +657,7 @@ class SuperCalo(Generator):
         lead = np.arange(0, n, N)
         for a in range(0, len(lead), batch_size):
             rows = lead[a:a + batch_size]
-            e = torch.as_tensor(einc[rows], dtype=torch.float64, device=self.device)
-            p = torch.as_tensor(feats[rows], dtype=torch.float64, device=self.device)
-            coarse, E = self.sample_coarse(e, p, generator, variant)
-            c, ee, L, pp = (t.detach().cpu().numpy().astype(np.float64) for t in (coarse, e, E, p))
+            c, ee, L, pp = self._coarse_pass(*self._condition_rows(einc, feats, rows), generator, variant)
             first = int(rows[0])
             idx = np.repeat(np.arange(len(rows)), N)[:n - first]  # this pass's fine rows, shower-major
             for b in range(0, len(idx), batch_size):
