@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .preprocessing import equal_layer_size
+
 __all__ = ["threshold_renormalise", "threshold_renormalise_layers"]
 
 
@@ -80,9 +82,9 @@ def threshold_renormalise_layers(showers, layer_energies, layer_offsets, thresho
     loop's per-call overhead was ~1.5 ms of a 13 ms ds2-coarse CaloFlow shower).
     """
     is_t = isinstance(showers, torch.Tensor)
-    sizes = {int(b) - int(a) for a, b in zip(layer_offsets[:-1], layer_offsets[1:])}
-    if len(sizes) == 1 and int(layer_offsets[0]) == 0 and int(layer_offsets[-1]) == showers.shape[1]:
-        n_vox, n_lay = sizes.pop(), len(layer_offsets) - 1
+    n_vox = equal_layer_size(layer_offsets, showers.shape[1])
+    if n_vox is not None:
+        n_lay = len(layer_offsets) - 1
         rows = showers.reshape(-1, n_vox)
         E = layer_energies.reshape(-1)
         return threshold_renormalise(rows, E, threshold, single_hit).reshape(showers.shape[0], n_lay * n_vox)

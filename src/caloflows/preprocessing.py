@@ -47,6 +47,7 @@ __all__ = [
     "inv_log_einc",
     "log_layer_energy",
     "inv_log_layer_energy",
+    "equal_layer_size",
     "normalise_layers",
     "renormalise_layers",
     "to_json",
@@ -231,6 +232,18 @@ def normalise_layers(showers, layer_offsets: np.ndarray):
     return cat(out, 1), cat(sums, 1)
 
 
+def equal_layer_size(layer_offsets, n_voxels: int) -> int | None:
+    """Voxels per layer when the layers of ``layer_offsets`` are equal and cover all ``n_voxels``
+    (ds2, ds3, ds2-coarse: per-layer work becomes one call on the (N L, n) rows), else None.
+
+    >>> equal_layer_size([0, 4, 8, 12], 12), equal_layer_size([0, 3, 7], 7)
+    (4, None)
+    """
+    offs = [int(o) for o in layer_offsets]
+    sizes = {b - a for a, b in zip(offs[:-1], offs[1:])}
+    return sizes.pop() if len(sizes) == 1 and offs[0] == 0 and offs[-1] == n_voxels else None
+
+
 def _renormalise_rows(f, E, lib):
     """Rows ``f`` (R, n) of non-negative fractions -> rows summing to ``E`` (R, 1); uniform where a row sums to 0."""
     s = f.sum(1, keepdims=True) if lib is np else f.sum(1, keepdim=True)
@@ -249,11 +262,10 @@ def renormalise_layers(fractions, layer_energies, layer_offsets: np.ndarray):
     """
     lib = _lib(fractions)
     f = lib.clip(fractions, 0, None) if lib is np else fractions.clamp_min(0)
-    offs = [int(o) for o in layer_offsets]
-    sizes = {b - a for a, b in zip(offs[:-1], offs[1:])}
-    if len(sizes) == 1 and offs[0] == 0 and offs[-1] == f.shape[1]:
-        n = sizes.pop()
+    n = equal_layer_size(layer_offsets, f.shape[1])
+    if n is not None:
         return _renormalise_rows(f.reshape(-1, n), layer_energies.reshape(-1, 1), lib).reshape(f.shape[0], -1)
+    offs = [int(o) for o in layer_offsets]
     out = [_renormalise_rows(f[:, a:b], layer_energies[:, i:i + 1], lib)
            for i, (a, b) in enumerate(zip(offs[:-1], offs[1:]))]
     return np.concatenate(out, 1) if lib is np else torch.cat(out, 1)
