@@ -8,8 +8,12 @@ holding the older package renamed ``caloflows_before``, see below).  Then it alt
 (interleaved, so that both see the same machine load) and reports the median and minimum
 ms/shower of each, the ratio, and the largest difference between their showers for the same
 seed (the two versions draw the same latent noise, so they must agree to float round-off).
-Without ``--before`` only this version is timed.  It also times this version's parts: flow-I
-(``sample_layer_energies``) and the student (``sample_voxels``).
+Without ``--before`` only this version is timed.  ``--int8`` also times this version with the
+generation setting ``student_weights=int8`` (the student's MADE output layers as int8,
+:meth:`caloflows.lean.LeanBlock.quantize_output`), in alternating blocks of 25 showers (the first 5
+of each block not counted): shower by shower the float32 model's 46 MB would evict the int8 weights
+from the cache before every int8 call, which a user running one model does not see.  It also times this
+version's parts: flow-I (``sample_layer_energies``) and the student (``sample_voxels``).
 
     git archive 3d5a913 src/caloflows | tar -x -C /tmp/before && mv /tmp/before/src/caloflows /tmp/before/caloflows_before
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_batch1.py --before /tmp/before --presets quick full
@@ -57,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=["quick"], choices=["quick", "full"])
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--int8", action="store_true", help="also time student_weights=int8, interleaved")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -72,9 +77,10 @@ def main(argv=None) -> int:
         d = Path(tempfile.mkdtemp(prefix="bench_batch1_"))
         new = build(preset, d / "model")
         old = old_cls.load(d / "model") if old_cls is not None else None
+        q8 = CaloFlow.load(d / "model").with_generation_settings(["student_weights=int8"]) if args.int8 else None
         reps = args.reps if preset == "quick" else max(10, args.reps // 10)
         r: dict = {}
-        t_new, t_old, diff = [], [], 0.0
+        t_new, t_old, t_q8, diff = [], [], [], 0.0
         for k in range(reps + 5):
             t0 = time.perf_counter()
             a = new.sample(e, batch_size=1, seed=k, variant="student").showers
@@ -86,11 +92,23 @@ def main(argv=None) -> int:
             if k >= 5:  # warm-up
                 t_new.append(t1 - t0)
                 t_old.append(t2 - t1)
+        if q8 is not None:  # alternating blocks of 25 (5 warm-up each), each model warm in the cache
+            t_new = []
+            for k in range(0, reps + 5, 20):
+                for mod, ts in ((new, t_new), (q8, t_q8)):
+                    for j in range(25):
+                        t0 = time.perf_counter()
+                        mod.sample(e, batch_size=1, seed=k + j, variant="student")
+                        if j >= 5:
+                            ts.append(time.perf_counter() - t0)
         r["this_version"] = stats(t_new)
         if old is not None:
             r["before"] = stats(t_old)
             r["speedup_median"] = r["before"]["median_ms"] / r["this_version"]["median_ms"]
             r["max_rel_shower_diff_same_seed"] = diff
+        if q8 is not None:
+            r["student_weights_int8"] = stats(t_q8)
+            r["int8_speedup_median"] = r["this_version"]["median_ms"] / r["student_weights_int8"]["median_ms"]
         einc = torch.tensor(e)
         gen = torch.Generator().manual_seed(0)
         parts = {"flow1": [], "student": []}

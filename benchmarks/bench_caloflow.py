@@ -115,7 +115,8 @@ def time_generation(model, batch: int, student: bool, min_seconds: float, max_re
         if path == "onnxruntime":
             ort.sample(energies, seed=seed, batch_size=batch)
         else:
-            with F.lean_sampling(path == "lean"):
+            model.with_generation_settings([f"student_weights={'int8' if path == 'lean-int8' else 'float32'}"])
+            with F.lean_sampling(path != "zuko"):
                 model.sample(energies, batch_size=batch, seed=seed, variant="student" if student else "teacher")
 
     run(e[: min(batch, 10)], 0)  # warm-up
@@ -128,6 +129,22 @@ def time_generation(model, batch: int, student: bool, min_seconds: float, max_re
     per = np.array(times) / batch * 1e3
     return {"ms_per_shower": float(np.median(per)), "min_ms_per_shower": float(per.min()), "repetitions": len(times),
             "load": os.getloadavg()[0]}
+
+
+def int8_accuracy(model, n: int = 1000, seed: int = 0) -> dict:
+    """The student with ``student_weights=int8`` against float32, same seed: relative difference of
+    the voxels non-zero in both (median, 99 %, max) and the fraction of voxels non-zero in one only."""
+    e = np.geomspace(1e3, 1e6, n)
+    out = {}
+    for w in ("float32", "int8"):
+        model.with_generation_settings([f"student_weights={w}"])
+        out[w] = model.sample(e, batch_size=n, seed=seed, variant="student").showers.astype(np.float64)
+    model.with_generation_settings(["student_weights=float32"])
+    a, b = out["float32"], out["int8"]
+    both = (a > 0) & (b > 0)
+    rel = np.abs(a - b)[both] / a[both]
+    return {"median_rel": float(np.median(rel)), "q99_rel": float(np.quantile(rel, 0.99)), "max_rel": float(rel.max()),
+            "nonzero_in_one_only": float(((a > 0) != (b > 0)).sum() / max(1, (a > 0).sum()))}
 
 
 @torch.no_grad()
@@ -194,7 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--icaloflow-preset", default="full", choices=["quick", "full"])
     p.add_argument("--icaloflow-geometry", default="ds2-coarse", help="geometry with equal layers (ds2-coarse, ds2)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 100, 1000, 10000])
-    p.add_argument("--paths", nargs="+", default=["zuko", "lean", "onnxruntime"], choices=["zuko", "lean", "onnxruntime"])
+    p.add_argument("--paths", nargs="+", default=["zuko", "lean", "onnxruntime"], choices=["zuko", "lean", "lean-int8", "onnxruntime"],
+                   help="lean-int8: the lean path with student_weights=int8 (int8 MADE output layers)")
     p.add_argument("--teacher-batches", nargs="*", type=int, default=None,
                    help="CaloFlow teacher; default: same as --batches; give the flag without values to skip the teacher")
     p.add_argument("--min-seconds", type=float, default=3.0, help="repeat each timing at least this long")
@@ -248,6 +266,9 @@ def main(argv=None) -> int:
         if isinstance(model, CaloFlow):
             r["float32_accuracy"] = float32_accuracy(model, n=100 if args.smoke else 1000)
             print(f"[{preset}] student float32 vs float64: {r['float32_accuracy']}", flush=True)
+        if "lean-int8" in args.paths:
+            r["int8_accuracy"] = int8_accuracy(model, n=100 if args.smoke else 1000)
+            print(f"[{preset}] student int8 vs float32 output layers: {r['int8_accuracy']}", flush=True)
         bmax = max(args.batches)
         flops, (hidden, out_cols) = flops_and_shape(model)
         for th in args.threads:
@@ -261,7 +282,7 @@ def main(argv=None) -> int:
                     print(f"[{preset}] student {key:>22} batch {b:>6}: {r['student'][key][b]['ms_per_shower']:.4f} "
                           f"ms/shower (load {os.getloadavg()[0]:.1f})", flush=True)
             teacher_batches = args.batches if args.teacher_batches is None else args.teacher_batches
-            for path in [q for q in args.paths if q != "onnxruntime"] if isinstance(model, CaloFlow) else []:
+            for path in [q for q in args.paths if q in ("zuko", "lean")] if isinstance(model, CaloFlow) else []:
                 if not teacher_batches:
                     break
                 key = f"{path}_threads{th}"

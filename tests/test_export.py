@@ -129,6 +129,10 @@ def test_export_cli_refuses_existing_output(trained, capsys):
     assert main(["export", str(d / "model"), "--out", str(out), "--force"]) == 0
     assert main(["export", str(d / "nope"), "--out", str(d / "x.onnx")]) == 2
     assert not (d / "x.onnx").exists()
+    # int8 output layers are a torch sampling option: the graph would hold float32 weights
+    assert main(["export", str(d / "model"), "--set", "student_weights=int8", "--out", str(d / "q.onnx")]) == 2
+    assert "student_weights=int8" in capsys.readouterr().err
+    assert not (d / "q.onnx").exists()
 
 
 def test_generate_backend_onnxruntime_and_shards(trained, tmp_path):

@@ -183,11 +183,8 @@ def test_flow_sample_in_float64_without_casting_the_module():
     assert next(f.parameters()).dtype == torch.float32
 
 
-def test_caloflow_batch1_chain_matches_zuko_path(tmp_path):
-    """Whole CaloFlow chain at batch 1 and 3 (flow-I through the numpy steps, snapshot in float64):
-    same seed -> the same showers as the zuko path (lean sampling off)."""
-    import numpy as np
-
+def _toy_caloflow(tmp_path):
+    """A trained-looking CaloFlow on a 3-layer toy geometry (weights moved off the initialisation)."""
     from caloflows.geometry import load_geometry
     from caloflows.io import ShowerData
     from caloflows.models.caloflow import CaloFlow, CaloFlowConfig
@@ -201,10 +198,20 @@ def test_caloflow_batch1_chain_matches_zuko_path(tmp_path):
     inc, sh = toy_showers(g, 300, seed=0)
     m.fit_constants(ShowerData(inc, sh))
     with torch.no_grad():
-        for net in (m.flow1, m.student):
+        for net in (m.flow1, m.student, m.teacher):
             for p in net.parameters():
                 p.add_(0.2 * torch.randn_like(p))
     m.trained = {k: True for k in m.trained}
+    return m
+
+
+def test_caloflow_batch1_chain_matches_zuko_path(tmp_path):
+    """Whole CaloFlow chain at batch 1 and 3 (flow-I through the numpy steps, snapshot in float64):
+    same seed -> the same showers as the zuko path (lean sampling off)."""
+    import numpy as np
+
+    m = _toy_caloflow(tmp_path)
+    g = m.geometry
     for n in (1, 3):
         e = np.geomspace(2e3, 5e4, n)
         a = m.sample(e, batch_size=n, seed=5, variant="student").showers
@@ -283,3 +290,86 @@ def test_block_triangular_output_layer_matches_zuko(degrees, hidden, triangular,
 def test_small_output_layers_stay_dense():
     f = F.build_iaf(10, 3, 2, (64,))  # SUPERCALO-sized: 10 x 23 outputs of 64 units
     assert all(b._out_chunks is None for b in L.LeanFlow.from_flow(f).blocks)
+
+
+def _bigger_iaf(seed=0):
+    torch.manual_seed(seed)
+    f = F.build_iaf(40, 3, 2, (64,))
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return f
+
+
+@pytest.mark.skipif(not L.int8_supported(), reason="no quantized CPU engine in this torch build")
+def test_int8_output_layer_within_the_quantisation_bound():
+    """``LeanBlock.quantize_output``: the int8 spline parameters differ from float32 by no more than
+    the rounding of the weights (half a step of each row's scale) and of the activations (half a
+    step of the 7-bit range of the call's largest activation) allow."""
+    f = _bigger_iaf()
+    blk = L.LeanFlow.from_flow(f).blocks[-1]
+    h = torch.relu(torch.randn(5, 64))
+    w = blk.w_out_t  # (H, D T)
+    ref = torch.addmm(blk.b_out, h, w)
+    blk.quantize_output()
+    with torch.no_grad():
+        got = torch.ops.quantized.linear_dynamic(h, blk._q_out, True)
+    s_w = w.abs().amax(0) / 127  # per output row
+    for r in range(len(h)):  # the bound of one row, sampled alone (one activation scale per call)
+        with torch.no_grad():
+            one = torch.ops.quantized.linear_dynamic(h[r:r + 1], blk._q_out, True)[0]
+        s_x = h[r].max() / 127
+        bound = (h[r].abs()[:, None] * s_w / 2 + w.abs() * s_x / 2 + s_w * s_x / 4).sum(0)
+        assert ((one - ref[r]).abs() <= bound + 1e-5).all()
+        assert 0 < (one - ref[r]).abs().max() < 0.05 * ref[r].abs().max()
+    assert got.shape == ref.shape
+
+
+@pytest.mark.skipif(not L.int8_supported(), reason="no quantized CPU engine in this torch build")
+def test_int8_sampling_weights_touch_only_iaf_blocks_and_switch_back():
+    iaf, maf = _bigger_iaf(), F.build_maf(40, 3, 2, (64,))
+    z, c = torch.randn(8, 40), torch.randn(8, 3)
+    with torch.no_grad():
+        a_iaf, a_maf = F.flow_decode(iaf, z, c), F.flow_decode(maf, z, c)
+        for f in (iaf, maf):
+            L.set_sampling_weights(f, "int8")
+        b_iaf, b_maf = F.flow_decode(iaf, z, c), F.flow_decode(maf, z, c)
+        assert torch.equal(b_maf, a_maf)  # a MAF samples in sequential steps: float as before
+        d = (b_iaf - a_iaf).abs()
+        assert 0 < d.max() < 0.1 * a_iaf.abs().max()
+        # one row alone is the same shower as in a batch up to the per-call activation scale
+        assert torch.allclose(F.flow_decode(iaf, z[:1], c[:1]), b_iaf[:1], atol=0.05)
+        L.set_sampling_weights(iaf, "float32")
+        assert torch.equal(F.flow_decode(iaf, z, c), a_iaf)
+    with pytest.raises(ValueError, match="int8"):
+        L.set_sampling_weights(iaf, "int4")
+
+
+@pytest.mark.skipif(not L.int8_supported(), reason="no quantized CPU engine in this torch build")
+def test_student_weights_int8_generation_setting(tmp_path):
+    """``--set student_weights=int8``: the student's showers move within the quantisation error and
+    keep their layer energies (exact renormalisation); the teacher's do not move; a family without
+    a student refuses the setting, and an unknown value is refused in one line."""
+    import numpy as np
+
+    from caloflows.errors import ConfigError, UsageError
+    from caloflows.models.l2lflows import L2LFlows
+
+    m = _toy_caloflow(tmp_path)
+    e = np.geomspace(2e3, 5e4, 40)
+    f32 = m.sample(e, batch_size=40, seed=3, variant="student").showers
+    t32 = m.sample(e, batch_size=40, seed=3, variant="teacher").showers
+    m.with_generation_settings(["student_weights=int8"])
+    i8 = m.sample(e, batch_size=40, seed=3, variant="student").showers
+    assert np.array_equal(m.sample(e, batch_size=40, seed=3, variant="teacher").showers, t32)
+    assert not np.array_equal(i8, f32)
+    g = m.geometry
+    np.testing.assert_allclose(g.layer_energies(i8), g.layer_energies(f32), rtol=1e-4)
+    both = (i8 > 0) & (f32 > 0)
+    assert np.median(np.abs(i8 - f32)[both] / f32[both]) < 0.05
+    m.with_generation_settings(["student_weights=float32"])
+    assert np.array_equal(m.sample(e, batch_size=40, seed=3, variant="student").showers, f32)
+    with pytest.raises(ConfigError, match="student_weights"):
+        m.with_generation_settings(["student_weights=int4"])
+    with pytest.raises(UsageError, match="not a generation setting"):
+        L2LFlows(g).with_generation_settings(["student_weights=int8"])

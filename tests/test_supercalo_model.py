@@ -14,6 +14,7 @@ from caloflows.conditions import Conditions, ConditionSpec
 from caloflows.errors import ConfigError, ModelDirError, ShowerFileError, UsageError
 from caloflows.geometry import load_geometry
 from caloflows.io import ShowerData, read_showers, write_showers
+from caloflows.lean import int8_supported
 from caloflows.models import load_model
 from caloflows.models.supercalo import SuperCalo, SuperCaloConfig
 from caloflows.toy_showers import toy_showers
@@ -553,3 +554,19 @@ def test_training_only_the_upsampler_again_keeps_the_other_networks(model_a, tmp
         assert torch.equal(a, b)
     with pytest.raises(UsageError, match="unknown SuperCalo network"):
         m.fit(path, d, networks=("teacher",), progress=False)
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no quantized CPU engine in this torch build")
+def test_student_weights_int8_reaches_the_coarse_student(model_a):
+    """``--set student_weights=int8`` on SuperCalo samples the nested coarse CaloFlow's student with
+    int8 output layers (the generic ``Generator._prepare_sampling`` goes into sub-models); the
+    teacher variant does not move."""
+    m, data, path = model_a
+    e = data.incident_energies[:12]
+    plain = load_model(path.parent / "m")
+    q8 = load_model(path.parent / "m").with_generation_settings(["student_weights=int8"])
+    a, b = (x.sample(e, seed=2, variant="student").showers for x in (plain, q8))
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(b.sum(1), a.sum(1), rtol=0.2)
+    ta, tb = (x.sample(e, seed=2, variant="teacher").showers for x in (plain, q8))
+    np.testing.assert_array_equal(ta, tb)

@@ -385,6 +385,9 @@ def export_onnx(model, out: str | os.PathLike, *, force: bool = False, opset: in
         raise ModelDirError(f"ONNX export supports CaloFlow, iCaloFlow and ParaFlow models, not {type(model).__name__}")
     if opset < 17:
         raise ValueError("opset must be >= 17")
+    if getattr(model.cfg, "student_weights", "float32") != "float32":
+        raise UsageError(f"student_weights={model.cfg.student_weights} is a torch sampling option; the ONNX graph "
+                         "holds the float32 weights (export without it)")
     out = Path(out)
     if out.exists() and not force:
         raise OutputError(f"{out} exists; use --force to overwrite it")

@@ -45,10 +45,11 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from bisect import bisect_left
 from collections.abc import Callable
 from itertools import accumulate
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.lazy import Flow
 
 __all__ = ["LeanFlow", "LeanBlock", "rqs_inverse", "rqs_forward", "rqs_forward_log_det", "auto_chunk", "lean_flow", "supports_lean",
+           "set_sampling_weights", "int8_supported", "SAMPLING_WEIGHTS",
            "CHUNK_BYTES", "CHUNK_MIN_ROWS", "SEQUENTIAL_CHUNK_BYTES", "SEQUENTIAL_CHUNK_MIN_ROWS"]
 
 #: bytes of spline parameters per chunk (B x D x (3K - 1) values) that :func:`auto_chunk` aims at;
@@ -93,6 +95,10 @@ OUTPUT_GROUPS_MIN_WEIGHTS = 1 << 20
 #: IAF block the spline of its one pass (:func:`_rqs_inverse_numpy`, 0.088 against 0.19 ms for the 648
 #: voxels of a CaloFlow student block at batch 1, stop 23).
 NUMPY_ROWS = int(os.environ.get("CALOFLOWS_NUMPY_ROWS", 16))
+
+#: what the IAF students' MADE output layers (most of their weights) are stored as for sampling
+#: (generation setting ``student_weights``, :meth:`LeanBlock.quantize_output`).
+SAMPLING_WEIGHTS = ("float32", "int8")
 
 
 def auto_chunk(features: int, params_per_feature: int, itemsize: int = 4, lo: int | None = None, hi: int = 4096,
@@ -402,6 +408,8 @@ class LeanBlock(nn.Module):
         super().__init__()
         from .flows import _spline_bounds
 
+        self._q_out: Any = None  # packed int8 output layer (quantize_output), None: float
+
         bound, slope = _spline_bounds(block.univariate)
         if bound is None:
             raise TypeError("the lean path needs zuko's MonotonicRQSTransform splines")
@@ -497,6 +505,29 @@ class LeanBlock(nn.Module):
             cost += n * (fb - fa)
         return chunks if cost < 0.8 * used.shape[1] * D else None
 
+    def quantize_output(self) -> None:
+        """Store the MADE output layer as int8 for sampling (dynamic quantisation, Jacob et al. 2017,
+        arXiv:1712.05877): one scale per output row (spline parameter), the hidden activations
+        quantised to 8 bits per call, int8 products accumulated in int32 (fbgemm ``linear_dynamic``).
+
+        At batch 1 the output layer's float32 weights stream from DRAM once per shower (46 MB for
+        the quick CaloFlow student, 589 MB for the full one); int8 reads a quarter of that.  The
+        spline parameters change by about 1 % of their largest value per row, so the showers are
+        not the float32 student's: a sampling option for users who validate it (README "int8
+        output layers").  The activation scale is one per call, i.e. per chunk of rows: at batch 1
+        every shower has its own, in a chunk they share one (results depend on the batch size
+        within the quantisation error, and are reproducible for the same seed and batch size).
+        Only IAF blocks (one pass per sample); the density direction and export stay float.
+        """
+        if not self.iaf:
+            return
+        w = self.w_out_t.detach().T.float().contiguous()  # (D T, H)
+        scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12).double()
+        with warnings.catch_warnings():  # torch 2.13 announces the quantized tensor API's removal (int8_supported)
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        self._q_out = torch.ops.quantized.linear_prepack(qw, self.b_out.detach().float().contiguous())
+
     # -------------------------------------------------------------- pieces
     def _ctx(self, c: Tensor | None, rows: int) -> Tensor:
         if c is None or self.context == 0:
@@ -514,7 +545,10 @@ class LeanBlock(nn.Module):
         D, K = self.features, self.bins
         h = self._hidden(torch.addmm(ctx, v, self.w_in_t))
         chunks = self._out_chunks if h.shape[0] >= OUTPUT_GROUPS_ROWS else None
-        if chunks is None or h.requires_grad or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        if self._q_out is not None and not h.requires_grad and not torch.onnx.is_in_onnx_export() \
+                and not torch.jit.is_tracing():  # int8 weights (quantize_output); reduce_range: fbgemm's 7-bit inputs
+            phi = torch.ops.quantized.linear_dynamic(h.float(), self._q_out, True).to(h.dtype)
+        elif chunks is None or h.requires_grad or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
             phi = torch.addmm(self.b_out, h, self.w_out_t)
         else:  # the block-triangular output layer (:meth:`_triangular_chunks`)
             phi = h.new_empty(h.shape[0], self.w_out_t.shape[1])
@@ -723,6 +757,16 @@ def _parameters(flow: Flow) -> list[nn.Parameter]:
     return params
 
 
+def _has_iaf_blocks(flow: Flow) -> bool:
+    """Whether ``flow`` has IAF blocks (kept with the flow, as :func:`supports_lean`)."""
+    ok = flow.__dict__.get("_caloflows_has_iaf")
+    if ok is None:
+        from .flows import MaskedIAFTransform, flow_blocks
+
+        ok = flow.__dict__["_caloflows_has_iaf"] = any(type(t) is MaskedIAFTransform for t in flow_blocks(flow))
+    return ok
+
+
 def supports_lean(flow: Flow) -> bool:
     """True if every block of ``flow`` is a MADE with RQS splines built by :mod:`caloflows.flows`
     (the answer is kept with the flow: the structure of a built flow does not change)."""
@@ -746,11 +790,35 @@ def _supports_lean(flow: Flow) -> bool:
         and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in t.hyper) for t in blocks)
 
 
+def set_sampling_weights(module: nn.Module, weights: str) -> None:
+    """Sample the flows in ``module`` with their IAF blocks' output layers as ``weights``
+    (:data:`SAMPLING_WEIGHTS`; ``int8``: :meth:`LeanBlock.quantize_output`), from the next
+    :func:`lean_flow` on.  MAF blocks (sampled in D sequential steps) are not affected."""
+    if weights not in SAMPLING_WEIGHTS:
+        raise ValueError(f"sampling weights must be one of {', '.join(SAMPLING_WEIGHTS)}, not {weights!r}")
+    if weights == "int8" and not int8_supported():
+        raise RuntimeError("int8 sampling weights need one of torch's quantized CPU engines (x86, fbgemm, "
+                           "qnnpack); this torch build has none")
+    if module.__dict__.get("_caloflows_weights_set") == weights:  # batch 1: no walk over the tree per call
+        return
+    for m in module.modules():
+        if isinstance(m, Flow):
+            m.__dict__["_caloflows_weights"] = weights
+    module.__dict__["_caloflows_weights_set"] = weights
+
+
+def int8_supported() -> bool:
+    """Whether this torch build has a quantized CPU engine for :meth:`LeanBlock.quantize_output`."""
+    return hasattr(torch.ops.quantized, "linear_dynamic") and any(
+        e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "qnnpack"))
+
+
 def lean_flow(flow: Flow, dtype: torch.dtype | None = None) -> LeanFlow:
     """The flow's cached :class:`LeanFlow` in ``dtype`` (default: the parameters' dtype), rebuilt
     when a weight changed (optimizer step, ``load_state_dict``, ``.to()``/``.double()``: tensor
     version counters and storages).  A float32 flow snapshotted in float64 gives exactly what
-    :func:`caloflows.flows.double_precision` gives (the cast is exact), without casting the module."""
+    :func:`caloflows.flows.double_precision` gives (the cast is exact), without casting the module.
+    IAF output layers are int8 where :func:`set_sampling_weights` asked for it (CPU only)."""
     params = _parameters(flow)
     p = params[0]
     dtype = p.dtype if dtype is None else dtype
@@ -758,11 +826,17 @@ def lean_flow(flow: Flow, dtype: torch.dtype | None = None) -> LeanFlow:
     key = flow.__dict__.get("_caloflows_src_key") or (tuple(
         (q.data_ptr(), q._version, q.dtype, q.device) for q in params), dtype)
     cache = flow.__dict__.setdefault("_caloflows_lean", {})
-    cached = cache.get((dtype, p.device))
+    weights = flow.__dict__.get("_caloflows_weights", "float32")
+    if weights != "float32" and (p.device.type != "cpu" or not _has_iaf_blocks(flow)):
+        weights = "float32"
+    cached = cache.get((dtype, p.device, weights))
     if cached is not None and cached[0] == key:
         return cached[1]
     lean = LeanFlow.from_flow(flow, compiled=os.environ.get("CALOFLOWS_COMPILE", "0") == "1")
     if lean.blocks[0].w_step.dtype != dtype:
         lean = lean.to(dtype)
-    cache[(dtype, p.device)] = (key, lean)
+    if weights == "int8":
+        for blk in lean.blocks:
+            cast(LeanBlock, blk).quantize_output()
+    cache[(dtype, p.device, weights)] = (key, lean)
     return lean

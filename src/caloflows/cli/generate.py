@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
                    help="onnxruntime: MODEL_DIR is a .onnx file written by 'caloflows export'")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="generation-time setting of the model, e.g. voxel_cut_mev=2 (CaloFlow, L2LFlows, "
-                        "iCaloFlow: threshold-aware cut at 2 MeV, L2LFlows B.9)")
+                        "iCaloFlow: threshold-aware cut at 2 MeV, L2LFlows B.9); student_weights=int8 (families "
+                        "with a student: its MADE output layers as int8, faster at batch 1, showers within "
+                        "the quantisation error)")
     p.set_defaults(func=run, variant=None)
 
 

@@ -46,6 +46,7 @@ from ..conditions import Conditions, ConditionSpec
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry, load_geometry
 from ..io import ShowerData
+from ..lean import set_sampling_weights
 from ..training.checkpoint import (
     load_weights,
     read_json,
@@ -351,8 +352,7 @@ class Generator(abc.ABC):
         rng = np.random.default_rng(seed)
         cond = self.conditions_for(conditions, rng)
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        for m in self.networks().values():
-            _eval(m)
+        self._prepare_sampling()
         n, bs = len(cond), int(batch_size)
         out = np.empty((n, self.geometry.n_voxels), dtype=np.float32)
         feats = self.condition_spec.features(cond.values)
@@ -365,14 +365,33 @@ class Generator(abc.ABC):
         return ShowerData(cond.incident_energies, out, cond.values if self.n_params else None, cond.names,
                           {"generator": self.kind, "variant": variant or "default"})
 
+    def _generation_settings(self) -> tuple[str, ...]:
+        """:attr:`generation_settings`, plus ``student_weights`` for families with a student variant."""
+        return self.generation_settings + (("student_weights",) if "student" in self.variants else ())
+
+    def _prepare_sampling(self, weights: str | None = None) -> None:
+        """Networks (and sub-models') in eval mode, their IAF students' output layers as
+        ``weights`` (default: the ``student_weights`` setting; :func:`caloflows.lean.set_sampling_weights`)."""
+        weights = weights or str(getattr(self.cfg, "student_weights", "float32"))
+        for m in self.networks().values():
+            _eval(m)
+            try:
+                set_sampling_weights(m, weights)
+            except RuntimeError as e:
+                raise UsageError(f"student_weights={weights}: {e}") from None
+        for sub in self.submodels().values():
+            sub._prepare_sampling(weights)
+
     def with_generation_settings(self, items: Sequence[str] | None) -> "Generator":
-        """Apply ``KEY=VALUE`` generation-time settings (only those in :attr:`generation_settings`)."""
+        """Apply ``KEY=VALUE`` generation-time settings (only those in :attr:`generation_settings`,
+        and ``student_weights`` for families with a student)."""
         if not items:
             return self
+        allowed_keys = self._generation_settings()
         for item in items:
             key = item.split("=", 1)[0].strip()
-            if key not in self.generation_settings:
-                allowed = ", ".join(self.generation_settings) or "none"
+            if key not in allowed_keys:
+                allowed = ", ".join(allowed_keys) or "none"
                 raise UsageError(f"--set {item!r}: {key!r} is not a generation setting of {self.kind} models "
                                  f"(allowed: {allowed}; other settings are fixed by training)")
         self.cfg = self.cfg.override(list(items))

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ConfigError
 from ..flows import MADE_DEGREES
 from ..geometry import PAR04_THRESHOLD_MEV, Geometry
+from ..lean import SAMPLING_WEIGHTS
 from ..training.loop import TrainConfig
 
 __all__ = ["ModelConfig", "FlowSettings", "VoxelInputSettings", "EnergyFlowSettings", "LayerwiseSettings", "logit_reach", "override_settings", "check_train_config",
@@ -215,7 +216,7 @@ class FlowSettings(ModelConfig):
     RANGES: ClassVar[dict[str, tuple[float | None, float | None, bool]]] = {
         "alpha": (0, 0.1, True), "max_resample": (0, None, False), "seed": (0, None, False),
         "max_ratio": (0, None, True)}
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"made_degrees": MADE_DEGREES}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"made_degrees": MADE_DEGREES, "student_weights": SAMPLING_WEIGHTS}
 
     bins: int = 8
     bound: float = 5.0
@@ -226,6 +227,11 @@ class FlowSettings(ModelConfig):
     #: (:func:`caloflows.flows.made_masks`): ``cyclic`` (zuko's: only the first H - 1 features of
     #: each order) or ``spread`` (all of them).  Saved models keep the masks they were trained with.
     made_degrees: str = "cyclic"
+    #: a generation setting of families with an IAF student: its MADE output layers (most of its
+    #: weights) sampled as ``float32`` (default) or ``int8`` (:meth:`caloflows.lean.LeanBlock.quantize_output`:
+    #: a quarter of the memory traffic at batch 1, showers within the quantisation error; README
+    #: "int8 output layers").  For SuperCalo it reaches the coarse CaloFlow's student.
+    student_weights: str = "float32"
 
 
 #: voxel-flow inputs inside the spline domain: the logit values as they are (L2LFlows eq. B.4), in a

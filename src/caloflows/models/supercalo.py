@@ -713,8 +713,7 @@ class SuperCalo(Generator):
         cond = self.condition_spec.check(cond, "upsample conditions")
         feats = np.asarray(self.condition_spec.features(cond.values), dtype=np.float64)
         gen = torch.Generator(device=self.device).manual_seed(int(np.random.default_rng(seed).integers(2**62)))
-        for m in self.networks().values():
-            m.eval()
+        self._prepare_sampling()
         Ec = self.cmap.coarse.layer_energies(coarse)
         if layer_energies is not None:
             layers = np.asarray(layer_energies, dtype=np.float64)
