@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=["quick"], choices=["quick", "full"])
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--int8", action="store_true", help="also time student_weights=int8, interleaved")
+    p.add_argument("--int8", action="store_true", help="also time student_weights=int8 (alternating blocks of 25 showers)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

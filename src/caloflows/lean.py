@@ -544,16 +544,15 @@ class LeanBlock(nn.Module):
         """Spline parameters of all features from the conditioner input ``v`` (one MADE pass)."""
         D, K = self.features, self.bins
         h = self._hidden(torch.addmm(ctx, v, self.w_in_t))
-        chunks = self._out_chunks if h.shape[0] >= OUTPUT_GROUPS_ROWS else None
-        if self._q_out is not None and not h.requires_grad and not torch.onnx.is_in_onnx_export() \
-                and not torch.jit.is_tracing():  # int8 weights (quantize_output); reduce_range: fbgemm's 7-bit inputs
+        dense = h.requires_grad or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # one float matmul
+        if self._q_out is not None and not dense:  # int8 weights (quantize_output); reduce_range: fbgemm's 7-bit inputs
             phi = torch.ops.quantized.linear_dynamic(h.float(), self._q_out, True).to(h.dtype)
-        elif chunks is None or h.requires_grad or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        elif dense or h.shape[0] < OUTPUT_GROUPS_ROWS or self._out_chunks is None:
             phi = torch.addmm(self.b_out, h, self.w_out_t)
         else:  # the block-triangular output layer (:meth:`_triangular_chunks`)
             phi = h.new_empty(h.shape[0], self.w_out_t.shape[1])
             w, bo = self.w_out_t, self.b_out  # prefix blocks are strided views of the dense weights
-            for n, a, e, c, f in chunks:
+            for n, a, e, c, f in self._out_chunks:
                 hn = h[:, :n]
                 torch.addmm(bo[a:e], hn, w[:n, a:e], out=phi[:, a:e])
                 torch.addmm(bo[c:f], hn, w[:n, c:f], out=phi[:, c:f])
