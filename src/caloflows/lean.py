@@ -793,13 +793,13 @@ def set_sampling_weights(module: nn.Module, weights: str) -> None:
     """Sample the flows in ``module`` with their IAF blocks' output layers as ``weights``
     (:data:`SAMPLING_WEIGHTS`; ``int8``: :meth:`LeanBlock.quantize_output`), from the next
     :func:`lean_flow` on.  MAF blocks (sampled in D sequential steps) are not affected."""
+    if module.__dict__.get("_caloflows_weights_set") == weights:  # batch 1: no checks, no walk over the tree per call
+        return
     if weights not in SAMPLING_WEIGHTS:
         raise ValueError(f"sampling weights must be one of {', '.join(SAMPLING_WEIGHTS)}, not {weights!r}")
     if weights == "int8" and not int8_supported():
         raise RuntimeError("int8 sampling weights need one of torch's quantized CPU engines (x86, fbgemm, "
                            "qnnpack); this torch build has none")
-    if module.__dict__.get("_caloflows_weights_set") == weights:  # batch 1: no walk over the tree per call
-        return
     for m in module.modules():
         if isinstance(m, Flow):
             m.__dict__["_caloflows_weights"] = weights
