@@ -14,7 +14,7 @@ atomically after every step):
    ``--n-conv`` photons at d = 0.5 and 1.5 X0 vs 1 - exp(-7/9 d / X0) (pull), sigma_y / sigma_x
    of converted vs unconverted showers (the 4 T field bends along y), slopes of mean w, R9 and
    cluster count vs d and vs b, and the Geant4-vs-Geant4 report of the file's two halves;
-3. ``train``: the teacher (``api.train``, ``--preset``, ``--epochs``) with the band excluded,
+3. ``train``: the teacher (``api.train``, ``--preset``, ``--epochs``, ``--set``) with the band excluded,
    then the distilled student (``api.distill``, ``--student-epochs``; the band stays out);
 4. ``generate``: teacher and student showers at the held-out and band (E_inc, d, b);
 5. ``cells``: the paper's 6 % aim: mean w, R9 and cluster count per (d, b) cell, relative
@@ -209,6 +209,7 @@ def step_train(a, files: dict[str, Path], model: Path) -> dict:
     if not _stage_done(model, "train"):
         out["train"] = api.train("paraflow", str(files["train"]), str(model), geometry=GEOMETRY, preset=a.preset,
                                  epochs=a.epochs, seed=a.seed, exclude=[out["band_excluded"]], progress=False,
+                                 overrides=a.settings,
                                  resume=(model / "config.json").exists())
     if not _stage_done(model, "distill"):
         out["distill"] = api.distill(str(model), str(files["train"]), epochs=a.student_epochs, progress=False,
@@ -358,7 +359,7 @@ def summarize(steps: Steps) -> dict:
 
 #: the arguments that decide the samples and the model: a resumed workdir must keep them
 SAMPLE_ARGS = ("n_train", "n_test", "n_band", "n_conv", "energy", "seed", "preset", "epochs", "student_epochs",
-               "cls_epochs", "cls_seeds")
+               "cls_epochs", "cls_seeds", "settings")
 
 
 def check_workdir_args(wd: Path, a: argparse.Namespace) -> None:
@@ -367,7 +368,8 @@ def check_workdir_args(wd: Path, a: argparse.Namespace) -> None:
     now = {k: getattr(a, k) for k in SAMPLE_ARGS}
     if p.exists():
         before = json.loads(p.read_text())
-        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        # a workdir recorded before --set existed was run without settings
+        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k, [] if k == "settings" else None) != v}
         if diff:
             sys.exit(f"--workdir {wd}: was run with other settings " +
                      ", ".join(f"--{k.replace('_', '-')} {b} (now {v})" for k, (b, v) in diff.items()) +
@@ -389,6 +391,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="quick", help="ParaFlow preset (quick, full)")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default: the preset's)")
     p.add_argument("--student-epochs", type=int, default=None, help="student epochs (default: the preset's)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting for training, as 'caloflows train --set' (repeatable), e.g. "
+                        "condition_on_conversion=true")
     p.add_argument("--cls-epochs", type=int, default=50, help="classifier epochs")
     p.add_argument("--cls-seeds", type=int, default=1, help="classifier runs per comparison")
     p.add_argument("--seed", type=int, default=12)

@@ -28,3 +28,22 @@ def test_steps_are_recorded_and_skipped_on_resume(tmp_path):
     res = json.loads(out.read_text())
     assert res["steps"]["a"]["value"] == 2.5 and res["summary"] == {"headline": 1}
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_workdir_refuses_to_resume_with_other_settings(tmp_path):
+    import pytest
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    a = bench.parse_args(["--workdir", str(wd), "--set", "condition_on_conversion=true"])
+    bench.check_workdir_args(wd, a)
+    bench.check_workdir_args(wd, a)  # same settings: resumes
+    with pytest.raises(SystemExit, match=r"--settings \['condition_on_conversion=true'\] \(now \[\]\)"):
+        bench.check_workdir_args(wd, bench.parse_args(["--workdir", str(wd)]))
+    # a workdir recorded before --set existed counts as run without settings
+    old = tmp_path / "old"
+    old.mkdir()
+    rec = {k: v for k, v in vars(bench.parse_args(["--workdir", str(old)])).items() if k in bench.SAMPLE_ARGS}
+    del rec["settings"]
+    (old / "bench_args.json").write_text(json.dumps(rec))
+    bench.check_workdir_args(old, bench.parse_args(["--workdir", str(old)]))

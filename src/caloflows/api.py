@@ -103,7 +103,7 @@ def training_data(data: str | os.PathLike[str], bands: Sequence[Any], geometry: 
     kept = ShowerData(np.concatenate([p.incident_energies for p in parts]), np.concatenate([p.showers for p in parts]),
                       np.concatenate([p.conditions for p in parts]) if first.conditions is not None else None,
                       first.condition_names, {**first.attrs, "excluded": "; ".join(b.text for b in bands)},
-                      first.condition_units)
+                      first.condition_units, {k: np.concatenate([p.labels[k] for p in parts]) for k in first.labels})
     return kept, len(kept), len(vals)
 
 

@@ -253,6 +253,9 @@ class ParaFlowSampler(nn.Module):
         if not model.variant_ready("student"):
             raise ModelDirError("export needs a ParaFlow model with a trained student "
                                 "(run 'caloflows train paraflow' and 'caloflows distill')")
+        if model.cfg.condition_on_conversion:
+            raise UsageError("export of a ParaFlow model with condition_on_conversion is not supported: its "
+                             "conversion flag is drawn outside the flow (generate with the torch backend)")
         self.flow = LeanFlow.from_flow(model.student).float()
         self.logit, self.std = model.logit, model.std
         self.einc_range, self.unit_mev = model.einc_range, float(model.einc_unit_mev)

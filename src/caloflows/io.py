@@ -61,6 +61,11 @@ __all__ = [
 INCIDENT = "incident_energies"
 SHOWERS = "showers"
 CONDITIONS = "conditions"
+#: per-shower truth labels a simulation may store next to the showers, read into
+#: :attr:`ShowerData.labels` when present: ``converted`` (``caloflows simulate --detector
+#: paraflow``: 1 if the primary photon converted to e+e- in the upstream plate)
+CONVERTED = "converted"
+LABELS = (CONVERTED,)
 
 
 
@@ -74,6 +79,8 @@ class ShowerData:
         showers: (N, n_voxels) voxel energies in MeV.
         conditions: optional (N, K) extra conditions, named by ``condition_names``.
         attrs: file attributes (provenance).
+        labels: per-shower truth labels of the simulation found in the file (:data:`LABELS`),
+            name -> (N,) array.
     """
 
     incident_energies: np.ndarray
@@ -82,6 +89,7 @@ class ShowerData:
     condition_names: tuple[str, ...] = ()
     attrs: dict = field(default_factory=dict)
     condition_units: tuple[str, ...] = ()
+    labels: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.incident_energies)
@@ -94,6 +102,7 @@ class ShowerData:
             self.condition_names,
             dict(self.attrs),
             self.condition_units,
+            {k: v[idx] for k, v in self.labels.items()},
         )
 
 
@@ -188,7 +197,9 @@ def _read_block(path, f, start, stop, validate) -> ShowerData:
     if validate:
         _check_values(path, inc, showers, offset=start)
     attrs = {k: _decode(v) for k, v in f.attrs.items()}
-    return ShowerData(inc, showers, cond, names, attrs, units)
+    labels = {k: np.asarray(f[k][start:stop]) for k in LABELS
+              if k in f and isinstance(f[k], h5py.Dataset) and f[k].shape[:1] == f[SHOWERS].shape[:1]}
+    return ShowerData(inc, showers, cond, names, attrs, units, labels)
 
 
 # ------------------------------------------------------------------ reading

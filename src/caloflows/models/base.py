@@ -271,20 +271,22 @@ class Generator(abc.ABC):
         geometry and the model's parameters, with the parameters' network features ``(N, K)``."""
         from ..io import read_showers
 
+        where = "training showers" if isinstance(data, ShowerData) else str(data)
         if not isinstance(data, ShowerData):
             data = read_showers(data, geometry=self.geometry)
-        self.geometry.check_showers(data.showers, "training showers")
-        self.training_conditions(data)
+        self.geometry.check_showers(data.showers, where)
+        self.training_conditions(data, where)
         if len(data) < min_showers:
             raise UsageError(f"need at least {min_showers} training showers, got {len(data)}")
         vals = data.conditions if data.conditions is not None else np.zeros((len(data), 0))
         return data, np.asarray(self.condition_spec.features(np.asarray(vals, dtype=np.float64)))
 
-    def training_conditions(self, data: "ShowerData | str | os.PathLike[str]") -> None:
-        """Check that ``data`` carries exactly the model's named parameters (ConditionsError otherwise)."""
+    def training_conditions(self, data: "ShowerData | str | os.PathLike[str]", where: str | None = None) -> None:
+        """Check that ``data`` carries exactly the model's named parameters (ConditionsError otherwise);
+        ``where`` names it in the message (default: the path, or "training showers")."""
         from ..io import read_conditions
 
-        where = str(data) if not isinstance(data, ShowerData) else "training showers"
+        where = where or (str(data) if not isinstance(data, ShowerData) else "training showers")
         names, _ = read_conditions(data) if not isinstance(data, ShowerData) else (data.condition_names, None)
         if tuple(names) != self.condition_spec.names:
             have = list(names) or "none"

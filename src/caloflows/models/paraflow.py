@@ -34,6 +34,16 @@ probability density distillation as in CaloFlow II (arXiv:2110.11377, sec. 3) wi
 the teacher's weights (the MADE of IAF block k then computes the teacher's spline parameters,
 fed with latent-side coordinates).
 
+Beyond the paper, optional (``--set condition_on_conversion=true``): the flow is also conditioned
+on whether the primary photon converted to e+e- in the plate, the Geant4 truth flag that
+``caloflows simulate --detector paraflow`` stores per shower (``converted``).  A photon converts
+in the plate or it does not, so p(I | E_inc, d, b) is a two-component mixture whose weight
+P(conv | E_inc, d) = 1 - exp(-mu(E_inc) d / X0) moves with d (mu -> 7/9 for a high-energy photon:
+PDG, Passage of particles through matter, "Energy loss by photons"); the flow learns each
+component, and the weight is fitted to the training photons by maximum likelihood
+(:func:`fit_conversion_law`) and drawn per shower at sampling time.  ``log_prob`` is then the
+mixture's density, summed over the flag.
+
 Deviations from the paper, and why:
 
 * Standardisation after the logit: zuko's splines act on [-bound, bound] and are the identity
@@ -61,6 +71,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,16 +83,16 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from ..conditions import ConditionsWarning, eq1, scale_condition
+from ..conditions import ConditionsWarning, eq1, from_unit_interval, scale_condition, unscale_condition
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
-from ..io import ShowerData
+from ..io import CONVERTED, ShowerData
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
 from .settings import FlowSettings
 
-__all__ = ["ParaFlow", "ParaFlowConfig", "einc_feature"]
+__all__ = ["ParaFlow", "ParaFlowConfig", "einc_feature", "fit_conversion_law", "conversion_probability"]
 
 
 @dataclass
@@ -99,6 +110,12 @@ class ParaFlowConfig(FlowSettings):
     noise_kev: float = 20.0
     zero_below_kev: float = 20.0
     max_ratio: float | None = None  # E_dep/E_inc bound for redraws; None: only non-finite rows
+    #: beyond the paper: also condition the flow on the Geant4 truth flag "the primary converted in
+    #: the plate" (the file's ``converted`` dataset) and draw it at sampling time from the
+    #: conversion law fitted to the training photons (:func:`fit_conversion_law`)
+    condition_on_conversion: bool = False
+    #: the detector parameter that is the plate thickness in radiation lengths (for the law)
+    conversion_thickness: str = "d"
     student_hidden: list = field(default_factory=lambda: [196, 196])
     distill_intermediate: bool = True
     student_from_teacher: bool = True
@@ -154,6 +171,73 @@ def einc_feature(einc: Any, low: float, high: float, unit_mev: float = EINC_UNIT
     return scale_condition(np.asarray(einc, dtype=np.float64) / u, low / u, high / u)
 
 
+#: the E_inc (MeV) at which the conversion law's mu(E_inc) = mu0 + mu1 ln(E_inc / E_0) has mu = mu0
+CONVERSION_E0_MEV = 50_000.0
+
+
+def conversion_probability(law: dict, einc: Any, thickness_x0: Any) -> np.ndarray:
+    """P(the photon converts in the plate | E_inc, t) = 1 - exp(-mu(E_inc) t), with
+    ``mu(E) = mu0 + mu1 ln(E / e0_mev)`` (``law`` from :func:`fit_conversion_law`; ``t`` in X0).
+
+    >>> law = {"mu0": 7 / 9, "mu1": 0.0, "e0_mev": 5e4}
+    >>> [round(float(p), 4) for p in conversion_probability(law, [2e4, 1e5], [0.5, 1.5])]
+    [0.3222, 0.6886]
+    """
+    e = np.asarray(einc, dtype=np.float64)
+    mu = float(law["mu0"]) + float(law["mu1"]) * np.log(e / float(law["e0_mev"]))
+    return -np.expm1(-np.clip(mu, 0.0, None) * np.asarray(thickness_x0, dtype=np.float64))
+
+
+def fit_conversion_law(einc: Any, thickness_x0: Any, converted: Any, e0_mev: float = CONVERSION_E0_MEV) -> dict:
+    """Maximum-likelihood fit of :func:`conversion_probability` to photons with known outcome.
+
+    The Bernoulli likelihood of the flags ``converted`` (0/1) at plate thicknesses ``t`` (X0) and
+    incident energies ``einc`` (MeV), over ``mu0 > 0`` and ``mu1`` (the slow rise of the pair
+    cross-section with energy).  Returns ``{"mu0", "mu1", "e0_mev", "n", "converted_fraction",
+    "mu0_error", "mu1_error"}`` (errors from the Fisher information at the optimum).  For a high-energy photon mu0 -> 7/9
+    (PDG, Passage of particles through matter).
+
+    >>> rng = np.random.default_rng(1)
+    >>> t = rng.uniform(0.5, 1.5, 20000); e = rng.uniform(2e4, 1e5, 20000)
+    >>> c = rng.random(20000) < 1 - np.exp(-7 / 9 * t)
+    >>> abs(fit_conversion_law(e, t, c)["mu0"] - 7 / 9) < 0.03
+    True
+    """
+    from scipy.optimize import minimize
+
+    e = np.asarray(einc, dtype=np.float64).reshape(-1)
+    t = np.asarray(thickness_x0, dtype=np.float64).reshape(-1)
+    c = np.asarray(converted).reshape(-1).astype(bool)
+    if not (len(e) == len(t) == len(c)) or len(c) == 0:
+        raise ValueError(f"conversion law: need equal, non-zero numbers of energies, thicknesses and flags, "
+                         f"got {len(e)}, {len(t)}, {len(c)}")
+    if not (np.all(t > 0) and np.all(e > 0)):
+        raise ValueError("conversion law: thicknesses and energies must be positive")
+    if c.all() or not c.any():
+        raise ValueError(f"conversion law: all {len(c)} photons {'converted' if c.all() else 'passed'}; "
+                         "the fit needs both outcomes")
+    le = np.log(e / e0_mev)
+
+    def nll(p: np.ndarray) -> float:
+        mu = np.clip(p[0] + p[1] * le, 1e-9, None) * t
+        return float(-(np.log(-np.expm1(-mu[c])).sum() - mu[~c].sum()))
+
+    res = minimize(nll, np.array([7 / 9, 0.0]), method="BFGS")
+    mu0, mu1 = (float(x) for x in res.x)
+    # errors from the Fisher information of the Bernoulli likelihood at the optimum:
+    # I = sum (dp/dtheta)(dp/dtheta)^T / (p (1 - p)), dp/dmu = t exp(-mu t), dmu/dtheta = (1, ln E/E0)
+    mu = np.clip(mu0 + mu1 * le, 1e-9, None)
+    p = -np.expm1(-mu * t)
+    w = (t * np.exp(-mu * t)) ** 2 / np.clip(p * (1 - p), 1e-300, None)
+    g = np.stack([np.ones_like(le), le])
+    try:
+        err = np.sqrt(np.diag(np.linalg.inv((g * w) @ g.T)))
+    except np.linalg.LinAlgError:  # all photons at one energy: mu1 is not determined
+        err = np.full(2, np.nan)
+    return {"mu0": mu0, "mu1": mu1, "e0_mev": float(e0_mev), "n": int(len(c)),
+            "converted_fraction": float(c.mean()), "mu0_error": float(err[0]), "mu1_error": float(err[1])}
+
+
 # ---------------------------------------------------------------------------- the model
 class ParaFlow(Generator):
     """ParaFlow generator (one MAF teacher over all voxels, optional IAF student)."""
@@ -172,7 +256,11 @@ class ParaFlow(Generator):
         if g.n_voxels < 2:
             raise UsageError(f"ParaFlow needs a geometry with at least 2 voxels ({g.name} has {g.n_voxels})")
         perm = int(c.seed) + 1 if c.random_permutations else None
-        ctx = 1 + self.n_params
+        if c.condition_on_conversion and c.conversion_thickness not in self.condition_spec.names:
+            raise ConditionsError(f"condition_on_conversion needs the plate thickness {c.conversion_thickness!r} (in X0) "
+                                  f"among the detector parameters; the model has {list(self.condition_spec.names) or 'none'} "
+                                  "(set conversion_thickness=NAME)")
+        ctx = 1 + self.n_params + int(c.condition_on_conversion)
         self.teacher = F.build_maf(g.n_voxels, ctx, c.transforms, tuple(c.hidden), c.bins, c.bound, randperm_seed=perm,
                                    degrees=c.made_degrees)
         self.student = F.build_iaf(g.n_voxels, ctx, c.transforms, tuple(c.student_hidden), c.bins, c.bound,
@@ -182,6 +270,7 @@ class ParaFlow(Generator):
         self._einc_range: tuple[float, float] | None = None
         self.einc_unit_mev = EINC_UNIT_MEV
         self.einc_dist: dict | None = None
+        self.conversion_law: dict | None = None
 
     def networks(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher, "student": self.student}
@@ -205,7 +294,8 @@ class ParaFlow(Generator):
             return None
         return {"logit": self.logit.to_dict(), "standardize": self.std.to_dict(),
                 "einc_range": list(self.einc_range), "einc_unit_mev": self.einc_unit_mev,
-                "incident_energies": self.einc_dist}
+                "incident_energies": self.einc_dist,
+                **({"conversion_law": self.conversion_law} if self.conversion_law is not None else {})}
 
     def set_constants(self, c: dict) -> None:
         self.logit = P.from_dict(c["logit"])
@@ -216,6 +306,9 @@ class ParaFlow(Generator):
         self._einc_range = (lo, hi)
         self.einc_unit_mev = float(c.get("einc_unit_mev", 1.0))  # absent: a model saved when eq. 1 used MeV
         self.einc_dist = c["incident_energies"]
+        self.conversion_law = c.get("conversion_law")
+        if self.cfg.condition_on_conversion and self.conversion_law is None:
+            raise KeyError("conversion_law (the model is conditioned on the conversion flag)")
 
     # ------------------------------------------------------------------ preprocessing
     def _noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -249,6 +342,54 @@ class ParaFlow(Generator):
         f = torch.as_tensor(einc_feature(e, lo, hi, u), dtype=params.dtype, device=params.device)
         return torch.cat([f[:, None], params], 1)
 
+    # ------------------------------------------------------------------ the conversion flag
+    def _thickness_values(self, data: ShowerData) -> np.ndarray:
+        """The plate thickness (X0) of every shower of ``data``."""
+        return np.asarray(data.conditions, dtype=np.float64)[:, data.condition_names.index(self.cfg.conversion_thickness)]
+
+    def _conversion_flags(self, data: ShowerData) -> np.ndarray:
+        """The Geant4 flags ``converted`` (0/1) of ``data`` (checked by :meth:`training_conditions`)."""
+        return np.asarray(data.labels[CONVERTED]).reshape(-1).astype(np.float64)
+
+    def training_conditions(self, data: "ShowerData | str | os.PathLike[str]", where: str | None = None) -> None:
+        """The base check of the detector parameters, plus (``condition_on_conversion``) that
+        ``data`` has the per-shower ``converted`` flags of the ParaFlow simulation, with values 0 or 1."""
+        super().training_conditions(data, where)
+        if not self.cfg.condition_on_conversion:
+            return
+        import h5py
+
+        where = where or (str(data) if not isinstance(data, ShowerData) else "training showers")
+        if isinstance(data, ShowerData):
+            flags = data.labels.get(CONVERTED)
+        else:
+            with h5py.File(str(data), "r") as f:
+                flags = np.asarray(f[CONVERTED][:]) if CONVERTED in f else None
+        if flags is None:
+            raise ConditionsError(f"{where}: has no {CONVERTED!r} dataset (the per-shower conversion flag that "
+                                  "'caloflows simulate --detector paraflow' stores); a ParaFlow model with "
+                                  "condition_on_conversion needs it")
+        if not np.isin(flags, (0, 1)).all():
+            raise ConditionsError(f"{where}: {CONVERTED!r} holds values other than 0 and 1")
+        if np.all(flags == flags.flat[0]):
+            raise ConditionsError(f"{where}: every photon has {CONVERTED}={int(flags.flat[0])}; fitting the "
+                                  "conversion law needs photons that converted and photons that did not")
+
+    def _p_convert(self, einc: Tensor, params: Tensor) -> Tensor:
+        """P(conversion in the plate) per shower from the fitted law; ``params`` are the features."""
+        k = self.condition_spec.names.index(self.cfg.conversion_thickness)
+        f = params[:, k].detach().cpu().numpy()
+        lo, hi = self.condition_spec.low[k], self.condition_spec.high[k]
+        t = unscale_condition(f, lo, hi) if self.condition_spec.scaling == "log" else from_unit_interval(f, lo, hi)
+        p = conversion_probability(need(self.conversion_law, "ParaFlow conversion law"), einc.detach().cpu().numpy(), t)
+        return torch.as_tensor(p, dtype=params.dtype, device=params.device)
+
+    def _flag_feature(self, einc: Tensor, params: Tensor, generator: torch.Generator) -> Tensor:
+        """The conversion flag drawn per shower from the fitted law (as the network sees it: -1 / +1)."""
+        p = self._p_convert(einc, params)
+        u = torch.rand(len(p), dtype=params.dtype, device=params.device, generator=generator)
+        return 2.0 * (u < p).to(params.dtype) - 1.0
+
     def fit_constants(self, data: ShowerData, seed: int = 0, max_rows: int = 50_000) -> None:
         """Standardisation (on noisy logits of up to ``max_rows`` showers), E_inc range and law."""
         einc = np.asarray(data.incident_energies, dtype=np.float64)
@@ -260,12 +401,17 @@ class ParaFlow(Generator):
         sh = torch.as_tensor(np.asarray(data.showers[sel], dtype=np.float64))
         y = self.encode(sh, torch.as_tensor(einc[sel]), generator=torch.Generator().manual_seed(seed))
         self._std = P.Standardize.fit(y.numpy())
+        if self.cfg.condition_on_conversion:
+            self.conversion_law = fit_conversion_law(einc, self._thickness_values(data), self._conversion_flags(data))
 
     # ------------------------------------------------------------------ training
     def _inputs(self, data: ShowerData, params: np.ndarray, with_z: bool = False):
         einc64 = np.asarray(data.incident_energies, dtype=np.float64)
         einc = torch.as_tensor(einc64, dtype=torch.float32)
-        ctx = torch.as_tensor(np.column_stack([einc_feature(einc64, *self.einc_range, self.einc_unit_mev), params]), dtype=torch.float32)
+        cols = [einc_feature(einc64, *self.einc_range, self.einc_unit_mev), params]
+        if self.cfg.condition_on_conversion:
+            cols.append(2.0 * self._conversion_flags(data) - 1.0)
+        ctx = torch.as_tensor(np.column_stack(cols), dtype=torch.float32)
 
         def inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
             k = torch.as_tensor(np.asarray(ii))
@@ -317,7 +463,8 @@ class ParaFlow(Generator):
 
     @torch.no_grad()
     def sample_latent(self, z: Tensor, einc: Tensor, params: Tensor, variant: str | None = None) -> Tensor:
-        """Crystals (MeV, float64, no cut) for given latent vectors ``z`` (the flow's inverse)."""
+        """Crystals (MeV, float64, no cut) for given latent vectors ``z`` (the flow's inverse).
+        ``params``: the parameter features, and with ``condition_on_conversion`` the flag (-1 / +1) last."""
         flow = self._flow(variant)
         c = self.context(einc.to(torch.float64), params.to(torch.float64))
         y = F.flow_decode(flow, z.float() if variant == "student" else z.double(), c)
@@ -331,16 +478,24 @@ class ParaFlow(Generator):
             z = torch.randn(len(e), D, dtype=dtype, device=self.device, generator=generator)
             return self.sample_latent(z, e, p, variant)
 
-        x = sample_with_rejection(draw, einc.to(torch.float64), params.to(torch.float64), self.cfg.max_ratio,
-                                  self.cfg.max_resample)
+        params = params.to(torch.float64)
+        if self.cfg.condition_on_conversion:  # the flag stays with its shower through the redraws
+            params = torch.cat([params, self._flag_feature(einc, params, generator)[:, None]], 1)
+        x = sample_with_rejection(draw, einc.to(torch.float64), params, self.cfg.max_ratio, self.cfg.max_resample)
         x = x.clamp_min(0.0)
         return torch.where(x < self.cfg.zero_below_kev * P.KEV, torch.zeros_like(x), x)
 
     # ------------------------------------------------------------------ density
     def _log_prob_batch(self, showers: Tensor, einc: Tensor, params: Tensor, variant: str | None) -> Tensor:
-        """log p of the preprocessed shower (noise at its mid-point; teacher unless asked)."""
+        """log p of the preprocessed shower (noise at its mid-point; teacher unless asked); with
+        ``condition_on_conversion`` the mixture over the flag, weighted by the fitted law."""
         flow = self._flow(variant)
         s = showers + 0.5 * self.cfg.noise_kev * P.KEV
         with F.double_precision(flow):
             y = self.encode(s, einc, noise=False)
-            return flow(self.context(einc, params)).log_prob(y)
+            if not self.cfg.condition_on_conversion:
+                return flow(self.context(einc, params)).log_prob(y)
+            p = self._p_convert(einc, params).to(y.dtype)
+            terms = [torch.log(w) + flow(self.context(einc, torch.cat([params, torch.full_like(p, flag)[:, None]], 1))).log_prob(y)
+                     for w, flag in ((p, 1.0), (1.0 - p, -1.0))]
+            return torch.logsumexp(torch.stack(terms), 0)
