@@ -282,6 +282,22 @@ class ConditionSpec:
             return np.column_stack([scale_condition(v[:, k], self.low[k], self.high[k]) for k in range(len(self.names))])
         return to_unit_interval(v, np.asarray(self.low), np.asarray(self.high))
 
+    def values(self, features: Any) -> np.ndarray:
+        """Inverse of :meth:`features`: the parameter values ``(N, K)`` of network inputs.
+
+        >>> spec = ConditionSpec(("d", "b"), (0.5, 50.0), (1.5, 90.0), "log")
+        >>> v = np.array([[1.0, 70.0]])
+        >>> np.allclose(spec.values(spec.features(v)), v)
+        True
+        """
+        if not self.names:
+            return np.zeros((len(np.asarray(features)), 0))
+        f = np.asarray(features, dtype=np.float64).reshape(-1, len(self.names))
+        if self.scaling == "log":
+            return np.column_stack([unscale_condition(f[:, k], self.low[k], self.high[k])
+                                    for k in range(len(self.names))]).reshape(-1, len(self.names))
+        return from_unit_interval(f, np.asarray(self.low), np.asarray(self.high))
+
 
 def parse_condition_args(items: Sequence[str] | None) -> dict[str, tuple[float, float]]:
     """``["d=1.0", "b=50:90"]`` -> ``{"d": (1.0, 1.0), "b": (50.0, 90.0)}`` (fixed value or uniform range).

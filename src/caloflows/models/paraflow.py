@@ -83,7 +83,7 @@ from torch import Tensor, nn
 
 from .. import flows as F
 from .. import preprocessing as P
-from ..conditions import ConditionsWarning, eq1, from_unit_interval, scale_condition, unscale_condition
+from ..conditions import ConditionsWarning, eq1, scale_condition
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
 from ..io import CONVERTED, ShowerData
@@ -378,9 +378,7 @@ class ParaFlow(Generator):
     def _p_convert(self, einc: Tensor, params: Tensor) -> Tensor:
         """P(conversion in the plate) per shower from the fitted law; ``params`` are the features."""
         k = self.condition_spec.names.index(self.cfg.conversion_thickness)
-        f = params[:, k].detach().cpu().numpy()
-        lo, hi = self.condition_spec.low[k], self.condition_spec.high[k]
-        t = unscale_condition(f, lo, hi) if self.condition_spec.scaling == "log" else from_unit_interval(f, lo, hi)
+        t = self.condition_spec.values(params[:, :len(self.condition_spec)].detach().cpu().numpy())[:, k]
         p = conversion_probability(need(self.conversion_law, "ParaFlow conversion law"), einc.detach().cpu().numpy(), t)
         return torch.as_tensor(p, dtype=params.dtype, device=params.device)
 
