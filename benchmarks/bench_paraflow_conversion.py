@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 import h5py
 import numpy as np
@@ -38,12 +40,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heldout", required=True, help="held-out Geant4 file with 'conditions' (d, b) and 'converted'")
-    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--out", required=True, help="results JSON (an existing file is refused without --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--log-prob", nargs="*", default=[], metavar="FILE",
                    help="only: paired held-out log-likelihood of the models on these files")
     p.add_argument("models", nargs="+")
     a = p.parse_args(argv)
+    inputs = [os.path.abspath(x) for x in [a.heldout, *a.log_prob]]
+    if os.path.abspath(a.out) in inputs:
+        sys.exit(f"--out {a.out}: is one of the input files")
+    if os.path.exists(a.out) and not a.force:
+        sys.exit(f"--out {a.out}: exists (use --force to replace it)")
     if a.log_prob:
         return log_likelihoods(a.models, a.log_prob, a.out)
     with h5py.File(a.heldout, "r") as f:
@@ -96,9 +104,16 @@ def main(argv: list[str] | None = None) -> dict:
             r.update(converted(np.asarray(gc, dtype=np.float64)))
         out[name] = r
         print(name, json.dumps(r["cells_6pct"]), r.get("converted_mean_clusters"), flush=True)
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    _write_json(a.out, out)
     return out
+
+
+def _write_json(path: str, obj: dict) -> None:
+    """Atomic: a temporary file next to ``path`` renamed into place."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
 
 
 def log_likelihoods(models: list[str], files: list[str], out_path: str) -> dict:
@@ -119,8 +134,7 @@ def log_likelihoods(models: list[str], files: list[str], out_path: str) -> dict:
             r[f"{m} - {models[0]}"] = {"mean": float(diff.mean()), "sem": float(diff.std() / np.sqrt(len(diff)))}
         out[path] = r
         print(path, json.dumps(r), flush=True)
-    with open(out_path, "w") as f:
-        json.dump(out, f, indent=1)
+    _write_json(out_path, out)
     return out
 
 
