@@ -12,7 +12,7 @@ from caloflows import flows as F
 from caloflows.conditions import Conditions, ConditionSpec, parse_bands
 from caloflows.errors import ConditionsError, UsageError
 from caloflows.geometry import load_geometry
-from caloflows.io import CONVERTED, ShowerData, read_showers, write_showers
+from caloflows.io import CONVERTED, ShowerData, read_labels, read_showers, write_showers
 from caloflows.models import load_model
 from caloflows.models.paraflow import ParaFlow, ParaFlowConfig, conversion_probability, fit_conversion_law
 from caloflows.toy_showers import toy_showers
@@ -76,6 +76,7 @@ def test_flags_travel_from_the_file_through_the_band_into_training(trained, tmp_
     model, tmp, conv = trained
     data = read_showers(tmp / "pf.h5")
     np.testing.assert_array_equal(data.labels[CONVERTED], conv)
+    np.testing.assert_array_equal(read_labels(tmp / "pf.h5")[CONVERTED], conv)  # without the showers
     np.testing.assert_array_equal(data.subset(slice(5, 9)).labels[CONVERTED], conv[5:9])
     kept, n_kept, n_file = api.training_data(tmp / "pf.h5", parse_bands(["d=0.9:1.1"]))
     d = data.conditions[:, 0]
@@ -135,6 +136,9 @@ def test_refusals(trained, tmp_path):
     with pytest.raises(ConditionsError, match=r"noflag.h5: has no 'converted' dataset"):
         api.train("paraflow", tmp_path / "noflag.h5", tmp_path / "m", geometry=GEOMETRY, epochs=1, overrides=TINY)
     assert not (tmp_path / "m" / "teacher.safetensors").exists()
+    with pytest.raises(ConditionsError, match=r"noflag.h5: has no 'converted' dataset"):
+        model.training_conditions(tmp_path / "noflag.h5")  # a path: the labels are read without the showers
+    model.training_conditions(tmp / "pf.h5")
     cfg = ParaFlowConfig.preset("quick", GEOMETRY).override(TINY)
     with pytest.raises(ConditionsError, match="plate thickness 'd'"):
         ParaFlow(GEOMETRY, cfg, ConditionSpec(("b",), (50.0,), (90.0,), "log"))

@@ -52,6 +52,9 @@ __all__ = [
     "atomic_output",
     "file_summary",
     "read_conditions",
+    "read_labels",
+    "CONVERTED",
+    "LABELS",
     "check_values",
     "check_layout",
     "open_file",
@@ -197,9 +200,13 @@ def _read_block(path, f, start, stop, validate) -> ShowerData:
     if validate:
         _check_values(path, inc, showers, offset=start)
     attrs = {k: _decode(v) for k, v in f.attrs.items()}
-    labels = {k: np.asarray(f[k][start:stop]) for k in LABELS
-              if k in f and isinstance(f[k], h5py.Dataset) and f[k].shape[:1] == f[SHOWERS].shape[:1]}
-    return ShowerData(inc, showers, cond, names, attrs, units, labels)
+    return ShowerData(inc, showers, cond, names, attrs, units, _labels(f, start, stop))
+
+
+def _labels(f: h5py.File, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+    """The :data:`LABELS` datasets of an open file (one row per shower), rows [start:stop]."""
+    return {k: np.asarray(f[k][start:stop]) for k in LABELS
+            if k in f and isinstance(f[k], h5py.Dataset) and f[k].shape[:1] == f[SHOWERS].shape[:1]}
 
 
 # ------------------------------------------------------------------ reading
@@ -259,6 +266,16 @@ def read_conditions(source: "ShowerData | str | os.PathLike") -> tuple[tuple[str
     if not np.all(np.isfinite(vals)):
         raise ShowerFileError(f"{path}: 'conditions' holds NaN or inf")
     return names, vals
+
+
+def read_labels(source: "ShowerData | str | os.PathLike") -> dict[str, np.ndarray]:
+    """The per-shower truth labels (:data:`LABELS`) of a file or ShowerData, without the showers."""
+    if isinstance(source, ShowerData):
+        return dict(source.labels)
+    path = str(source)
+    with _open(path) as f:
+        _check_layout(path, f, None)
+        return _labels(f)
 
 
 def require_energy(path: str | os.PathLike, chunk_size: int = 10_000) -> None:

@@ -86,7 +86,7 @@ from .. import preprocessing as P
 from ..conditions import ConditionsWarning, eq1, scale_condition
 from ..errors import ConditionsError, ModelDirError, UsageError
 from ..geometry import Geometry
-from ..io import CONVERTED, ShowerData
+from ..io import CONVERTED, ShowerData, read_labels
 from ..training.distributed import DistContext
 from ..training.loop import ArraySource, TrainConfig
 from .base import Generator, einc_summary, need, sample_with_rejection
@@ -357,14 +357,8 @@ class ParaFlow(Generator):
         super().training_conditions(data, where)
         if not self.cfg.condition_on_conversion:
             return
-        import h5py
-
         where = where or (str(data) if not isinstance(data, ShowerData) else "training showers")
-        if isinstance(data, ShowerData):
-            flags = data.labels.get(CONVERTED)
-        else:
-            with h5py.File(str(data), "r") as f:
-                flags = np.asarray(f[CONVERTED][:]) if CONVERTED in f else None
+        flags = read_labels(data).get(CONVERTED)
         if flags is None:
             raise ConditionsError(f"{where}: has no {CONVERTED!r} dataset (the per-shower conversion flag that "
                                   "'caloflows simulate --detector paraflow' stores); a ParaFlow model with "

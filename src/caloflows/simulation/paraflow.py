@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConditionsError, SimulationError
+from ..io import CONVERTED
 from .energies import EnergySpec, parse_energy, shower_energies_mev, shower_seeds, shower_uniforms
 
 __all__ = [
@@ -530,7 +531,7 @@ def _worker_main(task: _Task, progress) -> None:  # runs in a spawned process
                 sl = slice(start, j + 1)
                 extra = {"window_origin": np.asarray(buf["org"], dtype=np.int16),
                          "gun_xy_mm": task.gun_xy[sl].astype(np.float64),
-                         "converted": np.asarray(buf["conv"], dtype=np.int8)}
+                         CONVERTED: np.asarray(buf["conv"], dtype=np.int8)}
                 if task.store_full:
                     extra["showers_full"] = np.stack(buf["full"])
                 w.append(np.asarray(buf["inc"]), np.stack(buf["win"]), task.conditions[sl], extra=extra)
