@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from caloflows import api
+from caloflows import flows as F
 from caloflows.cli import main as cli_main
 from caloflows.conditions import Conditions, ConditionSpec
 from caloflows.errors import ConfigError, ModelDirError, ShowerFileError, UsageError
@@ -570,3 +571,99 @@ def test_student_weights_int8_reaches_the_coarse_student(model_a):
     np.testing.assert_allclose(b.sum(1), a.sum(1), rtol=0.2)
     ta, tb = (x.sample(e, seed=2, variant="teacher").showers for x in (plain, q8))
     np.testing.assert_array_equal(ta, tb)
+
+
+def _split_data(n=600, seed=0):
+    """Showers whose fine split inside every coarse layer (1x2x3: 3 groups of 3 fine layers) is set by
+    the coarse layer energy alone: a group holding a fraction u of E_inc (uniform in 0.05-0.3, drawn
+    independently of E_inc) puts f = 0.1 + 3.2 (u - 0.05) of it in its first fine layer, 0.1 in the
+    second and the rest in the third."""
+    g = load_geometry(GEOMETRY)
+    rng = np.random.default_rng(seed)
+    einc = rng.uniform(1000.0, 16000.0, n)
+    u = rng.uniform(0.05, 0.3, (n, 3))
+    f = 0.1 + 3.2 * (u - 0.05)
+    share = np.stack([f, np.full_like(f, 0.1), 0.9 - f], 2) * rng.uniform(0.97, 1.03, (n, 3, 3))
+    E = (einc[:, None, None] * u[..., None] * share / share.sum(2, keepdims=True)).reshape(n, 9)
+    sh = np.zeros((n, g.n_voxels), dtype=np.float32)
+    for layer in range(9):
+        sh[:, g.layer_slice(layer).start] = E[:, layer]
+    return ShowerData(einc, sh), u
+
+
+def test_flow1_given_the_coarse_layers_learns_a_split_that_depends_on_them(tmp_path):
+    """``flow1_context=coarse_layers``: FLOW-1 is ``p(fine layers | E_inc, coarse layer energies)``.  On
+    showers whose fine split depends only on the coarse energy, it gives held-out showers a far higher
+    likelihood than the paper's FLOW-1 (E_inc only) trained the same way, and far less with the coarse
+    energies of other showers; drawn fine layers are rescaled to the coarse sums exactly."""
+    from caloflows.models.energy_flow import EnergyFlow
+
+    data, _ = _split_data()
+    path = tmp_path / "train.h5"
+    write_showers(path, data.incident_energies, data.showers)
+    test, _ = _split_data(400, seed=1)
+    L = torch.as_tensor(load_geometry(GEOMETRY).layer_energies(test.showers.astype(np.float64)))
+    e, none = torch.as_tensor(test.incident_energies), torch.zeros(400, 0, dtype=torch.float64)
+    loglik = {}
+    for context in ("einc", "coarse_layers"):
+        cfg = (SuperCaloConfig.preset("quick", GEOMETRY)
+               .override(TINY + ["coarse_graining=1x2x3", "coarse_layer_energies=coarse", f"flow1_context={context}",
+                                 "flow1_transforms=2", "flow1_hidden=[32,32]", "bins=8"])
+               .replace_train(epochs=100, batch_size=64, val_fraction=0.2))
+        m = SuperCalo(GEOMETRY, cfg)
+        m.fit(path, tmp_path / context, networks=("flow1",), progress=False)
+        val = __import__("json").loads((tmp_path / context / "history_flow1.json").read_text())["val_loss"]
+        assert min(val) < val[0]  # it trains
+        ec = m._energy
+        p = m._flow1_params(none, L)
+        assert p.shape == ((400, 3) if context == "coarse_layers" else (400, 0))
+        with torch.no_grad(), F.double_precision(m.flow1):
+            y = ec.forward(L + ec.noise_mean_kev * 1e-3)
+            loglik[context] = m.flow1(y, EnergyFlow.context(ec, e, p)).mean().item()
+            if context == "coarse_layers":
+                other = m.flow1(y, EnergyFlow.context(ec, e, p.roll(1, 0))).mean().item()
+        E = m.flow1.sample_energies(e, ec, None, 20, torch.Generator().manual_seed(0), p)
+        Ec = m._coarse_layer_sums(L).numpy()
+        np.testing.assert_allclose(m._fine_layers_in(E.numpy(), Ec).reshape(400, 3, 3).sum(2), Ec, rtol=1e-10)
+    assert loglik["coarse_layers"] > loglik["einc"] + 2.0, loglik  # nats per shower (3.4 measured)
+    assert other < loglik["coarse_layers"] - 2.0, (other, loglik)
+
+
+def test_flow1_given_the_coarse_layers_in_the_chain_and_upsampling(tmp_path):
+    """The chain draws the coarse layers from the coarse flow-I, then FLOW-1 given them: the fine showers
+    carry those coarse layer energies; ``--coarse`` upsampling conditions FLOW-1 on the given coarse
+    showers; the setting needs ``coarse_layer_energies=coarse`` and is kept on save/load."""
+    data = _data()
+    path = tmp_path / "train.h5"
+    write_showers(path, data.incident_energies, data.showers)
+    base = SuperCaloConfig.preset("quick", GEOMETRY).override(TINY + ["coarse_graining=1x2x3"])
+    with pytest.raises(ConfigError, match="flow1_context=coarse_layers needs coarse_layer_energies=coarse"):
+        base.override(["flow1_context=coarse_layers"])
+    cfg = base.override(["coarse_layer_energies=coarse", "flow1_context=coarse_layers"]).replace_train(**TRAIN)
+    m = SuperCalo(GEOMETRY, cfg)
+    m.fit(path, tmp_path / "m", progress=False)
+    m = load_model(tmp_path / "m")
+    assert m.flow1_given_coarse and m.cfg.flow1_context == "coarse_layers"
+    seen = []
+    orig = m.flow1.sample_energies
+
+    def spy(einc, consts, bound, max_resample, generator, params):
+        seen.append(params.cpu().numpy())
+        return orig(einc, consts, bound, max_resample, generator, params)
+
+    m.flow1.sample_energies = spy
+    out = m.sample(data.incident_energies[:20], seed=3, variant="teacher").showers.astype(np.float64)
+    Ec = m.cmap.coarse.layer_energies(m.cmap.coarse_grain(out))
+    # FLOW-1's context holds eq. B.7 of the coarse layer energies the showers end up with (cut aside)
+    lec = seen[0][:, -3:]
+    big = Ec > 1.0
+    assert big.sum() > 10
+    np.testing.assert_allclose(lec[big], np.log10(Ec[big] / 1000.0 + 1e-6) + 1.0, atol=2e-3)
+    coarse = m.cmap.coarse_grain(data.showers[:8].astype(np.float64))
+    up = m.upsample(coarse, data.incident_energies[:8], seed=1)
+    np.testing.assert_allclose(seen[-1][:, -3:], np.log10(m.cmap.coarse.layer_energies(coarse) / 1000.0 + 1e-6) + 1.0)
+    np.testing.assert_allclose(m.cmap.coarse_grain(up.showers.astype(np.float64)), coarse, rtol=1e-5, atol=1e-6)
+    lp = m.log_prob(data.showers[:4], data.incident_energies[:4])
+    assert np.isfinite(lp).all()
+    with pytest.raises(ConfigError, match="coarse_layer_energies"):
+        m.with_generation_settings(["coarse_layer_energies=flow1"])

@@ -42,7 +42,12 @@ setting, with either coarse variant).
 
 ``log_prob`` (of the preprocessed representation, noise at its mid-point / none):
 ``log p_FLOW-1 + log p_FLOW-2 + sum over coarse voxels of log p_SUPERCALO``; for ``f_z = 1`` the
-first two are the coarse CaloFlow's ``log_prob`` of the coarse-grained shower.
+first two are the coarse CaloFlow's ``log_prob`` of the coarse-grained shower.  With
+``flow1_context=coarse_layers`` (beyond the paper) FLOW-1 is ``p(E_0..E_{L-1} | E_inc, coarse layer
+energies)``, drawn after the coarse CaloFlow's flow-I, and ``log_prob`` is the coarse CaloFlow's
+``log_prob`` + ``log p_FLOW-1(fine layers | E_inc, their coarse sums)`` + the SUPERCALO sum (the
+fine layer energies are rescaled to the coarse sums when sampling, so this is the density of the
+chain's flows, not of the constrained layer energies).
 
 Example:
     >>> from caloflows.models.supercalo import SuperCalo, SuperCaloConfig
@@ -74,7 +79,14 @@ from ..training.distributed import DistContext
 from ..training.loop import ArraySource, StreamSource, TrainConfig
 from .base import Generator, einc_summary, need
 from .caloflow import CaloFlow, CaloFlowConfig
-from .energy_flow import PAPER_ENERGY_INPUTS, EnergyConstants, EnergyFlow, effective_cut, quick_energy_train
+from .energy_flow import (
+    PAPER_ENERGY_INPUTS,
+    EnergyConstants,
+    EnergyFlow,
+    effective_cut,
+    layer_energy_condition,
+    quick_energy_train,
+)
 from .settings import EnergyFlowSettings
 
 if TYPE_CHECKING:
@@ -94,7 +106,8 @@ class SuperCaloConfig(EnergyFlowSettings):
     RANGES: ClassVar[dict] = {**EnergyFlowSettings.RANGES, "up_bound": (0, None, True), "max_ratio": (0, None, True),
                               "voxel_cut_mev": (0, None, True), "fine_layer_fit": (0, None, False)}
     CHOICES: ClassVar[dict] = {**EnergyFlowSettings.CHOICES, "up_precision": ("float32", "float64"),
-                               "coarse_layer_energies": ("flow1", "coarse")}
+                               "coarse_layer_energies": ("flow1", "coarse"),
+                               "flow1_context": ("einc", "coarse_layers")}
 
     coarse_graining: str = "A"
     coarse: dict = field(default_factory=lambda: CaloFlowConfig().to_dict())
@@ -125,6 +138,15 @@ class SuperCaloConfig(EnergyFlowSettings):
     #: coarse CaloFlow's own flow-I, the one its flow-II trained with; FLOW-1's fine energies are then
     #: rescaled in every coarse layer to its energy, as for ``--coarse`` upsampling).  A generation setting
     coarse_layer_energies: str = "flow1"
+    #: what FLOW-1 is conditioned on (f_z > 1): ``einc`` (the paper: E_inc and the detector parameters)
+    #: or ``coarse_layers`` (beyond the paper, stop 26: also the coarse layer energies, eq. B.7 each,
+    #: ``log10(E_c / GeV + 1e-6) + 1``).  With ``coarse_layers`` FLOW-1 draws the split of every coarse
+    #: layer's energy over its ``f_z`` fine layers *given* that energy, ``p(E_fine | E_inc, E_coarse)``,
+    #: instead of drawing the fine layers blind and rescaling them to a coarse sum they were not drawn
+    #: with; the coarse layer energies then come from the coarse CaloFlow's flow-I
+    #: (``coarse_layer_energies=coarse``, required) or from the given coarse showers (``--coarse``).
+    #: A training setting: it sets FLOW-1's number of inputs
+    flow1_context: str = "einc"
     #: sample SUPERCALO with its distilled IAF student instead of the MAF's sequential inverse (beyond
     #: the paper; ``caloflows distill`` trains it).  A generation setting
     up_student: bool = False
@@ -149,6 +171,9 @@ class SuperCaloConfig(EnergyFlowSettings):
         if not isinstance(self.coarse, dict):
             raise ConfigError(f"setting coarse={self.coarse!r}: must be a dict of CaloFlow settings")
         CaloFlowConfig.from_dict(self.coarse)
+        if self.flow1_context == "coarse_layers" and self.coarse_layer_energies != "coarse":
+            raise ConfigError("setting flow1_context=coarse_layers needs coarse_layer_energies=coarse: FLOW-1 then "
+                              "draws the fine layers given the coarse flow-I's layer energies")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SuperCaloConfig":
@@ -259,9 +284,12 @@ class SuperCalo(Generator):
         ccfg = c.coarse_config()
         self.coarse = CaloFlow(self.cmap.coarse, ccfg, self.condition_spec)
         self.f_z = self.cmap.grouping.f_z
+        #: FLOW-1 given the coarse layer energies (``flow1_context=coarse_layers``)
+        self.flow1_given_coarse = self.f_z > 1 and c.flow1_context == "coarse_layers"
+        n1 = k + (self.cmap.nc_z if self.flow1_given_coarse else 0)
         self.flow1 = (EnergyFlow(self.geometry.n_layers, c.flow1_transforms, tuple(c.flow1_hidden), c.bins,
                                  c.energy_spline_bound,
-                                 seed=c.seed, n_params=k, degrees=c.made_degrees) if self.f_z > 1 else None)
+                                 seed=c.seed, n_params=n1, degrees=c.made_degrees) if self.f_z > 1 else None)
         # conditions: table I (prep.condition_dim) + detector parameters
         cond_dim = 8 + self.f_z + self.cmap.nc_z + self.cmap.nc_r + k
         self.upflow = F.build_maf(self.cmap.group_size, cond_dim, c.up_transforms, tuple(c.up_hidden), c.up_bins,
@@ -431,7 +459,7 @@ class SuperCalo(Generator):
         if self.flow1 is not None and "flow1" in networks:
             ec = need(self._energy, "FLOW-1 constants")
             E_t = torch.as_tensor(layers)
-            e_t, p_t = torch.as_tensor(einc), torch.as_tensor(feats)
+            e_t, p_t = torch.as_tensor(einc), self._flow1_params(torch.as_tensor(feats), torch.as_tensor(layers))
 
             def f1_inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
                 k = torch.as_tensor(np.asarray(ii))
@@ -513,6 +541,16 @@ class SuperCalo(Generator):
     def _coarse_layer_sums(self, E: Tensor) -> Tensor:
         return E.reshape(len(E), self.cmap.nc_z, self.f_z).sum(2)
 
+    def _flow1_params(self, params: Tensor, fine_layers: Tensor | None = None, Ec: Tensor | None = None) -> Tensor:
+        """FLOW-1's context after the E_inc condition: the parameter features, followed for
+        ``flow1_context=coarse_layers`` by eq. B.7 of every coarse layer energy (``Ec``, or the sums
+        of ``fine_layers`` over each group of ``f_z`` layers)."""
+        if not self.flow1_given_coarse:
+            return params
+        if Ec is None:
+            Ec = self._coarse_layer_sums(need(fine_layers, "fine layer energies"))
+        return torch.cat([params.to(torch.float64), layer_energy_condition(Ec.to(torch.float64))], 1)
+
     def _fine_layers_in(self, E: np.ndarray, Ec: np.ndarray) -> np.ndarray:
         """Fine layer energies ``E`` (B, L) rescaled in every group of ``f_z`` layers to the coarse layer
         energies ``Ec`` (B, L / f_z): each fine layer keeps its share of the group (equal shares where
@@ -532,6 +570,13 @@ class SuperCalo(Generator):
         if self.flow1 is None:
             E = apply_cut(self.coarse.sample_layer_energies(einc, params, generator), self.cut)
             Ec = E
+        elif self.flow1_given_coarse:  # coarse layers from the coarse flow-I, then their fine split given them
+            ec = need(self._energy, "FLOW-1 constants")
+            Ec = apply_cut(self.coarse.sample_layer_energies(einc, params, generator), self.cut)
+            E = self.flow1.sample_energies(einc, ec, None, self.cfg.max_resample, generator,
+                                           self._flow1_params(params, Ec=Ec))
+            E = torch.as_tensor(self._fine_layers_in(apply_cut(E, self.cut).cpu().numpy(), Ec.cpu().numpy()),
+                                device=self.device)
         else:
             ec = need(self._energy, "FLOW-1 constants")
             bound = self.cfg.max_ratio if self.cfg.max_ratio is not None else self._ratio_max
@@ -724,10 +769,11 @@ class SuperCalo(Generator):
             layers = Ec
         else:
             ec = need(self._energy, "FLOW-1 constants")
+            p1 = self._flow1_params(torch.as_tensor(feats, device=self.device),
+                                    Ec=torch.as_tensor(Ec, device=self.device))
             with torch.no_grad():
                 E = self.flow1.sample_energies(torch.as_tensor(einc, device=self.device), ec, None,
-                                               self.cfg.max_resample, gen,
-                                               torch.as_tensor(feats, device=self.device)).cpu().numpy()
+                                               self.cfg.max_resample, gen, p1).cpu().numpy()
             layers = self._fine_layers_in(E, Ec)
         N = int(resample)
         idx = np.repeat(np.arange(len(coarse)), N)
@@ -752,6 +798,13 @@ class SuperCalo(Generator):
         coarse = torch.as_tensor(coarse_np, device=self.device)
         if self.flow1 is None:
             lp = self.coarse._log_prob_batch(coarse, einc, params, variant)
+        elif self.flow1_given_coarse:
+            ec = need(self._energy, "FLOW-1 constants")
+            E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
+            with F.double_precision(self.flow1):
+                lp1 = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3),
+                                 EnergyFlow.context(ec, einc, self._flow1_params(params, E)))
+            lp = self.coarse._log_prob_batch(coarse, einc, params, variant) + lp1
         else:
             ec = need(self._energy, "FLOW-1 constants")
             E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
