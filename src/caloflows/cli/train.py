@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
                         help="model and training sizes: quick (default), full (the paper's), and for caloflow, "
                              "l2lflows and icaloflow medium (the best fidelity in about 1 hour of 2 CPU cores); an unknown "
                              "name is refused")
-        mp.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+        mp.add_argument("--epochs", type=int, help="override the preset's number of epochs of every network, the "
+                                                    "students' schedule that a later 'distill' uses included "
+                                                    "('distill --epochs' overrides that again)")
         mp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         mp.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
         mp.add_argument("--compile", action="store_true",
