@@ -798,22 +798,20 @@ class SuperCalo(Generator):
         coarse = torch.as_tensor(coarse_np, device=self.device)
         if self.flow1 is None:
             lp = self.coarse._log_prob_batch(coarse, einc, params, variant)
-        elif self.flow1_given_coarse:
-            ec = need(self._energy, "FLOW-1 constants")
-            E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
-            with F.double_precision(self.flow1):
-                lp1 = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3),
-                                 EnergyFlow.context(ec, einc, self._flow1_params(params, E)))
-            lp = self.coarse._log_prob_batch(coarse, einc, params, variant) + lp1
         else:
             ec = need(self._energy, "FLOW-1 constants")
             E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
-            flow = self.coarse.student if variant == "student" else self.coarse.teacher
-            s = coarse + 0.5 * self.coarse.cfg.flow2_noise_kev * 1e-3
-            with F.double_precision(self.flow1, flow):
-                lp1 = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3), EnergyFlow.context(ec, einc, params))
-                y2, c2 = self.coarse.flow2_inputs(s, einc, params, noise=False)
-                lp = lp1 + flow(c2).log_prob(y2)
+            with F.double_precision(self.flow1):
+                lp = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3),
+                                EnergyFlow.context(ec, einc, self._flow1_params(params, E)))
+            if self.flow1_given_coarse:  # the coarse flow-I drew the coarse layers, FLOW-1 their fine split
+                lp = lp + self.coarse._log_prob_batch(coarse, einc, params, variant)
+            else:  # FLOW-2 given FLOW-1's sums
+                flow = self.coarse.student if variant == "student" else self.coarse.teacher
+                s = coarse + 0.5 * self.coarse.cfg.flow2_noise_kev * 1e-3
+                with F.double_precision(flow):
+                    y2, c2 = self.coarse.flow2_inputs(s, einc, params, noise=False)
+                    lp = lp + flow(c2).log_prob(y2)
         r = build_rows(e, fine, self.cmap, self.prep)
         b, v = len(e), self.cmap.n_coarse
         c = self._with_params(r.cond.reshape(b, v, -1), p)
