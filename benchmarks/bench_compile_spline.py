@@ -45,7 +45,15 @@ def main(argv=None) -> int:
         sys.exit(f"--out {a.out}: exists (use --force to replace it)")
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
-    d = Path(tempfile.mkdtemp(prefix="bench_compile_"))
+    with tempfile.TemporaryDirectory(prefix="bench_compile_") as tmp:
+        res = _measure(a, Path(tmp))
+    res["load_end"] = os.getloadavg()
+    write_json(a.out, res)
+    return 0
+
+
+def _measure(a: argparse.Namespace, d: Path) -> dict:
+    """Build the untrained model in ``d`` and time both spline paths for every ``--weights``."""
     build(a.preset, d / "m")
     e = np.full(a.batch, 2.0**14)
     res: dict = {"preset": a.preset, "batch": a.batch, "threads": a.threads, "torch": torch.__version__,
@@ -80,9 +88,7 @@ def main(argv=None) -> int:
                              "max_rel_voxel_diff": float(rel.max()), "median_rel_voxel_diff": float(np.median(rel)),
                              "nonzero_in_one_only": int(((x > 0) != (y > 0)).sum())}
         print(w, res["weights"][w], flush=True)
-    res["load_end"] = os.getloadavg()
-    write_json(a.out, res)
-    return 0
+    return res
 
 
 if __name__ == "__main__":

@@ -615,7 +615,7 @@ def test_flow1_given_the_coarse_layers_learns_a_split_that_depends_on_them(tmp_p
         val = __import__("json").loads((tmp_path / context / "history_flow1.json").read_text())["val_loss"]
         assert min(val) < val[0]  # it trains
         ec = m._energy
-        p = m._flow1_params(none, L)
+        p = m._flow1_params(none, m._coarse_layer_sums(L))
         assert p.shape == ((400, 3) if context == "coarse_layers" else (400, 0))
         with torch.no_grad(), F.double_precision(m.flow1):
             y = ec.forward(L + ec.noise_mean_kev * 1e-3)

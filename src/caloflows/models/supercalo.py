@@ -459,7 +459,8 @@ class SuperCalo(Generator):
         if self.flow1 is not None and "flow1" in networks:
             ec = need(self._energy, "FLOW-1 constants")
             E_t = torch.as_tensor(layers)
-            e_t, p_t = torch.as_tensor(einc), self._flow1_params(torch.as_tensor(feats), torch.as_tensor(layers))
+            e_t = torch.as_tensor(einc)
+            p_t = self._flow1_params(torch.as_tensor(feats), self._coarse_layer_sums(torch.as_tensor(layers)))
 
             def f1_inputs(ii: np.ndarray, raw: np.ndarray, gen: torch.Generator) -> tuple[Tensor, ...]:
                 k = torch.as_tensor(np.asarray(ii))
@@ -541,14 +542,11 @@ class SuperCalo(Generator):
     def _coarse_layer_sums(self, E: Tensor) -> Tensor:
         return E.reshape(len(E), self.cmap.nc_z, self.f_z).sum(2)
 
-    def _flow1_params(self, params: Tensor, fine_layers: Tensor | None = None, Ec: Tensor | None = None) -> Tensor:
+    def _flow1_params(self, params: Tensor, Ec: Tensor) -> Tensor:
         """FLOW-1's context after the E_inc condition: the parameter features, followed for
-        ``flow1_context=coarse_layers`` by eq. B.7 of every coarse layer energy (``Ec``, or the sums
-        of ``fine_layers`` over each group of ``f_z`` layers)."""
+        ``flow1_context=coarse_layers`` by eq. B.7 of every coarse layer energy ``Ec`` (B, L / f_z)."""
         if not self.flow1_given_coarse:
             return params
-        if Ec is None:
-            Ec = self._coarse_layer_sums(need(fine_layers, "fine layer energies"))
         return torch.cat([params.to(torch.float64), layer_energy_condition(Ec.to(torch.float64))], 1)
 
     def _fine_layers_in(self, E: np.ndarray, Ec: np.ndarray) -> np.ndarray:
@@ -574,7 +572,7 @@ class SuperCalo(Generator):
             ec = need(self._energy, "FLOW-1 constants")
             Ec = apply_cut(self.coarse.sample_layer_energies(einc, params, generator), self.cut)
             E = self.flow1.sample_energies(einc, ec, None, self.cfg.max_resample, generator,
-                                           self._flow1_params(params, Ec=Ec))
+                                           self._flow1_params(params, Ec))
             E = torch.as_tensor(self._fine_layers_in(apply_cut(E, self.cut).cpu().numpy(), Ec.cpu().numpy()),
                                 device=self.device)
         else:
@@ -769,8 +767,7 @@ class SuperCalo(Generator):
             layers = Ec
         else:
             ec = need(self._energy, "FLOW-1 constants")
-            p1 = self._flow1_params(torch.as_tensor(feats, device=self.device),
-                                    Ec=torch.as_tensor(Ec, device=self.device))
+            p1 = self._flow1_params(torch.as_tensor(feats, device=self.device), torch.as_tensor(Ec, device=self.device))
             with torch.no_grad():
                 E = self.flow1.sample_energies(torch.as_tensor(einc, device=self.device), ec, None,
                                                self.cfg.max_resample, gen, p1).cpu().numpy()
@@ -803,7 +800,7 @@ class SuperCalo(Generator):
             E = torch.as_tensor(self.geometry.layer_energies(fine), device=self.device)
             with F.double_precision(self.flow1):
                 lp = self.flow1(ec.forward(E + ec.noise_mean_kev * 1e-3),
-                                EnergyFlow.context(ec, einc, self._flow1_params(params, E)))
+                                EnergyFlow.context(ec, einc, self._flow1_params(params, self._coarse_layer_sums(E))))
             if self.flow1_given_coarse:  # the coarse flow-I drew the coarse layers, FLOW-1 their fine split
                 lp = lp + self.coarse._log_prob_batch(coarse, einc, params, variant)
             else:  # FLOW-2 given FLOW-1's sums
